@@ -1,0 +1,153 @@
+"""Command line: one subcommand -> one library call, no logic of its own.
+
+A ``LiversegError`` becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError, LiversegError
+
+
+def _parse_int_map(text: str | None, option: str) -> dict[int, int]:
+    """'2=1,3=1' -> {2: 1, 3: 1}."""
+    if not text:
+        return {}
+    result = {}
+    for item in text.split(","):
+        source, _, target = item.partition("=")
+        try:
+            result[int(source)] = int(target)
+        except ValueError:
+            raise InputError(f"{option} {text!r}: expected SOURCE=TARGET pairs of integers, e.g. 2=1") from None
+    return result
+
+
+def _parse_label_names(text: str | None) -> dict[int, str] | None:
+    """'1=liver,2=tumour' -> {1: 'liver', 2: 'tumour'}."""
+    if not text:
+        return None
+    names = {}
+    for item in text.split(","):
+        value, _, name = item.partition("=")
+        if not value.strip().isdigit() or not name.strip():
+            raise InputError(f"--labels {text!r}: expected VALUE=NAME pairs, e.g. 1=liver,2=tumour")
+        names[int(value)] = name.strip()
+    return names
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    if args.resume:
+        config_path = args.config or Path(args.run_dir) / "config.yaml"
+    elif args.config is None:
+        raise InputError("--config is required (except with --resume); try configs/smoke_3d.yaml")
+    else:
+        config_path = args.config
+    cfg = load_config(config_path, args.set)
+    best = train(cfg, args.run_dir, device=args.device, workers=args.workers, threads=args.threads,
+                 resume=args.resume, progress=not args.quiet)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .infer import predict_files
+
+    written = predict_files(args.inputs, args.output, args.model, device=args.device, threads=args.threads,
+                            progress=not args.quiet)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, write_csv
+
+    results = evaluate(args.prediction, args.reference, _parse_label_names(args.labels),
+                       _parse_int_map(args.ref_remap, "--ref-remap"))
+    print(format_table(results))
+    if args.csv:
+        print(f"per-case results: {write_csv(results, args.csv)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), minutes=args.minutes, device=args.device, threads=args.threads,
+                    progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liverseg", description="Liver segmentation in CT with exact geometry.")
+    parser.add_argument("--version", action="version", version=f"liverseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def runtime(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train a model from a config into a run folder")
+    p.add_argument("--config", type=Path, default=None, help="experiment YAML (configs/*.yaml)")
+    p.add_argument("--run-dir", type=Path, required=True, help="folder for config, checkpoints, metrics, log")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    runtime(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment CT volumes with a trained run")
+    p.add_argument("inputs", nargs="+", help="DICOM series folders or NIfTI/NRRD/MHA files")
+    p.add_argument("-o", "--output", type=Path, required=True, help="writes OUTPUT/<case>/segmentation.nii.gz")
+    p.add_argument("--model", type=Path, required=True, help="a run folder written by liverseg train")
+    runtime(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice and IoU of predictions against references")
+    p.add_argument("prediction", type=Path, help="a label-map file, or the -o folder of liverseg predict")
+    p.add_argument("reference", type=Path, help="a label-map file, or a folder of <case>.nii.gz")
+    p.add_argument("--csv", type=Path, default=None, help="write per-case results to this CSV file")
+    p.add_argument("--labels", default=None, help="label names, e.g. 1=liver,2=tumour")
+    p.add_argument("--ref-remap", default=None, help="remap reference values first, e.g. 2=1 (tumour into liver)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole road on synthetic CT phantoms (no downloads)")
+    p.add_argument("--out", default="demo_output", help="demo folder (default: demo_output)")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="cap on training minutes (the demo is sized for about 6 on 2 CPU cores)")
+    runtime(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("liverseg")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except LiversegError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"liverseg {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"liverseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        package_logger.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The experiment configuration: frozen dataclasses, YAML on disk, ``--set a.b=value`` overrides.
+
+This file is the one home of defaults. A run folder stores the fully resolved config as
+``config.yaml``; prediction rebuilds everything from it, so nothing here may depend on the machine
+(device, threads, resume are command-line arguments, not config fields).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # A dataset manifest (liverseg JSON, or an MSD-style dataset.json); relative paths inside it are
+    # resolved against ``root`` (or the manifest's own folder when root is empty).
+    manifest: str = ""
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    # Class names in output label order; index 0 is the background.
+    labels: tuple[str, ...] = ("background", "liver")
+    # Source label value -> class index, e.g. {2: 1} merges MSD/LiTS tumour into liver. Values not
+    # listed keep their value; any value >= len(labels) after remapping is an error.
+    label_remap: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    # Voxel size the network sees, in mm along the canonical (RAS) axes.
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 2.0)
+    # CT intensities are clipped to this window and scaled to [0, 1].
+    hu_window: tuple[float, float] = (-200.0, 300.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "unet"
+    spatial_dims: int = 3
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 2
+    norm: str = "instance"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    iters_per_epoch: int = 250
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] = (128, 128, 96)
+    # Fraction of patches centred on foreground (the rest on background), as nnU-Net's oversampling.
+    pos_fraction: float = 0.5
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"  # cosine | poly | constant
+    warmup_iters: int = 0
+    val_every: int = 5
+    seed: int = 0
+    amp: bool = True  # used only on CUDA; CPU training is always fp32
+    # Stop at the end of the first epoch that passes this many minutes (0 = no limit); the final
+    # validation and checkpoints are still written.
+    max_minutes: float = 0.0
+    # Augmentation probabilities / ranges.
+    aug_affine_prob: float = 0.2
+    aug_rotate_deg: float = 15.0
+    aug_scale: float = 0.1
+    aug_flip_prob: float = 0.0  # left-right flips confuse liver vs spleen: off by default
+    aug_intensity_prob: float = 0.5
+    aug_noise_std: float = 0.02
+    cache_rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    roi_size: tuple[int, int, int] = (128, 128, 96)
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+    blend: str = "gaussian"  # gaussian | constant
+    # Labels (by name) reduced to their largest connected component after prediction.
+    largest_component: tuple[str, ...] = ("liver",)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        """Cross-field checks; raises ConfigError naming the key, the value and the fix."""
+        labels = self.data.labels
+        if len(labels) < 2 or labels[0] != "background":
+            raise ConfigError(f"data.labels={list(labels)}: needs 'background' first and at least one "
+                              "foreground class, e.g. [background, liver]")
+        for name in self.infer.largest_component:
+            if name not in labels:
+                raise ConfigError(f"infer.largest_component names {name!r}, which is not in "
+                                  f"data.labels={list(labels)}")
+        for src, dst in self.data.label_remap.items():
+            if not 0 <= dst < len(labels):
+                raise ConfigError(f"data.label_remap maps {src} -> {dst}, outside 0..{len(labels) - 1} "
+                                  f"(data.labels={list(labels)})")
+        _check_positive("preprocess.spacing_mm", self.preprocess.spacing_mm)
+        low, high = self.preprocess.hu_window
+        if not low < high:
+            raise ConfigError(f"preprocess.hu_window={[low, high]}: the lower bound must be below the upper")
+        if self.model.spatial_dims not in (2, 3):
+            raise ConfigError(f"model.spatial_dims={self.model.spatial_dims}: must be 2 or 3")
+        if len(self.model.strides) != len(self.model.channels) - 1:
+            raise ConfigError(f"model.strides has {len(self.model.strides)} entries but model.channels has "
+                              f"{len(self.model.channels)}: strides needs one fewer entry than channels")
+        _check_positive("train.patch_size", self.train.patch_size)
+        _check_positive("infer.roi_size", self.infer.roi_size)
+        if self.train.schedule not in ("cosine", "poly", "constant"):
+            raise ConfigError(f"train.schedule={self.train.schedule!r}: use cosine, poly or constant")
+        if self.infer.blend not in ("gaussian", "constant"):
+            raise ConfigError(f"infer.blend={self.infer.blend!r}: use gaussian or constant")
+        if not 0.0 <= self.infer.overlap < 1.0:
+            raise ConfigError(f"infer.overlap={self.infer.overlap}: must be in [0, 1)")
+        if not 0.0 <= self.train.pos_fraction <= 1.0:
+            raise ConfigError(f"train.pos_fraction={self.train.pos_fraction}: must be in [0, 1]")
+        for key in ("epochs", "iters_per_epoch", "batch_size", "val_every"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"train.{key}={getattr(self.train, key)}: must be at least 1")
+        return self
+
+
+def _check_positive(key: str, values: tuple) -> None:
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise ConfigError(f"{key}={list(values)}: needs three positive numbers")
+
+
+# ----------------------------------------------------------------------------- dict <-> dataclass
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-friendly structure (tuples become lists)."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(data: dict | None, cls: type = ExperimentConfig, where: str = "") -> Any:
+    """Build ``cls`` from nested dicts, rejecting unknown keys and values of the wrong type."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + str(k) for k in unknown)}; "
+                          f"valid keys{' in ' + where if where else ''}: {', '.join(valid)}")
+    kwargs = {}
+    for name in valid:
+        if name not in data:
+            continue
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(data[name], hints[name], key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if is_dataclass(hint):
+        return from_dict(value, hint, key)
+    if origin is tuple:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        args = typing.get_args(hint)
+        item_type = args[0]
+        if len(args) > 1 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={list(value)}: expected exactly {len(args)} values")
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping such as {{2: 1}}")
+        key_type, value_type = typing.get_args(hint)
+        return {_coerce(k, key_type, key): _coerce(v, value_type, key) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")  # a programming error, not user input
+
+
+# ----------------------------------------------------------------------------- files and overrides
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Defaults, updated by a YAML file, updated by ``a.b=value`` overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return from_dict(data).validate()
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE, e.g. train.lr=3e-4")
+    dotted, raw = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {override!r}: the key must be SECTION.KEY, e.g. train.lr; sections: "
+                          f"{', '.join(f.name for f in fields(ExperimentConfig))}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    section = data.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"--set {override!r}: {parts[0]} is not a section")
+    section[parts[1]] = value
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> ExperimentConfig:
+    data = to_dict(cfg)
+    for override in overrides:
+        _apply_override(data, override)
+    return from_dict(data).validate()
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def config_from_yaml_text(text: str) -> ExperimentConfig:
+    return from_dict(yaml.safe_load(text)).validate()
+
+
+__all__ = ["DataConfig", "PreprocessConfig", "ModelConfig", "TrainConfig", "InferConfig",
+           "ExperimentConfig", "load_config", "save_config", "apply_overrides", "to_dict", "from_dict"]

@@ -1,0 +1,39 @@
+"""Everything that touches a file format: ``read_volume`` in, ``write_label_map`` out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .dicom import choose_series, read_dicom_series
+from .images import check_image_file, is_image_file, read_image_file, strip_image_suffix, write_volume
+from .outputs import write_label_map
+from .volume import Volume
+
+__all__ = ["Volume", "read_volume", "check_input", "write_label_map", "case_name", "is_image_file", "write_volume"]
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a DICOM series folder or a NIfTI/NRRD/MHA file into a Volume."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return read_dicom_series(path, series_uid)
+    return read_image_file(path)
+
+
+def check_input(path: str | Path, series_uid: str | None = None) -> None:
+    """Cheap up-front check (headers, series discovery) that ``read_volume`` can be tried on ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        choose_series(path, series_uid)
+    else:
+        check_image_file(path)
+
+
+def case_name(path: str | Path) -> str:
+    """Output folder name for an input: file name without image suffix, or the folder's name."""
+    path = Path(path)
+    return path.name if path.is_dir() else strip_image_suffix(path.name)

@@ -1,0 +1,94 @@
+"""``Volume``: a voxel array plus the 4x4 affine that places it in patient space.
+
+Convention, everywhere in liverseg:
+
+* ``array`` is indexed ``[i, j, k]`` in the order of the file's voxel axes (SimpleITK's x, y, z
+  index order, which is nibabel's array order).
+* ``affine_ras`` maps a voxel index ``(i, j, k, 1)`` to RAS+ millimetres (x grows towards the
+  patient's Right, y towards Anterior, z towards Superior), as nibabel and MONAI use.
+
+SimpleITK, ITK, NRRD and DICOM describe geometry in LPS+ (x grows towards the patient's Left,
+y towards Posterior). The sign flip between the two lives in this
+file and nowhere else (``LPS_TO_RAS``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Diagonal flip that turns LPS+ coordinates into RAS+ ones (and back: it is its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D voxel array on a grid described by ``affine_ras``.
+
+    ``meta`` carries facts about the source (path, format, DICOM series UID, ...) that outputs
+    may want to repeat; geometry never lives there.
+    """
+
+    array: np.ndarray
+    affine_ras: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine_ras = np.asarray(self.affine_ras, dtype=np.float64)
+        if self.affine_ras.shape != (4, 4):
+            raise ValueError(f"affine_ras must be 4x4, got shape {self.affine_ras.shape}")
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume.array must be 3D, got shape {self.array.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        return spacing_from_affine(self.affine_ras)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine_ras[:3, :3])) / 1000.0)
+
+    def with_array(self, array: np.ndarray, **meta: Any) -> "Volume":
+        """The same grid holding another array (shape must match)."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"array shape {tuple(array.shape)} does not match the grid {self.shape}")
+        return Volume(array, self.affine_ras.copy(), {**self.meta, **meta})
+
+    def same_grid(self, other: "Volume", atol_mm: float = 1e-4) -> bool:
+        return self.shape == other.shape and bool(
+            np.allclose(self.affine_ras, other.affine_ras, atol=atol_mm, rtol=0))
+
+
+def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis: the length of each affine column."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def affine_from_lps(spacing: Any, origin: Any, direction: Any) -> np.ndarray:
+    """RAS affine from ITK-style LPS geometry (spacing, origin, row-major 3x3 direction)."""
+    direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * np.asarray(spacing, dtype=np.float64)[None, :]
+    affine_lps[:3, 3] = np.asarray(origin, dtype=np.float64)
+    return LPS_TO_RAS @ affine_lps
+
+
+def lps_from_affine(affine_ras: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """ITK-style (spacing, origin, row-major direction) in LPS from a RAS affine."""
+    affine_lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)
+    spacing = spacing_from_affine(affine_lps)
+    direction = affine_lps[:3, :3] / spacing[None, :]
+    origin = affine_lps[:3, 3]
+    return (tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
+            tuple(float(d) for d in direction.ravel()))
+
+
+def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """Apply an affine to an (..., 3) array of voxel coordinates."""
+    ijk = np.asarray(ijk, dtype=np.float64)
+    return ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]

@@ -1,0 +1,194 @@
+"""The experiment config: defaults, YAML round trip, unknown keys, ``--set`` overrides, shipped configs."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from liverseg.config import (DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig,
+                             TrainConfig, apply_overrides, load_config, save_config, to_dict)
+from liverseg.errors import ConfigError
+from liverseg.models import size_divisor
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SECTIONS = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig, "train": TrainConfig,
+            "infer": InferConfig}
+
+
+def _names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def test_defaults_validate():
+    cfg = ExperimentConfig()
+    assert cfg.validate() is cfg
+    assert load_config() == cfg  # no file, no overrides: the defaults
+    assert cfg.data.labels[0] == "background"
+
+
+def test_config_is_frozen():
+    cfg = ExperimentConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_round_trip_gives_an_equal_config(tmp_path):
+    cfg = load_config(overrides=[
+        "data.labels=[background, liver, tumour]",
+        "data.label_remap={3: 2, 4: 0}",
+        "preprocess.spacing_mm=[0.8, 0.8, 2.5]",
+        "model.channels=[8, 16, 32]",
+        "model.strides=[2, 2]",
+        "train.lr=3e-4",
+        "train.amp=false",
+        "train.patch_size=[64, 64, 32]",
+        "infer.largest_component=[liver, tumour]",
+        "infer.blend=constant",
+    ])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    loaded = load_config(path)
+    assert loaded == cfg
+    assert loaded.data.label_remap == {3: 2, 4: 0}
+    assert loaded.preprocess.spacing_mm == (0.8, 0.8, 2.5)
+    # On disk: plain YAML with every section and nothing that needs Python tags.
+    on_disk = yaml.safe_load(path.read_text())
+    assert list(on_disk) == list(SECTIONS)
+    assert on_disk == to_dict(cfg)
+    assert not list(tmp_path.joinpath("run").glob(".config.yaml.*"))  # no temporary file left
+
+
+def test_unknown_top_level_key_lists_the_sections(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  labels: [background, liver]\ntrainer:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "trainer" in message
+    assert str(path) in message
+    for section in SECTIONS:
+        assert section in message
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_unknown_key_inside_a_section_lists_the_valid_keys(tmp_path, section):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"{section}:\n  no_such_key: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"{section}.no_such_key" in message
+    for name in _names(SECTIONS[section]):
+        assert name in message
+
+
+def test_unknown_key_in_an_override_is_rejected():
+    with pytest.raises(ConfigError, match=r"train\.epoch\b.*epochs"):
+        load_config(overrides=["train.epoch=3"])
+
+
+@pytest.mark.parametrize("override, getter, expected", [
+    ("train.patch_size=[64, 48, 32]", lambda c: c.train.patch_size, (64, 48, 32)),
+    ("data.labels=[background, liver, tumour]", lambda c: c.data.labels, ("background", "liver", "tumour")),
+    ("data.label_remap={2: 1}", lambda c: c.data.label_remap, {2: 1}),
+    ("train.lr=3e-4", lambda c: c.train.lr, 3e-4),
+    ("train.weight_decay=1E-5", lambda c: c.train.weight_decay, 1e-5),
+    ("train.lr=2.5e+1", lambda c: c.train.lr, 25.0),
+    ("train.max_minutes=2", lambda c: c.train.max_minutes, 2.0),
+    ("train.epochs=7", lambda c: c.train.epochs, 7),
+    ("train.amp=false", lambda c: c.train.amp, False),
+    ("infer.overlap=0.5", lambda c: c.infer.overlap, 0.5),
+    ("model.name=unet", lambda c: c.model.name, "unet"),
+    ("preprocess.hu_window=[-100, 250]", lambda c: c.preprocess.hu_window, (-100.0, 250.0)),
+])
+def test_set_overrides_parse_values(override, getter, expected):
+    cfg = load_config(overrides=[override])
+    value = getter(cfg)
+    assert value == expected
+    assert type(value) is type(expected)
+    if isinstance(value, tuple):
+        assert [type(v) for v in value] == [type(v) for v in expected]
+    # The same override applied to an existing config gives the same result.
+    assert getter(apply_overrides(ExperimentConfig(), [override])) == expected
+
+
+def test_overrides_apply_on_top_of_the_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epochs: 5\n  lr: 0.01\n")
+    cfg = load_config(path, ["train.lr=1e-4", "train.lr=2e-4"])
+    assert cfg.train.epochs == 5
+    assert cfg.train.lr == 2e-4  # the last override wins
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=abc", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("train.epochs=true", "train.epochs"),
+    ("train.lr=fast", "train.lr"),
+    ("train.amp=maybe", "train.amp"),
+    ("preprocess.spacing_mm=[1.0, 2.0]", "preprocess.spacing_mm"),
+    ("preprocess.spacing_mm=[1.0, x, 2.0]", "preprocess.spacing_mm"),
+    ("data.label_remap=5", "data.label_remap"),
+    ("data.label_remap={liver: 1}", "data.label_remap"),
+    ("model.name=[unet]", "model.name"),
+    ("model.channels={a: 1}", "model.channels"),
+])
+def test_wrong_types_name_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("infer.overlap=1.0", "infer.overlap"),
+    ("infer.blend=median", "infer.blend"),
+    ("train.schedule=step", "train.schedule"),
+    ("train.epochs=0", "train.epochs"),
+    ("preprocess.hu_window=[300, -200]", "preprocess.hu_window"),
+    ("preprocess.spacing_mm=[1.0, 0.0, 2.0]", "preprocess.spacing_mm"),
+    ("model.spatial_dims=4", "model.spatial_dims"),
+    ("model.strides=[2, 2]", "model.strides"),
+    ("data.labels=[liver, background]", "data.labels"),
+    ("data.label_remap={2: 5}", "data.label_remap"),
+    ("infer.largest_component=[spleen]", "infer.largest_component"),
+])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["train.lr", "lr=3", "train.a.b=3", ".lr=3"])
+def test_malformed_set_is_a_config_error(override):
+    with pytest.raises(ConfigError, match="SECTION"):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "data: [1, 2\n", "data: 3\n"])
+def test_malformed_yaml_is_a_config_error_naming_the_file(tmp_path, text):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(path)
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_config_folder_is_not_empty():
+    assert len(list(CONFIG_DIR.glob("*.yaml"))) >= 1, CONFIG_DIR
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path, tmp_path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    # Tile and patch sizes must fit the network's down-sampling, or training/prediction would refuse them.
+    divisor = size_divisor(cfg.model)
+    assert all(s % divisor == 0 for s in cfg.train.patch_size), cfg.train.patch_size
+    assert all(s % divisor == 0 for s in cfg.infer.roi_size), cfg.infer.roi_size
+    # And it survives the trip through a run folder's config.yaml.
+    assert load_config(save_config(cfg, tmp_path / "config.yaml")) == cfg
