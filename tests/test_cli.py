@@ -244,6 +244,53 @@ def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(untrained_run, 
     assert not out_dir.exists()
 
 
+def test_a_bad_input_among_good_ones_stops_before_any_output(untrained_run, tiny_dataset, tmp_path, capfd):
+    """Headers of every input are checked first, so the good case before the bad one is not written."""
+    bad = _write_corrupt(tmp_path)
+    out_dir = tmp_path / "out"
+    code = main(["predict", str(_images(tiny_dataset)[0]), str(bad), "-o", str(out_dir), "--model",
+                 str(untrained_run), "--device", "cpu", "-q"])
+    captured = capfd.readouterr()
+    assert code == 2
+    _assert_one_error_line(captured.err, str(bad))
+    assert not out_dir.exists()
+
+
+def test_predict_picks_the_series_with_most_slices_and_says_so(untrained_run, tmp_path, capfd):
+    """Two DICOM series in one folder: the longer one is segmented and a message names it."""
+    folder = tmp_path / "two_series"
+    folder.mkdir()
+    for series_index, n_slices in enumerate((3, 6)):
+        _write_dicom_series(folder, f"1.2.826.0.1.3680043.8.498.{series_index + 1}", n_slices, series_index)
+    out_dir = tmp_path / "out"
+    code = main(["predict", str(folder), "-o", str(out_dir), "--model", str(untrained_run), "--device", "cpu", "-q"])
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    assert "2 DICOM series found" in captured.err and "1.2.826.0.1.3680043.8.498.2 (6 slices" in captured.err
+    written = sitk.ReadImage(str(out_dir / "two_series" / "segmentation.nii.gz"))
+    assert written.GetSize() == (20, 24, 6)
+
+
+def _write_dicom_series(folder: Path, series_uid: str, n_slices: int, tag: int) -> None:
+    """A minimal CT series written with SimpleITK's GDCM writer (one file per slice)."""
+    array = np.random.default_rng(tag).integers(-100, 100, (n_slices, 24, 20)).astype(np.int16)
+    volume = sitk.GetImageFromArray(array)
+    volume.SetSpacing((1.5, 1.5, 3.0))
+    volume.SetOrigin((-10.0, 20.0, 30.0 + 100 * tag))
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # files without a .dcm suffix, as PACS exports often are
+    writer.KeepOriginalImageUIDOn()
+    for k in range(n_slices):
+        image_slice = volume[:, :, k]
+        for key, value in (("0008|0060", "CT"), ("0020|000e", series_uid), ("0020|000d", "1.2.3.4"),
+                           ("0020|0013", str(k + 1)), ("0028|0030", "1.5\\1.5"), ("0018|0050", "3.0"),
+                           ("0020|0032", "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0")):
+            image_slice.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"s{tag}_{k:03d}"))
+        writer.Execute(image_slice)
+
+
 def test_predict_with_a_model_folder_without_checkpoint(tiny_dataset, tmp_path, capfd):
     empty = tmp_path / "empty_run"
     empty.mkdir()
