@@ -199,6 +199,9 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
         raise InputError("no input given: pass one or more DICOM folders or NIfTI/NRRD/MHA files")
     for path in inputs:
         check_input(path)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"-o {out_dir}: exists and is not a folder; give a folder for the outputs")
     names = [case_name(p) for p in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -210,7 +213,6 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
     if any(r % divisor for r in cfg.infer.roi_size):
         raise ConfigError(f"infer.roi_size={list(cfg.infer.roi_size)}: each size must be a multiple of "
                           f"{divisor} for model {cfg.model.name} with strides {list(cfg.model.strides)}")
-    out_dir = Path(out_dir)
     written = []
     for path, name in tqdm(list(zip(inputs, names)), desc="cases", unit="case", disable=not progress
                            or len(inputs) == 1):
