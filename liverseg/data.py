@@ -7,7 +7,7 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose
 
 from .config import ExperimentConfig
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, surface_user_errors
 from .manifest import Case, Manifest, load_manifest
 from .transforms import LoadCased, augmentation, cached_transforms
 
@@ -40,8 +40,9 @@ def case_dicts(cases: list[Case], split: str, manifest: Manifest, need_labels: b
 
 def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: int) -> DataLoader:
     """Endless-feeling loader: each epoch draws iters_per_epoch x batch_size random patches."""
-    dataset = CacheDataset(items, transform=Compose(cached_transforms(cfg) + augmentation(cfg)),
-                           cache_rate=cfg.train.cache_rate, num_workers=None, progress=False)
+    with surface_user_errors():
+        dataset = CacheDataset(items, transform=Compose(cached_transforms(cfg) + augmentation(cfg)),
+                               cache_rate=cfg.train.cache_rate, num_workers=None, progress=False)
     generator = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=generator,
                                              num_samples=cfg.train.iters_per_epoch * cfg.train.batch_size)
@@ -51,7 +52,8 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
 
 def validation_cases(cfg: ExperimentConfig, items: list[dict]) -> Dataset:
     """Whole preprocessed volumes (no augmentation), cached in memory."""
-    return CacheDataset(items, transform=LoadCased(cfg), cache_rate=1.0, num_workers=None, progress=False)
+    with surface_user_errors():
+        return CacheDataset(items, transform=LoadCased(cfg), cache_rate=1.0, num_workers=None, progress=False)
 
 
 __all__ = ["load_training_manifest", "case_dicts", "train_loader", "validation_cases"]

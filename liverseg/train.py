@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from . import __version__
 from .config import ExperimentConfig, save_config, to_dict
 from .data import case_dicts, load_training_manifest, train_loader, validation_cases
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, surface_user_errors
 from .infer import resolve_device, sliding_window, softmax_predictor
 from .metrics import dice
 from .models import build_model, count_parameters, size_divisor
@@ -49,10 +50,17 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
     train_items = case_dicts(manifest.split(cfg.data.train_split), cfg.data.train_split, manifest)
     val_items = case_dicts(manifest.split(cfg.data.val_split), cfg.data.val_split, manifest)
 
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _log_to_file(run_dir / "train.log")
     try:
         return _train(cfg, run_dir, torch_device, workers, resume, progress, train_items, val_items)
+    except BaseException:
+        # A run that failed before its first checkpoint leaves no folder behind to be mistaken for one.
+        if created and not (run_dir / "last.pt").exists():
+            handler.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         logging.getLogger("liverseg").removeHandler(handler)
         handler.close()
@@ -94,7 +102,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: 
         epoch_start = time.perf_counter()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", unit="it", leave=False, disable=not progress)
-        for batch in bar:
+        for batch in _batches(bar):
             batch = drop_index_keys(batch)
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
@@ -157,6 +165,18 @@ def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _batches(loader):
+    """Iterate a loader, surfacing our own errors from inside MONAI transforms (cache_rate < 1)."""
+    iterator = iter(loader)
+    while True:
+        with surface_user_errors():
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+        yield batch
+
 
 def _lr_factor(cfg: ExperimentConfig, step: int, total: int) -> float:
     t = cfg.train

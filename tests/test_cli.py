@@ -317,6 +317,31 @@ def test_train_with_unknown_config_key(tiny_dataset, tmp_path, capfd):
     assert not run.exists()
 
 
+def test_train_with_a_label_off_its_image_grid_names_the_case(tmp_path, capfd):
+    """The error raised inside a MONAI transform reaches the user as liverseg's one-line message."""
+    from liverseg.io import read_volume, write_volume
+    from liverseg.manifest import write_manifest
+    from conftest import make_volume
+
+    image = make_volume((12, 10, 8), (2.0, 2.0, 3.0), np.eye(3), (0.0, 0.0, 0.0))
+    image.array[:] = np.random.default_rng(0).normal(0, 50, image.shape)
+    label = make_volume((12, 10, 9), (2.0, 2.0, 3.0), np.eye(3), (0.0, 0.0, 0.0))
+    write_volume(image, tmp_path / "img.nii.gz", dtype=np.int16)
+    write_volume(label, tmp_path / "lab.nii.gz", dtype=np.uint8)
+    assert read_volume(tmp_path / "lab.nii.gz").shape == (12, 10, 9)
+    cases = [{"id": "c1", "image": "img.nii.gz", "label": "lab.nii.gz"}]
+    manifest = write_manifest(tmp_path / "m.json", "t", {"background": 0, "liver": 1}, cases,
+                              {"train": ["c1"], "val": ["c1"]})
+    run = tmp_path / "run"
+    code = main(["train", "--config", str(SMOKE), "--run-dir", str(run), "--set", f"data.manifest={manifest}", "-q"])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("liverseg train: error: case c1: label") and "not on the image grid" in last
+    assert not run.exists(), "a run that failed before its first checkpoint must not leave its folder"
+
+
 def test_train_with_unknown_set_key(tiny_dataset, tmp_path, capfd):
     run = tmp_path / "run"
     code = main(["train", "--config", str(SMOKE), "--run-dir", str(run), "--set", "train.epoch=3",
