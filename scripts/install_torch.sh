@@ -27,4 +27,5 @@ else
         pip_install torch --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
     fi
 fi
-"$PY" -c "import torch; print(f'torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"
+# -W ignore: numpy is not installed yet at this point, and torch warns about that on import
+"$PY" -W ignore -c "import torch; print(f'torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"
