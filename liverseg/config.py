@@ -50,6 +50,14 @@ class ModelConfig:
     num_res_units: int = 2
     norm: str = "instance"
     dropout: float = 0.0
+    # Train on the extra low-resolution heads of models that have them (dynunet, ma_unet), with
+    # Dice-CE per head weighted 1/2^i (normalised); prediction always uses the full-resolution output.
+    deep_supervision: bool = False
+    # 2D models only: number of neighbouring axial slices given as input channels (1 = plain 2D,
+    # 3 or 5 = "2.5D"); must be odd so the labelled slice is the centre one.
+    slices_2d: int = 1
+    # ma_unet: dilation rates of the 3x3 ASPP branches at the bottleneck (plus a 1x1 branch).
+    aspp_dilations: tuple[int, ...] = (3, 5, 7)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class TrainConfig:
     epochs: int = 100
     iters_per_epoch: int = 250
     batch_size: int = 2
-    patch_size: tuple[int, int, int] = (128, 128, 96)
+    # Training patch in voxels of the network grid: 3 sizes for 3D models, 2 (in-plane) for 2D ones.
+    patch_size: tuple[int, ...] = (128, 128, 96)
     # Fraction of patches centred on foreground (the rest on background), as nnU-Net's oversampling.
     pos_fraction: float = 0.5
     lr: float = 1e-3
@@ -82,7 +91,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    roi_size: tuple[int, int, int] = (128, 128, 96)
+    # Sliding-window tile: 3 sizes for 3D models, 2 (in-plane, axial slices) for 2D ones.
+    roi_size: tuple[int, ...] = (128, 128, 96)
     overlap: float = 0.25
     sw_batch_size: int = 1
     blend: str = "gaussian"  # gaussian | constant
@@ -121,8 +131,15 @@ class ExperimentConfig:
         if len(self.model.strides) != len(self.model.channels) - 1:
             raise ConfigError(f"model.strides has {len(self.model.strides)} entries but model.channels has "
                               f"{len(self.model.channels)}: strides needs one fewer entry than channels")
-        _check_positive("train.patch_size", self.train.patch_size)
-        _check_positive("infer.roi_size", self.infer.roi_size)
+        dims = self.model.spatial_dims
+        for key, sizes in (("train.patch_size", self.train.patch_size), ("infer.roi_size", self.infer.roi_size)):
+            if len(sizes) != dims or any(v <= 0 for v in sizes):
+                raise ConfigError(f"{key}={list(sizes)}: needs {dims} positive sizes for model.spatial_dims={dims}")
+        if self.model.slices_2d < 1 or self.model.slices_2d % 2 == 0:
+            raise ConfigError(f"model.slices_2d={self.model.slices_2d}: must be an odd number (1, 3, 5, ...)")
+        if dims == 3 and self.model.slices_2d != 1:
+            raise ConfigError(f"model.slices_2d={self.model.slices_2d} applies to 2D models only; "
+                              "set model.spatial_dims=2 or model.slices_2d=1")
         if self.train.schedule not in ("cosine", "poly", "constant"):
             raise ConfigError(f"train.schedule={self.train.schedule!r}: use cosine, poly or constant")
         if self.infer.blend not in ("gaussian", "constant"):

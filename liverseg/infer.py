@@ -5,6 +5,7 @@ preprocessing, model, inference settings, all resolved at training time) and a c
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
@@ -21,7 +22,7 @@ from .config import ExperimentConfig, from_dict
 from .errors import ConfigError, InputError
 from .io import case_name, check_input, read_volume, write_label_map
 from .io.volume import Volume
-from .models import build_model, size_divisor
+from .models import build_model, input_channels
 from .postprocess import keep_largest_component
 from .preprocess import preprocess_image, probabilities_to_labels
 
@@ -37,12 +38,14 @@ def gaussian_importance(roi_size: Sequence[int], sigma_scale: float = 0.125) -> 
 
     Clamped away from zero so voxels at tile borders still get a defined (if small) weight.
     """
-    grids = []
-    for n in roi_size:
+    weight = torch.ones((), dtype=torch.float64)
+    for axis, n in enumerate(roi_size):
         coords = torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
         sigma = max(n * sigma_scale, 1e-3)
-        grids.append(torch.exp(-0.5 * (coords / sigma) ** 2))
-    weight = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
+        profile = torch.exp(-0.5 * (coords / sigma) ** 2)
+        shape = [1] * len(roi_size)
+        shape[axis] = n
+        weight = weight * profile.reshape(shape)
     weight = weight / weight.max()
     return weight.clamp_min(1e-3).float()
 
@@ -60,22 +63,24 @@ def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torc
                    roi_size: Sequence[int], *, overlap: float = 0.25, batch_size: int = 1,
                    blend: str = "gaussian", device: torch.device | str = "cpu",
                    progress: bool = False) -> torch.Tensor:
-    """Run ``predictor`` on overlapping tiles of ``image`` (C, X, Y, Z) and blend the outputs.
+    """Run ``predictor`` on overlapping tiles of ``image`` (C, *spatial) and blend the outputs.
 
-    Returns (K, X, Y, Z) float32 on the CPU: the weighted mean of every tile output covering each
-    voxel. Volumes smaller than the tile are zero-padded to it and the padding cropped again.
+    Works for 2 or 3 spatial axes (``len(roi_size)``). Returns (K, *spatial) float32 on the CPU: the
+    weighted mean of every tile output covering each voxel. Images smaller than the tile are
+    zero-padded to it and the padding cropped again.
     """
-    if image.ndim != 4:
-        raise ValueError(f"sliding_window expects (C, X, Y, Z), got shape {tuple(image.shape)}")
     roi = tuple(int(r) for r in roi_size)
+    if image.ndim != len(roi) + 1:
+        raise ValueError(f"sliding_window expects (C, *spatial) with {len(roi)} spatial axes, got shape "
+                         f"{tuple(image.shape)}")
     spatial = tuple(image.shape[1:])
     padded_shape = tuple(max(s, r) for s, r in zip(spatial, roi))
     if padded_shape != spatial:
         padded = torch.zeros((image.shape[0], *padded_shape), dtype=image.dtype)
-        padded[:, : spatial[0], : spatial[1], : spatial[2]] = image
+        padded[(slice(None), *(slice(0, s) for s in spatial))] = image
         image = padded
     starts = [tile_starts(n, r, overlap) for n, r in zip(padded_shape, roi)]
-    tiles = [(x, y, z) for x in starts[0] for y in starts[1] for z in starts[2]]
+    tiles = [tuple(slice(a, a + r) for a, r in zip(corner, roi)) for corner in itertools.product(*starts)]
     weight = gaussian_importance(roi) if blend == "gaussian" else torch.ones(roi)
     weight_device = weight.to(device)
     accumulated: torch.Tensor | None = None
@@ -83,19 +88,19 @@ def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torc
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress)
     for first in range(0, len(tiles), batch_size):
         batch_tiles = tiles[first: first + batch_size]
-        batch = torch.stack([image[:, x: x + roi[0], y: y + roi[1], z: z + roi[2]] for x, y, z in batch_tiles])
+        batch = torch.stack([image[(slice(None), *tile)] for tile in batch_tiles])
         output = predictor(batch.to(device))
         output = (output.float() * weight_device).cpu()
         if accumulated is None:
             accumulated = torch.zeros((output.shape[1], *padded_shape), dtype=torch.float32)
-        for tile_output, (x, y, z) in zip(output, batch_tiles):
-            accumulated[:, x: x + roi[0], y: y + roi[1], z: z + roi[2]] += tile_output
-            weight_sum[x: x + roi[0], y: y + roi[1], z: z + roi[2]] += weight
+        for tile_output, tile in zip(output, batch_tiles):
+            accumulated[(slice(None), *tile)] += tile_output
+            weight_sum[tile] += weight
         bar.update(len(batch_tiles))
     bar.close()
     assert accumulated is not None  # at least one tile always exists
     accumulated /= weight_sum
-    return accumulated[:, : spatial[0], : spatial[1], : spatial[2]].contiguous()
+    return accumulated[(slice(None), *(slice(0, s) for s in spatial))].contiguous()
 
 
 # ----------------------------------------------------------------------------- one volume
@@ -110,15 +115,36 @@ def softmax_predictor(model: torch.nn.Module, device: torch.device) -> Callable[
     return predict
 
 
+def network_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: ExperimentConfig,
+                          device: torch.device, progress: bool = False) -> torch.Tensor:
+    """Class probabilities (K, X, Y, Z) for a preprocessed volume (X, Y, Z) on the network grid.
+
+    3D models: one sliding window over the volume. 2D models: every axial slice (the last axis of
+    the canonical RAS grid) with ``slices_2d`` neighbours as channels (edge slices repeated at the
+    top and bottom), each slice by a 2D sliding window.
+    """
+    predictor = softmax_predictor(model, device)
+    window = dict(overlap=cfg.infer.overlap, batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend,
+                  device=device)
+    if cfg.model.spatial_dims == 3:
+        return sliding_window(image[None], predictor, cfg.infer.roi_size, progress=progress, **window)
+    context = cfg.model.slices_2d // 2
+    depth = image.shape[-1]
+    slice_probabilities = []
+    for z in tqdm(range(depth), desc="slices", unit="slice", leave=False, disable=not progress):
+        neighbours = [min(max(z + offset, 0), depth - 1) for offset in range(-context, context + 1)]
+        stack = image[..., neighbours].permute(2, 0, 1)  # (slices_2d, X, Y)
+        slice_probabilities.append(sliding_window(stack, predictor, cfg.infer.roi_size, **window))
+    return torch.stack(slice_probabilities, dim=-1)
+
+
 def predict_volume(model: torch.nn.Module, volume: Volume, cfg: ExperimentConfig, device: torch.device,
                    progress: bool = False) -> np.ndarray:
     """Segment one CT volume; returns uint8 labels on exactly the volume's grid."""
     image, record = preprocess_image(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window)
     model.eval()
     with torch.inference_mode():
-        probabilities = sliding_window(image[None], softmax_predictor(model, device), cfg.infer.roi_size,
-                                       overlap=cfg.infer.overlap, batch_size=cfg.infer.sw_batch_size,
-                                       blend=cfg.infer.blend, device=device, progress=progress)
+        probabilities = network_probabilities(model, image, cfg, device, progress)
     labels = probabilities_to_labels(probabilities, record)
     del probabilities
     lcc_values = [cfg.data.labels.index(name) for name in cfg.infer.largest_component]
@@ -160,7 +186,7 @@ def load_trained_model(run_dir: str | Path, device: torch.device) -> TrainedMode
         cfg = from_dict(checkpoint["config"]).validate()
     except ConfigError as exc:
         raise InputError(f"{checkpoint_path}: stored config is invalid ({exc})") from None
-    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
+    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     return TrainedModel(cfg, model, checkpoint_path, int(checkpoint.get("epoch", 0)))
@@ -209,10 +235,6 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
                          "would overwrite each other: predict them into separate -o folders")
     trained = load_trained_model(run_dir, torch_device)
     cfg = trained.cfg
-    divisor = size_divisor(cfg.model)
-    if any(r % divisor for r in cfg.infer.roi_size):
-        raise ConfigError(f"infer.roi_size={list(cfg.infer.roi_size)}: each size must be a multiple of "
-                          f"{divisor} for model {cfg.model.name} with strides {list(cfg.model.strides)}")
     written = []
     for path, name in tqdm(list(zip(inputs, names)), desc="cases", unit="case", disable=not progress
                            or len(inputs) == 1):
@@ -238,5 +260,6 @@ def _label_summary(labels: np.ndarray, volume: Volume, cfg: ExperimentConfig) ->
                      for i, name in enumerate(cfg.data.labels) if i > 0)
 
 
-__all__ = ["sliding_window", "gaussian_importance", "tile_starts", "predict_volume", "predict_files",
+__all__ = ["sliding_window", "gaussian_importance", "tile_starts", "network_probabilities", "predict_volume",
+           "predict_files",
            "load_trained_model", "resolve_device", "find_checkpoint", "TrainedModel"]

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from . import __version__
 from .config import ExperimentConfig, save_config, to_dict
 from .data import case_dicts, load_training_manifest, train_loader, validation_cases
-from .errors import ConfigError, InputError, surface_user_errors
-from .infer import resolve_device, sliding_window, softmax_predictor
+from .errors import InputError, surface_user_errors
+from .infer import network_probabilities, resolve_device
 from .metrics import dice
-from .models import build_model, count_parameters, size_divisor
+from .losses import SegmentationLoss
+from .models import build_model, count_parameters, input_channels
 from .transforms import drop_index_keys
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
     if threads is not None:
         torch.set_num_threads(threads)
     _check_run_dir(run_dir, resume)
-    _check_shapes(cfg)
 
     # ---- data
     manifest = load_training_manifest(cfg)
@@ -80,9 +79,10 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: 
 
     # ---- model and optimisation
     n_classes = len(cfg.data.labels)
-    model = build_model(cfg.model, in_channels=1, out_channels=n_classes).to(device)
-    log.info("model %s: %.2f M parameters", cfg.model.name, count_parameters(model) / 1e6)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes).to(device)
+    log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
+             count_parameters(model) / 1e6)
+    loss_fn = SegmentationLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     total_iters = t.epochs * t.iters_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(cfg, step, total_iters))
@@ -107,7 +107,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: 
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model(images), labels)
+                outputs = model.deep_supervision_outputs(images) if cfg.model.deep_supervision else model(images)
+                loss = loss_fn(outputs, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -153,9 +154,7 @@ def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch
     per_label: dict[str, list[float]] = {name: [] for name in cfg.data.labels[1:]}
     with torch.inference_mode():
         for case in cases:
-            probabilities = sliding_window(case["image"], softmax_predictor(model, device), cfg.infer.roi_size,
-                                           overlap=cfg.infer.overlap, batch_size=cfg.infer.sw_batch_size,
-                                           blend=cfg.infer.blend, device=device)
+            probabilities = network_probabilities(model, case["image"][0], cfg, device)
             predicted = probabilities.argmax(0).numpy()
             reference = case["label"][0].numpy()
             for index, name in enumerate(cfg.data.labels[1:], start=1):
@@ -197,14 +196,6 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and has_run:
         raise InputError(f"{run_dir}: already holds a training run; continue it with --resume, or choose "
                          "another --run-dir")
-
-
-def _check_shapes(cfg: ExperimentConfig) -> None:
-    divisor = size_divisor(cfg.model)
-    for key, sizes in (("train.patch_size", cfg.train.patch_size), ("infer.roi_size", cfg.infer.roi_size)):
-        if any(s % divisor for s in sizes):
-            raise ConfigError(f"{key}={list(sizes)}: each size must be a multiple of {divisor} (the product "
-                              f"of model.strides={list(cfg.model.strides)})")
 
 
 def _seed_everything(seed: int) -> None:

@@ -61,11 +61,33 @@ class LoadCased(MapTransform):
         return out
 
 
+def crop_size(cfg: ExperimentConfig) -> tuple[int, int, int]:
+    """The 3D block cut from a volume: the patch itself, or for 2D models an in-plane patch
+    ``slices_2d`` axial slices deep (the slab becomes the 2D input's channels)."""
+    if cfg.model.spatial_dims == 3:
+        return tuple(cfg.train.patch_size)  # type: ignore[return-value]
+    return (*cfg.train.patch_size, cfg.model.slices_2d)  # type: ignore[return-value]
+
+
+class SlabTo2Dd(MapTransform):
+    """(1, X, Y, k) image slab -> (k, X, Y) channels; label -> its centre slice (1, X, Y)."""
+
+    def __init__(self) -> None:
+        super().__init__(keys=("image", "label"))
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        image, label = data["image"], data["label"]
+        out["image"] = image[0].permute(2, 0, 1).contiguous()
+        out["label"] = label[..., label.shape[-1] // 2].contiguous()
+        return out
+
+
 def cached_transforms(cfg: ExperimentConfig) -> list:
     """Deterministic part, computed once per case (and cached by ``CacheDataset``)."""
     return [
         LoadCased(cfg),
-        SpatialPadd(keys=("image", "label"), spatial_size=cfg.train.patch_size),
+        SpatialPadd(keys=("image", "label"), spatial_size=crop_size(cfg)),
         FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg"),
     ]
 
@@ -73,18 +95,22 @@ def cached_transforms(cfg: ExperimentConfig) -> list:
 def augmentation(cfg: ExperimentConfig) -> list:
     """Random part: foreground/background patch sampling, then spatial and intensity augmentation."""
     t = cfg.train
+    dims = cfg.model.spatial_dims
     rotate = math.radians(t.aug_rotate_deg)
     steps: list = [
-        RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=t.patch_size,
+        RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=crop_size(cfg),
                                pos=t.pos_fraction, neg=1.0 - t.pos_fraction, num_samples=1,
                                fg_indices_key="label_fg", bg_indices_key="label_bg", allow_smaller=False),
     ]
+    if dims == 2:
+        steps.append(SlabTo2Dd())
     if t.aug_affine_prob > 0:
-        steps.append(RandAffined(keys=("image", "label"), prob=t.aug_affine_prob, rotate_range=(rotate,) * 3,
-                                 scale_range=(t.aug_scale,) * 3, mode=("bilinear", "nearest"),
-                                 padding_mode="border"))
+        # 3D: rotation about all three axes; 2D: in-plane rotation only.
+        steps.append(RandAffined(keys=("image", "label"), prob=t.aug_affine_prob,
+                                 rotate_range=(rotate,) * (3 if dims == 3 else 1), scale_range=(t.aug_scale,) * dims,
+                                 mode=("bilinear", "nearest"), padding_mode="border"))
     if t.aug_flip_prob > 0:
-        steps += [RandFlipd(keys=("image", "label"), prob=t.aug_flip_prob, spatial_axis=axis) for axis in range(3)]
+        steps += [RandFlipd(keys=("image", "label"), prob=t.aug_flip_prob, spatial_axis=axis) for axis in range(dims)]
     if t.aug_intensity_prob > 0:
         steps += [RandScaleIntensityd(keys="image", factors=0.1, prob=t.aug_intensity_prob),
                   RandShiftIntensityd(keys="image", offsets=0.05, prob=t.aug_intensity_prob)]

@@ -186,7 +186,7 @@ def test_shipped_config_folder_is_not_empty():
 def test_every_shipped_config_loads_and_validates(path, tmp_path):
     cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
-    # Tile and patch sizes must fit the network's down-sampling, or training/prediction would refuse them.
+    # Shipped tile and patch sizes fit the down-sampling, so no voxel is spent on padding.
     divisor = size_divisor(cfg.model)
     assert all(s % divisor == 0 for s in cfg.train.patch_size), cfg.train.patch_size
     assert all(s % divisor == 0 for s in cfg.infer.roi_size), cfg.infer.roi_size

@@ -1,44 +1,102 @@
 """Model registry: an explicit dict from name to builder. No scanning, no dotted paths.
 
-Every builder takes ``(ModelConfig, in_channels, out_channels)`` and returns a module whose
-``forward(x)`` gives full-resolution logits of shape (N, out_channels, *spatial).
+Every builder takes ``(ModelConfig, in_channels, out_channels)``. ``build_model`` wraps the network
+in a ``SizeAdapter`` so that every registered model
+
+* accepts any input size (padded to the network's size divisor, output cropped back),
+* returns full-resolution logits (N, out_channels, *spatial) from ``forward`` in train and eval,
+* offers ``deep_supervision_outputs(x)``: the main output first, then the auxiliary heads (if the
+  architecture has any), all upsampled to full resolution; only the training step calls it.
+
+``model.spatial_dims`` picks 2D or 3D; the same name serves both.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .classic import build_unet_classic
+from .ma_unet import build_ma_unet
+from .monai_nets import build_attention_unet, build_dynunet
 from .unet import build_unet
 
 Builder = Callable[[ModelConfig, int, int], nn.Module]
 
 MODELS: dict[str, Builder] = {
-    "unet": build_unet,
+    "unet": build_unet,                      # MONAI residual U-Net
+    "attention_unet": build_attention_unet,  # attention gates on the skips
+    "dynunet": build_dynunet,                # nnU-Net style, deep-supervision heads
+    "ma_unet": build_ma_unet,                # CBAM encoder, ASPP bottleneck, multi-scale fusion, deep supervision
+    "unet_classic": build_unet_classic,      # the seeds' Keras U-Net
 }
 
 
-def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
-    try:
-        builder = MODELS[cfg.name]
-    except KeyError:
-        raise ConfigError(f"model.name={cfg.name!r} is not a known model; known: "
-                          f"{', '.join(sorted(MODELS))}") from None
-    return builder(cfg, in_channels, out_channels)
+class SizeAdapter(nn.Module):
+    """Pads inputs to a multiple of the network's size divisor and crops every output back."""
+
+    def __init__(self, net: nn.Module, divisor: int) -> None:
+        super().__init__()
+        self.net = net
+        self.divisor = divisor
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        spatial = tuple(x.shape[2:])
+        extra = [(-s) % self.divisor for s in spatial]
+        if not any(extra):
+            return x, spatial
+        padding: list[int] = []
+        for e in reversed(extra):  # F.pad lists the last axis first
+            padding += [0, e]
+        return F.pad(x, padding), spatial
+
+    @staticmethod
+    def _crop(y: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+        return y[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, spatial = self._pad(x)
+        return self._crop(self.net(padded), spatial)
+
+    def deep_supervision_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        padded, spatial = self._pad(x)
+        method = getattr(self.net, "deep_supervision_outputs", None)
+        outputs = method(padded) if method is not None else [self.net(padded)]
+        full = tuple(padded.shape[2:])
+        mode = "trilinear" if len(full) == 3 else "bilinear"
+        resized = [o if tuple(o.shape[2:]) == full else F.interpolate(o, size=full, mode=mode, align_corners=False)
+                   for o in outputs]
+        return [self._crop(o, spatial) for o in resized]
+
+
+def input_channels(cfg: ModelConfig) -> int:
+    """3D models see the CT volume; 2D models see ``slices_2d`` neighbouring axial slices."""
+    return cfg.slices_2d if cfg.spatial_dims == 2 else 1
 
 
 def size_divisor(cfg: ModelConfig) -> int:
-    """Input sizes must be multiples of this for the encoder/decoder shapes to line up."""
+    """Input sizes are padded to multiples of this (the product of the down-sampling strides)."""
     divisor = 1
     for stride in cfg.strides:
         divisor *= stride
     return divisor
 
 
+def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> SizeAdapter:
+    try:
+        builder = MODELS[cfg.name]
+    except KeyError:
+        raise ConfigError(f"model.name={cfg.name!r} is not a known model; known: "
+                          f"{', '.join(sorted(MODELS))}") from None
+    return SizeAdapter(builder(cfg, in_channels, out_channels), size_divisor(cfg))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "build_model", "size_divisor", "count_parameters"]
+__all__ = ["MODELS", "SizeAdapter", "build_model", "input_channels", "size_divisor", "count_parameters"]
