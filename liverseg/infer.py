@@ -120,22 +120,25 @@ def network_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: Expe
     """Class probabilities (K, X, Y, Z) for a preprocessed volume (X, Y, Z) on the network grid.
 
     3D models: one sliding window over the volume. 2D models: every axial slice (the last axis of
-    the canonical RAS grid) with ``slices_2d`` neighbours as channels (edge slices repeated at the
-    top and bottom), each slice by a 2D sliding window.
+    the canonical RAS grid) with its ``slices_2d`` neighbours as channels (edge slices repeated),
+    run as a sliding window whose tiles are one slice thick, so tiles of different slices share
+    a batch (``infer.sw_batch_size``).
     """
     predictor = softmax_predictor(model, device)
     window = dict(overlap=cfg.infer.overlap, batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend,
-                  device=device)
+                  device=device, progress=progress)
     if cfg.model.spatial_dims == 3:
-        return sliding_window(image[None], predictor, cfg.infer.roi_size, progress=progress, **window)
+        return sliding_window(image[None], predictor, cfg.infer.roi_size, **window)
     context = cfg.model.slices_2d // 2
     depth = image.shape[-1]
-    slice_probabilities = []
-    for z in tqdm(range(depth), desc="slices", unit="slice", leave=False, disable=not progress):
-        neighbours = [min(max(z + offset, 0), depth - 1) for offset in range(-context, context + 1)]
-        stack = image[..., neighbours].permute(2, 0, 1)  # (slices_2d, X, Y)
-        slice_probabilities.append(sliding_window(stack, predictor, cfg.infer.roi_size, **window))
-    return torch.stack(slice_probabilities, dim=-1)
+    index = torch.arange(depth)
+    # (slices_2d, X, Y, Z): channel j holds the slice at offset j - context, clamped at the ends.
+    stack = torch.stack([image[..., (index + offset).clamp(0, depth - 1)] for offset in range(-context, context + 1)])
+
+    def predict_slices(tiles: torch.Tensor) -> torch.Tensor:  # (N, slices_2d, x, y, 1) -> (N, K, x, y, 1)
+        return predictor(tiles[..., 0])[..., None]
+
+    return sliding_window(stack, predict_slices, (*cfg.infer.roi_size, 1), **window)
 
 
 def predict_volume(model: torch.nn.Module, volume: Volume, cfg: ExperimentConfig, device: torch.device,

@@ -68,7 +68,8 @@ def test_backward_reaches_every_parameter(name, dims):
     loss = SegmentationLoss()(model.deep_supervision_outputs(x), target)
     loss.backward()
     assert torch.isfinite(loss)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, f"parameters without a finite gradient: {missing[:5]}"
 
 
@@ -115,3 +116,24 @@ def test_ma_unet_uses_the_configured_aspp_dilations():
     model = build_model(cfg, 1, 2)
     dilations = {m.dilation for m in model.modules() if isinstance(m, torch.nn.Conv3d) and m.dilation != (1, 1, 1)}
     assert dilations == {(3, 3, 3), (5, 5, 5), (7, 7, 7)}
+
+
+class _NeighbourDifference(torch.nn.Module):
+    """Logits (slice below, slice above): softmax class 1 = sigmoid(above - below)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0], x[:, 2]], dim=1)
+
+
+def test_2d_prediction_feeds_each_slice_with_its_neighbours_in_order():
+    from liverseg.config import ExperimentConfig, InferConfig, TrainConfig
+    from liverseg.infer import network_probabilities
+
+    cfg = ExperimentConfig(model=ModelConfig(spatial_dims=2, slices_2d=3), train=TrainConfig(patch_size=(8, 8)),
+                           infer=InferConfig(roi_size=(8, 8), sw_batch_size=5)).validate()
+    depth = 7
+    image = torch.arange(depth, dtype=torch.float32).expand(11, 9, depth).contiguous()  # value = slice index
+    probabilities = network_probabilities(_NeighbourDifference(), image, cfg, torch.device("cpu"))
+    assert tuple(probabilities.shape) == (2, 11, 9, depth)
+    expected = torch.sigmoid(torch.tensor([1.0] + [2.0] * (depth - 2) + [1.0]))  # edge slices are repeated
+    torch.testing.assert_close(probabilities[1, 5, 4], expected)
