@@ -1,33 +1,341 @@
-"""Overlap metrics on label arrays (pure numpy).
+"""Segmentation metrics on label arrays (pure numpy/scipy).
 
-Empty-mask convention: when both the prediction and the reference are empty for a label, Dice and
-IoU are 1.0 (nothing to find, nothing found); when exactly one is empty they are 0.0.
+Every mask argument is converted with ``np.asarray(x, dtype=bool)``, so any non-zero value is
+foreground. Prediction and reference (and ``mask``/``prob`` where taken) must have the same shape,
+else ``ValueError`` naming both shapes. ``spacing_mm`` is a sequence of positive finite voxel sizes,
+one per array axis, in array-axis order (``len(spacing_mm) == pred.ndim``, else ``ValueError``).
+
+Overlap metrics (``tp``/``fp``/``fn``/``tn`` counted over all voxels):
+
+- ``dice`` = ``f1`` = 2 tp / (2 tp + fp + fn), ``iou`` = tp / (tp + fp + fn),
+  ``precision`` = tp / (tp + fp), ``recall`` (sensitivity) = tp / (tp + fn),
+  ``specificity`` = tn / (tn + fp), ``accuracy`` = (tp + tn) / N,
+  ``relative_volume_error`` = (|pred| - |ref|) / |ref| (signed; voxel counts, spacing cancels).
+- ``confusion_matrix`` over integer label maps: rows = reference, columns = prediction
+  (``sklearn.metrics.confusion_matrix(ref, pred, labels=range(n_classes))``).
+
+Surface metrics follow MONAI (``get_mask_edges`` / ``get_surface_distance`` with
+``use_subvoxels=False``, ``distance_metric="euclidean"``):
+
+- The surface of a mask is its voxels with at least one face neighbour (6-connected in 3D,
+  4-connected in 2D) outside the mask: ``mask & ~binary_erosion(mask, cross)``. Outside the array
+  counts as background (``border_value=0``), so mask voxels on the array border are surface voxels,
+  as in MONAI (which pads its crop with zeros).
+- The directed distances pred -> ref are, for each pred surface voxel, the Euclidean distance in mm
+  to the nearest ref surface voxel (``distance_transform_edt(~ref_surface, sampling=spacing_mm)``),
+  and likewise ref -> pred.
+- ``hd95``: the 95th percentile (linear interpolation, ``np.percentile`` default = ``torch.quantile``)
+  of each directed distance set, then the maximum of the two (MONAI
+  ``compute_hausdorff_distance(percentile=95)``; not the percentile of the pooled set).
+- ``assd``: mean of the pooled (concatenated) directed distances, i.e. weighted by the number of
+  surface voxels on each side (MONAI ``compute_average_surface_distance(symmetric=True)``; not the
+  mean of the two directed means).
+- ``surface_dice`` (normalised surface distance, Nikolov et al. 2021): (number of pred surface voxels
+  within ``tolerance_mm`` of the ref surface + number of ref surface voxels within ``tolerance_mm``
+  of the pred surface) / (total number of surface voxels of both); a distance equal to the tolerance
+  counts as within (MONAI ``compute_surface_dice(use_subvoxels=False)``). The DeepMind
+  ``surface-distance`` package weights surface elements by their area instead (MONAI's
+  ``use_subvoxels=True``); this voxel-count version does not.
+
+``roc_auc``: exact area under the ROC curve from ranks (Mann-Whitney U), ties get average ranks,
+which equals ``sklearn.metrics.roc_auc_score`` (tied scores count 1/2).
+
+Empty-mask conventions (MONAI returns NaN or inf in several of these cases, sklearn returns its
+``zero_division`` value; these are chosen so per-case means stay finite where the answer is clear):
+
+- ``dice``, ``f1``, ``iou``: 1.0 when both are empty, 0.0 when exactly one is.
+- ``precision``: empty prediction -> 1.0 if the reference is empty too, else 0.0.
+- ``recall``: empty reference -> 1.0 if the prediction is empty too, else 0.0.
+- ``specificity`` (recall of the background): reference entirely foreground -> 1.0 if the
+  prediction is entirely foreground too, else 0.0.
+- ``hd95``, ``assd``: 0.0 when both are empty, inf when exactly one is.
+- ``surface_dice``: 1.0 when both are empty, 0.0 when exactly one is.
+- ``relative_volume_error``: 0.0 when both are empty, +inf when only the reference is empty
+  (-1.0 when only the prediction is empty follows from the formula).
+
+``accuracy`` of zero voxels and ``roc_auc`` with no voxels, only positive or only negative
+reference voxels (inside ``mask``) raise ``ValueError``; ``roc_auc`` also rejects non-finite scores.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from scipy import ndimage
+from scipy.stats import rankdata
+
+__all__ = [
+    "accuracy", "assd", "confusion_matrix", "dice", "f1", "hd95", "iou", "per_label", "precision",
+    "recall", "relative_volume_error", "roc_auc", "sensitivity", "specificity", "surface_dice",
+    "surface_distances",
+]
 
 
-def _counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
+# ----------------------------------------------------------------------------- validation
+
+def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    return pred, ref
+
+
+def _counts(pred, ref) -> tuple[int, int, int]:
+    """(tp, fp, fn) of two masks of the same shape."""
+    pred, ref = _pair(pred, ref)
     tp = int(np.count_nonzero(pred & ref))
     return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
 
 
+def _spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    if spacing.ndim != 1 or spacing.size != ndim:
+        raise ValueError(f"spacing_mm {np.asarray(spacing_mm).tolist()} must give one voxel size per array "
+                         f"axis ({ndim} values)")
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"spacing_mm {spacing.tolist()} must be positive and finite")
+    return spacing
+
+
+# ----------------------------------------------------------------------------- overlap metrics
+
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice coefficient 2 tp / (2 tp + fp + fn); 1.0 when both masks are empty, 0.0 when one is."""
     tp, fp, fn = _counts(pred, ref)
     denominator = 2 * tp + fp + fn
     return 1.0 if denominator == 0 else 2.0 * tp / denominator
 
 
+def f1(pred: np.ndarray, ref: np.ndarray) -> float:
+    """F1 score of the foreground class; identical to :func:`dice` for binary masks (same conventions)."""
+    return dice(pred, ref)
+
+
 def iou(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Intersection over union (Jaccard) tp / (tp + fp + fn); 1.0 when both are empty, 0.0 when one is."""
     tp, fp, fn = _counts(pred, ref)
     denominator = tp + fp + fn
     return 1.0 if denominator == 0 else tp / denominator
 
+
+def precision(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Positive predictive value tp / (tp + fp).
+
+    Empty prediction: 1.0 if the reference is empty too (nothing claimed, nothing missed), else 0.0.
+    """
+    tp, fp, fn = _counts(pred, ref)
+    if tp + fp == 0:
+        return 1.0 if fn == 0 else 0.0
+    return tp / (tp + fp)
+
+
+def recall(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Sensitivity (true-positive rate) tp / (tp + fn).
+
+    Empty reference: 1.0 if the prediction is empty too, else 0.0 (false positives are penalised).
+    """
+    tp, fp, fn = _counts(pred, ref)
+    if tp + fn == 0:
+        return 1.0 if fp == 0 else 0.0
+    return tp / (tp + fn)
+
+
+sensitivity = recall
+
+
+def specificity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """True-negative rate tn / (tn + fp), i.e. :func:`recall` of the background.
+
+    Reference entirely foreground (no negatives): 1.0 if the prediction is entirely foreground too,
+    else 0.0 (mirrors the :func:`recall` convention on the complement).
+    """
+    pred, ref = _pair(pred, ref)
+    return recall(~pred, ~ref)
+
+
+def accuracy(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Fraction of voxels where prediction and reference agree, (tp + tn) / N.
+
+    Raises ``ValueError`` for zero-size arrays.
+    """
+    pred, ref = _pair(pred, ref)
+    if pred.size == 0:
+        raise ValueError("accuracy of zero-size arrays is undefined")
+    return int(np.count_nonzero(pred == ref)) / pred.size
+
+
+def relative_volume_error(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Signed relative volume error (|pred| - |ref|) / |ref| (voxel counts; spacing cancels).
+
+    Both empty: 0.0. Reference empty, prediction not: +inf. Prediction empty, reference not: -1.0.
+    """
+    tp, fp, fn = _counts(pred, ref)
+    n_pred, n_ref = tp + fp, tp + fn
+    if n_ref == 0:
+        return 0.0 if n_pred == 0 else float("inf")
+    return (n_pred - n_ref) / n_ref
+
+
+def confusion_matrix(pred_labels: np.ndarray, ref_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` int64 counts; entry ``[i, j]`` = voxels with reference ``i``, prediction ``j``.
+
+    Rows are the reference, columns the prediction, like ``sklearn.metrics.confusion_matrix(ref, pred,
+    labels=range(n_classes))``. Labels must be integers in ``[0, n_classes)``: unlike sklearn, values
+    outside that range raise ``ValueError`` instead of being dropped silently.
+    """
+    pred_labels = np.asarray(pred_labels)
+    ref_labels = np.asarray(ref_labels)
+    if pred_labels.shape != ref_labels.shape:
+        raise ValueError(f"prediction shape {pred_labels.shape} differs from reference shape {ref_labels.shape}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    n = int(n_classes)
+    flat = []
+    for name, labels in (("prediction", pred_labels), ("reference", ref_labels)):
+        values = labels.ravel()
+        if values.dtype.kind == "b":
+            values = values.astype(np.int64)
+        elif values.dtype.kind == "f":
+            if not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values)):
+                raise ValueError(f"{name} labels must be integers")
+            values = values.astype(np.int64)
+        elif values.dtype.kind not in "iu":
+            raise ValueError(f"{name} labels must be integers, got dtype {labels.dtype}")
+        if values.size and (values.min() < 0 or values.max() >= n):
+            raise ValueError(f"{name} labels span [{values.min()}, {values.max()}], outside [0, {n - 1}] "
+                             f"for n_classes={n}")
+        flat.append(values.astype(np.int64))
+    pred_flat, ref_flat = flat
+    return np.bincount(ref_flat * n + pred_flat, minlength=n * n).reshape(n, n)
+
+
+# ----------------------------------------------------------------------------- surface metrics
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Mask voxels with a face neighbour outside the mask (outside the array counts as background)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def surface_distances(pred: np.ndarray, ref: np.ndarray,
+                      spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances in mm: (pred surface -> nearest ref surface, ref -> pred).
+
+    Each array has one entry per surface voxel of its source mask (C order). Both masks must be
+    non-empty (``ValueError`` otherwise; the metric functions apply the empty-mask conventions first).
+    """
+    pred, ref = _pair(pred, ref)
+    spacing = _spacing(spacing_mm, pred.ndim)
+    union = pred | ref
+    if not pred.any() or not ref.any():
+        raise ValueError("surface distances need non-empty prediction and reference masks")
+    # Crop to the bounding box of the union: voxels outside it are background, which erosion with
+    # border_value=0 reproduces, and every surface voxel of either mask lies inside it, so the
+    # distances between them are unchanged.
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(union))
+    pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
+    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    return to_ref[pred_surface], to_pred[ref_surface]
+
+
+def _empty_case(pred, ref, both: float, one: float) -> float | None:
+    has_pred, has_ref = bool(np.any(pred)), bool(np.any(ref))
+    if not has_pred and not has_ref:
+        return both
+    if has_pred != has_ref:
+        return one
+    return None
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance in mm.
+
+    ``max(percentile95(pred -> ref), percentile95(ref -> pred))`` over the directed surface distances
+    (linear interpolation), as MONAI ``compute_hausdorff_distance(percentile=95)``. Both masks empty:
+    0.0; exactly one empty: inf.
+    """
+    pred, ref = _pair(pred, ref)
+    _spacing(spacing_mm, pred.ndim)
+    special = _empty_case(pred, ref, 0.0, float("inf"))
+    if special is not None:
+        return special
+    forward, backward = surface_distances(pred, ref, spacing_mm)
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
+def assd(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Average symmetric surface distance in mm: mean of the pooled directed surface distances.
+
+    Pooled means each surface voxel of either mask counts once (MONAI
+    ``compute_average_surface_distance(symmetric=True)``). Both masks empty: 0.0; exactly one: inf.
+    """
+    pred, ref = _pair(pred, ref)
+    _spacing(spacing_mm, pred.ndim)
+    special = _empty_case(pred, ref, 0.0, float("inf"))
+    if special is not None:
+        return special
+    forward, backward = surface_distances(pred, ref, spacing_mm)
+    return float(np.concatenate([forward, backward]).mean())
+
+
+def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], tolerance_mm: float) -> float:
+    """Normalised surface distance (surface Dice) at ``tolerance_mm``.
+
+    Fraction of the surface voxels of both masks lying within ``tolerance_mm`` (inclusive) of the other
+    mask's surface, counted per voxel (MONAI ``compute_surface_dice`` with ``use_subvoxels=False``).
+    Both masks empty: 1.0; exactly one empty: 0.0. ``tolerance_mm`` must be finite and >= 0.
+    """
+    pred, ref = _pair(pred, ref)
+    _spacing(spacing_mm, pred.ndim)
+    tolerance = float(tolerance_mm)
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm!r}")
+    special = _empty_case(pred, ref, 1.0, 0.0)
+    if special is not None:
+        return special
+    forward, backward = surface_distances(pred, ref, spacing_mm)
+    within = int(np.count_nonzero(forward <= tolerance)) + int(np.count_nonzero(backward <= tolerance))
+    return within / (forward.size + backward.size)
+
+
+# ----------------------------------------------------------------------------- ROC AUC
+
+def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Exact ROC AUC of scores ``prob`` against the binary reference, over the voxels in ``mask`` (all if None).
+
+    Computed from average ranks (Mann-Whitney U / (n_pos n_neg)), so tied scores count 1/2, as in
+    ``sklearn.metrics.roc_auc_score``. Raises ``ValueError`` when the selection holds no voxels, only
+    positive or only negative reference voxels, or non-finite scores.
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    ref = np.asarray(ref, dtype=bool)
+    if prob.shape != ref.shape:
+        raise ValueError(f"probability shape {prob.shape} differs from reference shape {ref.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != ref.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from reference shape {ref.shape}")
+        prob, ref = prob[mask], ref[mask]
+    else:
+        prob, ref = prob.ravel(), ref.ravel()
+    where = " inside the mask" if mask is not None else ""
+    if prob.size == 0:
+        raise ValueError(f"ROC AUC is undefined: no voxels{where}")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError(f"ROC AUC needs finite scores; found NaN or inf{where}")
+    n_pos = int(np.count_nonzero(ref))
+    n_neg = ref.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        only = "negative (background)" if n_pos == 0 else "positive (foreground)"
+        raise ValueError(f"ROC AUC is undefined: only {only} reference voxels{where} ({ref.size} voxels)")
+    ranks = rankdata(prob, method="average")
+    u = float(ranks[ref].sum()) - n_pos * (n_pos + 1) / 2.0
+    return u / (n_pos * n_neg)
+
+
+# ----------------------------------------------------------------------------- label maps
 
 def per_label(pred_labels: np.ndarray, ref_labels: np.ndarray, values: list[int]) -> dict[int, dict[str, float]]:
     """Dice and IoU for each label value (one-vs-rest)."""
