@@ -73,8 +73,16 @@ def test_position_dependent_predictor_sees_the_right_tile():
 
 
 def test_sliding_window_rejects_wrong_dimensions():
-    with pytest.raises(ValueError, match="C, X, Y, Z"):
+    with pytest.raises(ValueError, match=r"\(C, \*spatial\) with 3 spatial axes, got shape \(8, 8, 8\)"):
         sliding_window(torch.zeros((8, 8, 8)), lambda x: x, (4, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (16, 16), (37, 29), (64, 9)])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_sliding_window_in_2d_is_exact_with_x_plus_one(shape, blend):
+    image = torch.randn(2, *shape)
+    out = sliding_window(image, lambda x: x + 1, (16, 16), overlap=0.5, batch_size=3, blend=blend)
+    torch.testing.assert_close(out, image + 1, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("length", [1, 5, 16, 17, 31, 64, 100, 129])
