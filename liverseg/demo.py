@@ -18,9 +18,8 @@ from .config import load_config
 from .errors import InputError
 from .evaluate import evaluate, format_table, write_csv
 from .infer import predict_files, resolve_device
-from .io import case_name
-from .manifest import write_manifest
-from .phantoms import phantom_dataset
+from .manifest import load_manifest
+from .phantoms import write_phantom_manifest
 from .train import train
 
 TRAIN_SEEDS = tuple(range(0, 12))
@@ -53,12 +52,8 @@ def run_demo(out: Path, minutes: float = 10.0, device: str | None = None, thread
     data_dir = out / "data"
     print(f"[1/4] generating {len(TRAIN_SEEDS) + len(VAL_SEEDS) + len(TEST_SEEDS)} synthetic CT phantoms "
           f"in {data_dir}")
-    cases = phantom_dataset(data_dir, TRAIN_SEEDS + VAL_SEEDS + TEST_SEEDS)
-    ids = [c["id"] for c in cases]
-    splits = {"train": ids[: len(TRAIN_SEEDS)],
-              "val": ids[len(TRAIN_SEEDS): len(TRAIN_SEEDS) + len(VAL_SEEDS)],
-              "test": ids[len(TRAIN_SEEDS) + len(VAL_SEEDS):]}
-    manifest = write_manifest(data_dir / "manifest.json", "phantoms", {"background": 0, "liver": 1}, cases, splits)
+    manifest = write_phantom_manifest(data_dir, {"train": TRAIN_SEEDS, "val": VAL_SEEDS, "test": TEST_SEEDS})
+    test_cases = load_manifest(manifest).split("test")
 
     # A fixed number of iterations (from the config) keeps the demo reproducible; --minutes only caps
     # it on a slower machine, where the run stops early with a less converged model.
@@ -70,22 +65,17 @@ def run_demo(out: Path, minutes: float = 10.0, device: str | None = None, thread
     train(cfg, run_dir, device=device, progress=progress)
 
     prediction_dir = out / "predictions"
-    test_images = [data_dir / c["image"] for c in cases if c["id"] in splits["test"]]
+    test_images = [case.image for case in test_cases]
     print(f"[3/4] predicting {len(test_images)} held-out phantoms -> {prediction_dir}")
-    predict_files(test_images, prediction_dir, run_dir, device=device, progress=progress)
+    predictions = predict_files(test_images, prediction_dir, run_dir, device=device, progress=progress)
 
     print("[4/4] evaluating against the phantoms' exact liver labels")
-    reference_dir = out / "test_labels"
-    reference_dir.mkdir(exist_ok=True)
-    for case in cases:
-        if case["id"] in splits["test"]:
-            shutil.copy2(data_dir / case["label"], reference_dir / f"{case['id']}.nii.gz")
-    results = evaluate(prediction_dir, reference_dir, {1: "liver"})
+    results = [result for case, prediction in zip(test_cases, predictions)
+               for result in evaluate(prediction, case.label, {1: "liver"})]
     csv_path = write_csv(results, out / "evaluation.csv")
     mean_dice = statistics.mean(r.dice for r in results)
     print(format_table(results))
-    first_image = test_images[0].resolve()
-    first_segmentation = (prediction_dir / case_name(first_image) / "segmentation.nii.gz").resolve()
+    first_image, first_segmentation = test_images[0].resolve(), predictions[0].resolve()
     print(f"\nMean liver Dice on {len(results)} held-out phantoms: {mean_dice:.4f}")
     print(f"Total demo time: {(time.perf_counter() - started) / 60:.1f} min")
     print(f"\nOutputs:\n  model run folder : {run_dir} (config.yaml, best.pt, last.pt, metrics.csv, train.log)"

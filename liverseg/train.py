@@ -30,7 +30,6 @@ from .infer import network_probabilities, resolve_device
 from .metrics import dice
 from .losses import SegmentationLoss
 from .models import build_model, count_parameters, input_channels
-from .transforms import drop_index_keys
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,6 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: 
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", unit="it", leave=False, disable=not progress)
         for batch in _batches(bar):
-            batch = drop_index_keys(batch)
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):

@@ -119,8 +119,4 @@ def augmentation(cfg: ExperimentConfig) -> list:
     return steps
 
 
-def drop_index_keys(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if not k.endswith(("_fg", "_bg"))}
-
-
-__all__ = ["LoadCased", "cached_transforms", "augmentation", "remap_labels", "drop_index_keys"]
+__all__ = ["LoadCased", "cached_transforms", "augmentation", "remap_labels"]

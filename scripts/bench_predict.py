@@ -42,13 +42,9 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float,
 def train_default_model(workdir: Path, threads: int) -> Path:
     """A smoke-config model on a few phantoms: enough for timing, built in about half a minute."""
     sys.path.insert(0, str(REPO))
-    from liverseg.manifest import write_manifest
-    from liverseg.phantoms import phantom_dataset
+    from liverseg.phantoms import write_phantom_manifest
 
-    cases = phantom_dataset(workdir / "phantoms", range(4))
-    ids = [c["id"] for c in cases]
-    manifest = write_manifest(workdir / "phantoms" / "manifest.json", "phantoms", {"background": 0, "liver": 1},
-                              cases, {"train": ids[:3], "val": ids[3:]})
+    manifest = write_phantom_manifest(workdir / "phantoms", {"train": range(3), "val": [3]})
     run_dir = workdir / "model"
     subprocess.run([sys.executable, "-m", "liverseg", "train", "--config", str(REPO / "configs" / "smoke_3d.yaml"),
                     "--run-dir", str(run_dir), "--set", f"data.manifest={manifest}", "--threads", str(threads),

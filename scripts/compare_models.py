@@ -18,26 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from liverseg.config import apply_overrides, load_config  # noqa: E402
+from liverseg.demo import TEST_SEEDS, TRAIN_SEEDS, VAL_SEEDS  # noqa: E402
+from liverseg.evaluate import evaluate  # noqa: E402
 from liverseg.infer import predict_files  # noqa: E402
-from liverseg.io import case_name, read_volume  # noqa: E402
-from liverseg.manifest import load_manifest, write_manifest  # noqa: E402
-from liverseg.metrics import dice  # noqa: E402
+from liverseg.manifest import load_manifest  # noqa: E402
 from liverseg.models import MODELS, build_model, count_parameters, input_channels  # noqa: E402
-from liverseg.phantoms import phantom_dataset  # noqa: E402
-from liverseg.preprocess import remap_labels  # noqa: E402
+from liverseg.phantoms import write_phantom_manifest  # noqa: E402
 from liverseg.train import train  # noqa: E402
-
-
-def phantom_manifest(folder: Path) -> Path:
-    cases = phantom_dataset(folder, list(range(14)) + [100, 101, 102, 103])
-    ids = [c["id"] for c in cases]
-    return write_manifest(folder / "manifest.json", "phantoms", {"background": 0, "liver": 1}, cases,
-                          {"train": ids[:12], "val": ids[12:14], "test": ids[14:]})
 
 
 def main() -> int:
@@ -54,7 +44,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="liverseg-compare-") as tmp:
         work = args.workdir or Path(tmp)
-        manifest_path = args.manifest or phantom_manifest(work / "phantoms")
+        manifest_path = args.manifest or write_phantom_manifest(
+            work / "phantoms", {"train": TRAIN_SEEDS, "val": VAL_SEEDS, "test": TEST_SEEDS})
         overrides = [f"data.manifest={manifest_path}"] + ([f"data.root={args.root}"] if args.root else []) + args.set
         base = load_config(args.config, overrides)
         manifest = load_manifest(manifest_path, base.data.root or None)
@@ -74,12 +65,8 @@ def main() -> int:
             written = predict_files([c.image for c in test_cases], work / "predictions" / run_dir.name, run_dir,
                                     threads=args.threads, progress=False)
             predict_seconds = (time.perf_counter() - start) / len(test_cases)
-            scores = []
-            for case, path in zip(test_cases, written):
-                assert path.parent.name == case_name(case.image)
-                prediction = read_volume(path).array == 1
-                reference = remap_labels(np.rint(read_volume(case.label).array), cfg.data.label_remap) == 1
-                scores.append(dice(prediction, reference))
+            scores = [result.dice for case, path in zip(test_cases, written)
+                      for result in evaluate(path, case.label, {1: "liver"}, cfg.data.label_remap)]
             rows.append((name, cfg.model.spatial_dims, params, train_minutes, predict_seconds, scores))
             print(f"  {name}: Dice {statistics.mean(scores):.4f}, train {train_minutes:.1f} min", flush=True)
 

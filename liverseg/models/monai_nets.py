@@ -30,12 +30,12 @@ class DeepSupervisedDynUNet(nn.Module):
         strides = [1, *cfg.strides]
         # One head per decoder level below full resolution, leaving out the bottleneck's own level
         # (DynUNet allows at most len(strides) - 2).
-        self.heads = max(1, len(strides) - 2)
+        heads = max(1, len(strides) - 2)
         self.net = DynUNet(spatial_dims=cfg.spatial_dims, in_channels=in_channels, out_channels=out_channels,
                            kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
                            filters=list(cfg.channels), dropout=cfg.dropout or None,
                            norm_name=(cfg.norm, {"affine": True}), deep_supervision=True,
-                           deep_supr_num=self.heads, res_block=True)
+                           deep_supr_num=heads, res_block=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)

@@ -37,10 +37,11 @@ from scipy import ndimage
 
 from ..io import write_volume
 from ..io.volume import Volume
+from ..manifest import write_manifest
 from .anatomy import Anatomy, rotation, uniform
 from .render import Grid, render
 
-__all__ = ["make_phantom", "phantom_dataset", "ORIENTATION_CHOICES", "MAX_VOXELS"]
+__all__ = ["make_phantom", "phantom_dataset", "write_phantom_manifest", "ORIENTATION_CHOICES", "MAX_VOXELS"]
 
 # Random grids are kept under this many voxels (speed of generation and of the demo's resampling).
 MAX_VOXELS = 1_500_000
@@ -146,7 +147,6 @@ def make_phantom(seed: int, *, spacing_mm: tuple[float, float, float] | None = N
             Volume(canvas.label, affine.copy(), dict(meta)))
 
 
-
 def phantom_dataset(out_dir: Path, seeds: Sequence[int]) -> list[dict]:
     """Write phantoms as NIfTI under ``out_dir/images`` and ``out_dir/labels``; return the manifest.
 
@@ -165,3 +165,18 @@ def phantom_dataset(out_dir: Path, seeds: Sequence[int]) -> list[dict]:
         write_volume(label, out_dir / label_rel, dtype=np.uint8)
         entries.append({"id": case, "image": image_rel, "label": label_rel})
     return entries
+
+
+def write_phantom_manifest(folder: Path, splits: dict[str, Sequence[int]]) -> Path:
+    """Write the phantoms of every split (seeds) under ``folder`` and a liverseg manifest for them.
+
+    ``splits`` maps a split name to phantom seeds, e.g. ``{"train": range(12), "val": [12, 13]}``;
+    returns the path of ``folder/manifest.json``.
+    """
+    folder = Path(folder)
+    seeds = [seed for split_seeds in splits.values() for seed in split_seeds]
+    cases = phantom_dataset(folder, seeds)
+    ids = iter(case["id"] for case in cases)
+    split_ids = {name: [next(ids) for _ in split_seeds] for name, split_seeds in splits.items()}
+    return write_manifest(folder / "manifest.json", "phantoms", {"background": 0, "liver": 1}, cases, split_ids)
+
