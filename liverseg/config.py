@@ -20,6 +20,9 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
+    # "ct": volumes in HU (DICOM/NIfTI/NRRD/MHA), resampled to preprocess.spacing_mm.
+    # "photo": 2D RGB or grey photographs (PNG/JPG/TIFF/GIF) with mask images, used at native size.
+    modality: str = "ct"
     # A dataset manifest (liverseg JSON, or an MSD-style dataset.json); relative paths inside it are
     # resolved against ``root`` (or the manifest's own folder when root is empty).
     manifest: str = ""
@@ -110,6 +113,10 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         """Cross-field checks; raises ConfigError naming the key, the value and the fix."""
+        if self.data.modality not in ("ct", "photo"):
+            raise ConfigError(f"data.modality={self.data.modality!r}: use ct or photo")
+        if self.data.modality == "photo" and self.model.spatial_dims != 2:
+            raise ConfigError(f"data.modality=photo needs model.spatial_dims=2, got {self.model.spatial_dims}")
         labels = self.data.labels
         if len(labels) < 2 or labels[0] != "background":
             raise ConfigError(f"data.labels={list(labels)}: needs 'background' first and at least one "

@@ -6,6 +6,7 @@ Two layouts are read:
 
     {"name": "phantoms", "labels": {"background": 0, "liver": 1},
      "cases": [{"id": "p000", "image": "images/p000.nii.gz", "label": "labels/p000.nii.gz"}, ...],
+     (2D photographs may add "fov": a field-of-view mask for each case)
      "splits": {"train": ["p000", ...], "val": [...], "test": [...]}}
 
 * a Medical Segmentation Decathlon ``dataset.json`` (``"training": [{"image", "label"}, ...]``), as in
@@ -34,6 +35,8 @@ class Case:
     case_id: str
     image: Path
     label: Path | None
+    # 2D photographs: the field-of-view mask (metrics such as ROC AUC are computed inside it).
+    fov: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,9 @@ def _from_liverseg(data: dict, path: Path, base: Path) -> Manifest:
         case_id = str(entry["id"])
         if case_id in cases:
             raise InputError(f"{path}: case id {case_id!r} appears twice")
-        label = entry.get("label")
-        cases[case_id] = Case(case_id, base / entry["image"], base / label if label else None)
+        label, fov = entry.get("label"), entry.get("fov")
+        cases[case_id] = Case(case_id, base / entry["image"], base / label if label else None,
+                              base / fov if fov else None)
     splits_data = data.get("splits", {})
     if not isinstance(splits_data, dict):
         raise InputError(f"{path}: 'splits' must map split names to lists of case ids")
