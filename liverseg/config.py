@@ -18,6 +18,10 @@ import yaml
 from .errors import ConfigError
 
 
+# preprocess.photo_color -> input channels of the network
+PHOTO_CHANNELS = {"rgb": 3, "green": 1, "gray": 1}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # "ct": volumes in HU (DICOM/NIfTI/NRRD/MHA), resampled to preprocess.spacing_mm.
@@ -42,6 +46,10 @@ class PreprocessConfig:
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 2.0)
     # CT intensities are clipped to this window and scaled to [0, 1].
     hu_window: tuple[float, float] = (-200.0, 300.0)
+    # data.modality=photo: the channels the network sees ("rgb", "green" — the usual choice for
+    # retinal vessels —, or "gray"); each image is standardised to zero mean, unit variance inside its
+    # field of view.
+    photo_color: str = "rgb"
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,9 @@ class ExperimentConfig:
         """Cross-field checks; raises ConfigError naming the key, the value and the fix."""
         if self.data.modality not in ("ct", "photo"):
             raise ConfigError(f"data.modality={self.data.modality!r}: use ct or photo")
+        if self.preprocess.photo_color not in PHOTO_CHANNELS:
+            raise ConfigError(f"preprocess.photo_color={self.preprocess.photo_color!r}: use "
+                              f"{', '.join(PHOTO_CHANNELS)}")
         if self.data.modality == "photo" and self.model.spatial_dims != 2:
             raise ConfigError(f"data.modality=photo needs model.spatial_dims=2, got {self.model.spatial_dims}")
         labels = self.data.labels

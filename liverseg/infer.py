@@ -189,7 +189,7 @@ def load_trained_model(run_dir: str | Path, device: torch.device) -> TrainedMode
         cfg = from_dict(checkpoint["config"]).validate()
     except ConfigError as exc:
         raise InputError(f"{checkpoint_path}: stored config is invalid ({exc})") from None
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels))
+    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     return TrainedModel(cfg, model, checkpoint_path, int(checkpoint.get("epoch", 0)))

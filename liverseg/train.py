@@ -78,7 +78,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: 
 
     # ---- model and optimisation
     n_classes = len(cfg.data.labels)
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes).to(device)
+    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=n_classes).to(device)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
     loss_fn = SegmentationLoss()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import PHOTO_CHANNELS, ExperimentConfig, ModelConfig
 from ..errors import ConfigError
 from .classic import build_unet_classic
 from .ma_unet import build_ma_unet
@@ -73,8 +73,13 @@ class SizeAdapter(nn.Module):
         return [self._crop(o, spatial) for o in resized]
 
 
-def input_channels(cfg: ModelConfig) -> int:
-    """3D models see the CT volume; 2D models see ``slices_2d`` neighbouring axial slices."""
+def input_channels(cfg: ExperimentConfig | ModelConfig) -> int:
+    """Channels the network sees. CT: 3D models see the volume, 2D models ``slices_2d`` neighbouring
+    axial slices. Photographs (needs the whole ExperimentConfig): their colour channels."""
+    if isinstance(cfg, ExperimentConfig):
+        if cfg.data.modality == "photo":
+            return PHOTO_CHANNELS[cfg.preprocess.photo_color]
+        cfg = cfg.model
     return cfg.slices_2d if cfg.spatial_dims == 2 else 1
 
 
