@@ -1,0 +1,246 @@
+"""Per-case outputs: Slicer .seg.nrrd and colour table, DICOM SEG, on RAS, LPS and oblique grids."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from conftest import SHARED_DATA, make_volume, rotation
+from liverseg.errors import GeometryError, InputError
+from liverseg.io import read_volume, write_label_map
+from liverseg.io.images import sitk_to_volume
+from liverseg.io.outputs import label_colors, write_color_table, write_dicom_seg, write_seg_nrrd
+from liverseg.io.volume import LPS_TO_RAS, Volume
+
+NAMES = ("background", "liver", "tumour", "spleen")
+
+GRIDS = {
+    "ras": ((9, 7, 5), (0.8, 1.1, 2.5), np.eye(3), (3.0, -2.0, 7.5)),
+    "lps": ((9, 7, 5), (0.8, 1.1, 2.5), np.diag([-1.0, -1.0, 1.0]), (40.0, 21.0, -3.0)),
+    "oblique": ((8, 9, 6), (0.7, 1.3, 3.0), rotation(0, 17.0) @ rotation(2, -25.0) @ np.diag([-1.0, 1.0, 1.0]),
+                (-12.5, 30.25, 101.0)),
+}
+
+
+def _labels(grid: str) -> Volume:
+    shape, spacing, direction, origin = GRIDS[grid]
+    array = np.zeros(shape, dtype=np.uint8)
+    array[1:6, 2:5, 1:4] = 1  # liver: an off-centre box, so a flipped axis would show
+    array[2, 3, 2] = 2        # tumour: one voxel inside it; spleen (3) stays empty
+    return make_volume(shape, spacing, direction, origin, array=array)
+
+
+# ----------------------------------------------------------------------------- colours
+
+def test_label_colors_standard_and_distinct():
+    colors = label_colors(["background", "liver", "Liver Tumour", "spleen", "foo", "bar", "kidney_left",
+                           "kidney_right", "portal vein"])
+    assert colors["background"] == (0, 0, 0)
+    assert colors["liver"] == (221, 130, 101)  # Slicer GenericAnatomyColors / TotalSegmentator liver
+    assert colors["spleen"] == (157, 108, 162)
+    foreground = [c for name, c in colors.items() if name != "background"]
+    assert len(set(foreground)) == len(foreground)
+    assert label_colors(["background", "foo", "bar"]) == label_colors(["background", "foo", "bar"])
+    # a known colour already taken falls back to a distinct one
+    two = label_colors(["background", "vessel", "vein"])
+    assert two["vessel"] != two["vein"]
+
+
+def test_color_table(tmp_path):
+    path = write_color_table(NAMES, tmp_path / "labels.ctbl", colors={"tumour": (10, 20, 30)})
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("#")
+    rows = [line.split() for line in lines if not line.startswith("#")]
+    assert rows == [["0", "background", "0", "0", "0", "0"], ["1", "liver", "221", "130", "101", "255"],
+                    ["2", "tumour", "10", "20", "30", "255"], ["3", "spleen", "157", "108", "162", "255"]]
+    with pytest.raises(InputError, match="kidney"):
+        write_color_table(NAMES, tmp_path / "bad.ctbl", colors={"kidney": (1, 2, 3)})
+
+
+# ----------------------------------------------------------------------------- .seg.nrrd
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_seg_nrrd_header_geometry_and_segments(tmp_path, grid):
+    labels = _labels(grid)
+    path = write_seg_nrrd(labels, NAMES, tmp_path / "segmentation.seg.nrrd")
+    data, header = nrrd.read(str(path), index_order="F")
+    assert [p.name for p in tmp_path.iterdir()] == ["segmentation.seg.nrrd"]  # no temporary left behind
+
+    np.testing.assert_array_equal(data, labels.array)
+    assert header["space"] == "left-posterior-superior"
+    assert header["dimension"] == 3 and list(header["kinds"]) == ["domain"] * 3
+    affine_lps = LPS_TO_RAS @ labels.affine_ras
+    np.testing.assert_allclose(header["space directions"], affine_lps[:3, :3].T, atol=1e-9)
+    np.testing.assert_allclose(header["space origin"], affine_lps[:3, 3], atol=1e-9)
+
+    assert header["Segmentation_MasterRepresentation"] == "Binary labelmap"
+    assert header["Segmentation_ContainedRepresentationNames"].startswith("Binary labelmap|")
+    assert header["Segmentation_ReferenceImageExtentOffset"] == "0 0 0"
+    names = [header[f"Segment{n}_Name"] for n in range(3)]
+    assert names == ["liver", "tumour", "spleen"] and "Segment3_ID" not in header
+    assert [int(header[f"Segment{n}_LabelValue"]) for n in range(3)] == [1, 2, 3]
+    assert {header[f"Segment{n}_Layer"] for n in range(3)} == {"0"}
+    assert len({header[f"Segment{n}_ID"] for n in range(3)}) == 3
+    liver_rgb = [float(v) for v in header["Segment0_Color"].split()]
+    np.testing.assert_allclose(liver_rgb, np.array([221, 130, 101]) / 255.0, atol=1e-5)
+    assert header["Segment0_Extent"] == "1 5 2 4 1 3"
+    assert header["Segment1_Extent"] == "2 2 3 3 2 2"
+    assert header["Segment2_Extent"] == "0 -1 0 -1 0 -1"  # empty segment, as Slicer writes it
+    assert "SCT^10200004^Liver" in header["Segment0_Tags"] and header["Segment0_Tags"].endswith("|")
+    assert "SCT^108369006" in header["Segment1_Tags"]
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_seg_nrrd_same_geometry_as_nifti_in_simpleitk(tmp_path, grid):
+    labels = _labels(grid)
+    seg = sitk.ReadImage(str(write_seg_nrrd(labels, NAMES, tmp_path / "s.seg.nrrd")))
+    nii = sitk.ReadImage(str(write_label_map(labels.array, labels, tmp_path / "s.nii.gz")))
+    assert seg.GetSize() == nii.GetSize()
+    np.testing.assert_allclose(seg.GetSpacing(), nii.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(seg.GetOrigin(), nii.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(seg.GetDirection(), nii.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(nii))
+    assert read_volume(tmp_path / "s.seg.nrrd").same_grid(labels, atol_mm=1e-5)
+
+
+def test_seg_nrrd_rejects_values_without_names_and_keeps_old_file(tmp_path):
+    labels = _labels("ras")
+    target = write_seg_nrrd(labels, NAMES, tmp_path / "s.seg.nrrd")
+    before = target.read_bytes()
+    with pytest.raises(InputError, match="outside 0..1"):
+        write_seg_nrrd(labels, ("background", "liver"), target)
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["s.seg.nrrd"]
+
+
+# ----------------------------------------------------------------------------- DICOM SEG
+
+def write_ct_series(folder: Path, size_cr: tuple[int, int], n_slices: int, pixel_mm: tuple[float, float],
+                    slice_mm: float, row_dir, col_dir, origin_lps, seed: int = 0) -> list[Path]:
+    """A small single-frame CT series (LPS geometry as DICOM states it), files in shuffled name order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cols, rows = size_cr
+    row_dir, col_dir = np.asarray(row_dir, float), np.asarray(col_dir, float)
+    normal = np.cross(row_dir, col_dir)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    rng = np.random.default_rng(seed)
+    paths = []
+    for s in rng.permutation(n_slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Test", "P1", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
+        ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "CT", "test"
+        ds.SeriesNumber, ds.InstanceNumber = 1, int(s) + 1
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(origin_lps) + s * slice_mm * normal]
+        ds.PixelSpacing = [pixel_mm[0], pixel_mm[1]]  # row spacing, column spacing
+        ds.SliceThickness = slice_mm
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = rng.integers(-100, 200, (rows, cols)).astype(np.int16).tobytes()
+        path = folder / f"IM{rng.integers(1e9):09d}"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _sop_uid(path) -> str:
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    return str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID)
+
+
+def _readback(seg_path: Path, files) -> tuple[object, dict[str, np.ndarray]]:
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(seg_path))
+    uids = [_sop_uid(f) for f in files]
+    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    return seg, dict(zip(uids, frames))
+
+
+def test_dicom_seg_round_trip_oblique_series(tmp_path):
+    import highdicom as hd
+
+    tilt = rotation(0, -10.0) @ rotation(2, 20.0)  # oblique axial, as a tilted gantry gives
+    row_dir, col_dir = tilt[:, 0], tilt[:, 1]
+    files = write_ct_series(tmp_path / "ct", (32, 28), 8, (0.9, 0.7), 2.5, row_dir, col_dir, (-20.0, 35.0, 100.0))
+    image = read_volume(tmp_path / "ct")
+    assert image.shape == (32, 28, 8)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[4:20, 6:15, 1:6] = 1       # liver
+    labels[5:8, 7:9, 4] = 2           # tumour on slice 4 only; spleen absent
+    labels[30, 27, 7] = 1             # the far corner voxel
+    path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", NAMES, tmp_path / "out" / "seg.dcm")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["seg.dcm"]
+
+    seg, by_uid = _readback(path, files)
+    described = {d.segment_number: d for d in seg.SegmentSequence}
+    assert sorted(described) == [1, 2]
+    assert described[1].SegmentLabel == "liver" and described[2].SegmentLabel == "tumour"
+    assert described[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert described[2].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert seg.SegmentationType == "BINARY"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == image.meta["series_uid"]
+    number_to_value = {1: 1, 2: 2}
+    # Independent of the writer's geometry code: SimpleITK orders slices along the normal
+    # (file k = position k), i = column, j = row.
+    for f in files:
+        ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        k = int(ds.InstanceNumber) - 1
+        got = np.vectorize(lambda s: number_to_value.get(int(s), 0))(by_uid[ds.SOPInstanceUID])
+        np.testing.assert_array_equal(got, labels[:, :, k].T, err_msg=f"slice {k}")
+    # highdicom's own volume reconstruction agrees too (segment 1 = liver)
+    volume = seg.get_volume(combine_segments=True)
+    assert int((volume.array == 1).sum()) == int((labels == 1).sum())
+    assert isinstance(volume, hd.Volume)
+
+
+def test_dicom_seg_empty_prediction_and_wrong_grid(tmp_path):
+    files = write_ct_series(tmp_path / "ct", (16, 16), 4, (1.0, 1.0), 3.0, (1, 0, 0), (0, 1, 0), (0.0, 0.0, 0.0))
+    image = read_volume(tmp_path / "ct")
+    empty = image.with_array(np.zeros(image.shape, np.uint8))
+    path = write_dicom_seg(empty, files, ("background", "liver"), tmp_path / "empty.dcm")
+    seg, by_uid = _readback(path, files)
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver"]
+    assert all(not frame.any() for frame in by_uid.values())
+
+    shifted = Volume(empty.array, empty.affine_ras @ np.array([[1, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0],
+                                                                [0, 0, 0, 1.0]]), dict(empty.meta))
+    with pytest.raises(GeometryError, match="voxel grid"):
+        write_dicom_seg(shifted, files, ("background", "liver"), tmp_path / "bad.dcm")
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+@pytest.mark.slow
+def test_dicom_seg_round_trip_real_jpeg2000_series(tmp_path):
+    """Real, anonymised (no Series/Frame of Reference UID, blank SOP UIDs) JPEG 2000 series."""
+    folder = SHARED_DATA / "totalseg_example" / "dicom_series_jpeg2000"
+    if not folder.is_dir():
+        pytest.skip(f"shared sample data not found at {folder}")
+    # The grid SimpleITK/GDCM gives the series (liverseg's DICOM reader is held to the same grid).
+    reader = sitk.ImageSeriesReader()
+    files = list(reader.GetGDCMSeriesFileNames(str(folder)))
+    reader.SetFileNames(files)
+    image = sitk_to_volume(reader.Execute(), folder)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[image.array > 150] = 2                          # bone-ish: "tumour" stand-in
+    labels[200:330, 150:300, 3:15] = 1
+    path = write_dicom_seg(image.with_array(labels), files, NAMES, tmp_path / "seg.dcm")
+    _seg, by_uid = _readback(path, files)
+    for k, f in enumerate(files):  # GDCM's order is the volume's k order
+        np.testing.assert_array_equal(by_uid[_sop_uid(f)], labels[:, :, k].T, err_msg=f"slice {k}")
