@@ -1,89 +1,622 @@
-"""DICOM series discovery and decoding.
+"""DICOM series discovery, validation and decoding.
 
-Pixel decoding goes through SimpleITK's GDCM reader, which handles compressed transfer syntaxes
-(JPEG 2000, JPEG-LS, JPEG lossless, RLE) that pydicom cannot decode without extra plug-ins. Slice
-ordering and the resulting geometry are GDCM's (sorted along the slice normal, not by file name), so
-the Volume equals what SimpleITK's ImageSeriesReader returns for the same series.
+The road from a folder of files to a ``Volume``:
+
+1. **Discovery** (``find_series``): every file below the folder is parsed with pydicom (any name,
+   with or without ``.dcm``; DICOMDIR and non-image objects such as SEG/RTSTRUCT/SR are passed over).
+   A file that cannot be parsed, or lacks a tag that geometry needs, is skipped with a warning that
+   names it. Files are grouped by SeriesInstanceUID and split further where orientation, matrix size
+   or pixel spacing differ inside one series. Images whose ImageType says LOCALIZER are excluded.
+   Enhanced multi-frame files contribute one frame per slice (per-frame functional groups).
+2. **Validation** (``plan_series``): slices are sorted by their position along the slice normal
+   (never by file name or InstanceNumber); identical positions are merged when their pixels are
+   identical and refused when they differ; a gap above 1.5x the median spacing is refused, naming
+   where it is, unless ``allow_gaps`` (then the series is interpolated onto a uniform grid, as for
+   non-uniform spacing); a gantry tilt (slice origins drifting in-plane) is corrected by shifting
+   each slice onto an orthogonal grid, as dcm2niix does.
+3. **Decoding**: native (uncompressed) pixel data straight from the bytes; compressed transfer
+   syntaxes through pydicom's plug-ins (pylibjpeg-openjpeg, pylibjpeg-libjpeg, pyjpegls, RLE) and,
+   for anything they cannot decode, SimpleITK's GDCM. Files are decoded in a thread pool. Per-slice
+   RescaleSlope/RescaleIntercept are applied.
+
+Geometry is built in LPS (DICOM's patient coordinates) and handed to ``affine_from_lps``; for a
+regular series the result equals SimpleITK's ImageSeriesReader (same sort, origin and direction).
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import SimpleITK as sitk
+import numpy as np
 
 from ..errors import InputError
-from .images import _first_itk_reason, sitk_to_volume
-from .volume import Volume
+from .volume import Volume, affine_from_lps
 
 log = logging.getLogger(__name__)
 
+# Files passed over without a warning: not DICOM by their name.
+_NOT_DICOM_SUFFIXES = (".txt", ".json", ".xml", ".csv", ".md", ".pdf", ".png", ".jpg", ".jpeg", ".bmp", ".gif",
+                       ".tif", ".tiff", ".nii", ".gz", ".zip", ".tar", ".nrrd", ".mha", ".mhd", ".raw", ".py",
+                       ".yaml", ".yml", ".html", ".log", ".mat", ".npy", ".npz")
+_NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.1.3.10": "DICOMDIR",
+    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM SEG",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT structure set",
+    "1.2.840.10008.5.1.4.1.1.11.1": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.88.11": "structured report",
+    "1.2.840.10008.5.1.4.1.1.88.22": "structured report",
+    "1.2.840.10008.5.1.4.1.1.88.33": "structured report",
+    "1.2.840.10008.5.1.4.1.1.88.59": "key object selection",
+}
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+DUPLICATE_TOL_MM = 0.01      # two slices closer than this along the normal sit at the same position
+GAP_FACTOR = 1.5             # a step above this many median spacings is a missing slice
+UNIFORM_TOL = 0.02           # positions within 2% of a spacing from a uniform grid count as uniform
+TILT_TOL = 0.01              # in-plane drift above 1% of a pixel means the stack is sheared (gantry tilt)
+THREADS = min(8, os.cpu_count() or 1)
 
-@dataclass(frozen=True)
+
+class _Skip(Exception):
+    """A file that is not a usable image slice (the reason is the message)."""
+
+
+@dataclass(eq=False)
+class Frame:
+    """One 2D slice: a single-frame file or one frame of an enhanced multi-frame file."""
+
+    path: Path
+    frame: int                      # 0 for a single-frame file
+    position: np.ndarray            # ImagePositionPatient, LPS mm
+    row_dir: np.ndarray             # direction along a row (increasing column index)
+    col_dir: np.ndarray             # direction along a column (increasing row index)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), as DICOM stores it
+    rows: int
+    cols: int
+    slope: float
+    intercept: float
+    sop_uid: str
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row_dir, self.col_dir)
+
+
+@dataclass(eq=False)
 class SeriesInfo:
-    folder: Path
     series_uid: str
-    files: tuple[str, ...]
+    frames: list[Frame]
+    modality: str = ""
+    description: str = ""
+    transfer_syntax: str = ""
+    part: str = ""                  # "" or "2/3" when one UID holds several orientations/sizes
+    localizers: int = 0             # LOCALIZER images excluded from this series
+    datasets: dict[Path, Any] = field(default_factory=dict, repr=False)  # full datasets (read path only)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(f.path for f in self.frames))
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.path.commonpath([str(p.parent) for p in self.files]))
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.frames)
+
+    def spacing_mm(self) -> tuple[float, float, float]:
+        f = self.frames[0]
+        d = np.unique(np.round(np.sort([fr.position @ f.normal for fr in self.frames]), 3))
+        dz = float(np.median(np.diff(d))) if len(d) > 1 else float("nan")
+        return (f.pixel_spacing[1], f.pixel_spacing[0], dz)
+
+    def orientation(self) -> str:
+        f = self.frames[0]
+        return orientation_code(np.stack([f.row_dir, f.col_dir, f.normal], axis=1))
 
 
-def find_series(folder: Path) -> list[SeriesInfo]:
-    """Every DICOM series in ``folder`` and its sub-folders, most slices first."""
-    found: list[SeriesInfo] = []
-    # ITK prints a multi-line warning for every folder without a series; liverseg reports that itself.
-    warnings_were_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+def orientation_code(direction_lps: np.ndarray) -> str:
+    """Three letters naming where each voxel axis points (LPS letters), e.g. 'LPS' for axial CT."""
+    letters = (("L", "R"), ("P", "A"), ("S", "I"))
+    code = ""
+    for axis in np.asarray(direction_lps).T:
+        k = int(np.argmax(np.abs(axis)))
+        code += letters[k][0 if axis[k] > 0 else 1]
+    return code
+
+
+# ----------------------------------------------------------------------------------------------------
+# Discovery
+# ----------------------------------------------------------------------------------------------------
+
+def _floats(value: Any, n: int, name: str) -> np.ndarray:
+    if value is None:
+        raise _Skip(f"missing {name}")
     try:
-        for directory, _subdirs, files in sorted(os.walk(folder)):
-            if not files:
-                continue
-            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory):
-                series_files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
-                if series_files:
-                    found.append(SeriesInfo(Path(directory), uid, tuple(series_files)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_shown)
-    found.sort(key=lambda s: (-len(s.files), str(s.folder), s.series_uid))
-    return found
+        out = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _Skip(f"{name} {value!r} is not numeric") from None
+    if out.shape != (n,) or not np.all(np.isfinite(out)):
+        raise _Skip(f"{name} {value!r} must hold {n} finite numbers")
+    return out
 
 
-def choose_series(folder: Path, series_uid: str | None = None) -> SeriesInfo:
-    """The requested series, or the one with the most slices (logged when there is a choice)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: is not a folder")
-    series = find_series(folder)
-    if not series:
-        raise InputError(f"{folder}: no DICOM series found in this folder or below it; give a folder "
-                         "of DICOM slice files or a NIfTI/NRRD/MHA file")
-    if series_uid is not None:
-        matching = [s for s in series if s.series_uid == series_uid]
+def _orientation(iop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    row, col = iop[:3], iop[3:]
+    if not (abs(np.linalg.norm(row) - 1) < 1e-2 and abs(np.linalg.norm(col) - 1) < 1e-2 and abs(row @ col) < 1e-2):
+        raise _Skip(f"ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
+    row = row / np.linalg.norm(row)
+    col = col - (col @ row) * row
+    return row, col / np.linalg.norm(col)
+
+
+def _item(ds: Any, frame: int, sequence: str) -> Any:
+    """The item of a functional-group macro for one frame (per-frame first, then shared)."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq is not None and len(seq) > index:
+            inner = seq[index].get(sequence)
+            if inner is not None and len(inner) > 0:
+                return inner[0]
+    return None
+
+
+def _frames_from_dataset(ds: Any, path: Path, need_pixels: bool) -> list[Frame]:
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if sop_class in _NON_IMAGE_SOP_CLASSES:
+        raise _Skip(_NON_IMAGE_SOP_CLASSES[sop_class])
+    if "Rows" not in ds or "Columns" not in ds:
+        raise _Skip("missing Rows/Columns (not an image)")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows < 1 or cols < 1 or rows * cols > 1 << 26:
+        raise _Skip(f"implausible matrix size {rows}x{cols}")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise _Skip("colour image (SamplesPerPixel != 1)")
+    if need_pixels and "PixelData" not in ds:
+        raise _Skip("missing PixelData")
+    uid = str(ds.get("SOPInstanceUID", ""))
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames < 1:
+        raise _Skip(f"NumberOfFrames {n_frames}")
+    if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+        frames = []
+        for k in range(n_frames):
+            pos_item, ori_item = _item(ds, k, "PlanePositionSequence"), _item(ds, k, "PlaneOrientationSequence")
+            meas, trans = _item(ds, k, "PixelMeasuresSequence"), _item(ds, k, "PixelValueTransformationSequence")
+            if pos_item is None or ori_item is None or meas is None:
+                raise _Skip(f"frame {k + 1} lacks PlanePosition/PlaneOrientation/PixelMeasures functional groups")
+            row, col = _orientation(_floats(ori_item.get("ImageOrientationPatient"), 6, "ImageOrientationPatient"))
+            spacing = _floats(meas.get("PixelSpacing"), 2, "PixelSpacing")
+            slope = float(trans.get("RescaleSlope", 1) if trans is not None else ds.get("RescaleSlope", 1) or 1)
+            intercept = float(trans.get("RescaleIntercept", 0) if trans is not None else ds.get("RescaleIntercept", 0) or 0)
+            frames.append(Frame(path, k, _floats(pos_item.get("ImagePositionPatient"), 3, "ImagePositionPatient"),
+                                row, col, (float(spacing[0]), float(spacing[1])), rows, cols, slope, intercept, uid))
+    else:
+        row, col = _orientation(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient"))
+        spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
+        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") is not None else 1)
+        intercept = float(ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept") is not None else 0)
+        frames = [Frame(path, 0, _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient"), row, col,
+                        (float(spacing[0]), float(spacing[1])), rows, cols, slope, intercept, uid)]
+    for f in frames:
+        if min(f.pixel_spacing) <= 0 or not np.isfinite([f.slope, f.intercept]).all() or f.slope == 0:
+            raise _Skip(f"PixelSpacing {f.pixel_spacing} or RescaleSlope/Intercept {f.slope}/{f.intercept} invalid")
+    return frames
+
+
+def _read_file(path: Path, need_pixels: bool) -> tuple[Any, list[Frame]] | None:
+    """Parse one file; None (with a warning for files that looked like DICOM) when it is unusable."""
+    import pydicom
+
+    name = path.name.lower()
+    if name.startswith(".") or name.endswith(_NOT_DICOM_SUFFIXES):
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not need_pixels)
+        frames = _frames_from_dataset(ds, path, need_pixels)
+    except _Skip as exc:
+        reason = str(exc)
+        if reason in _NON_IMAGE_SOP_CLASSES.values():
+            log.debug("%s: passed over (%s)", path, reason)
+        else:
+            log.warning("%s: skipped, %s", path, reason)
+        return None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure means "skip this file"
+        if name == "dicomdir":
+            return None
+        log.warning("%s: skipped, not a readable DICOM file (%s: %s)", path, type(exc).__name__,
+                    " ".join(str(exc).split())[:150])
+        return None
+    return ds, frames
+
+
+def _all_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = []
+    for directory, subdirs, names in os.walk(path):
+        subdirs.sort()
+        files.extend(Path(directory) / n for n in sorted(names))
+    return files
+
+
+def _map(function, items: list, threads: int = THREADS) -> list:
+    if threads <= 1 or len(items) < 8:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(function, items))
+
+
+def ds_folder(result: tuple[Any, list[Frame]]) -> str:
+    return str(result[1][0].path.parent)
+
+
+def find_series(path: Path, *, read_pixels: bool = False) -> list[SeriesInfo]:
+    """Every image series in ``path`` (a folder, searched recursively, or one file), in the order
+    ``liverseg inspect`` shows them: CT first, then most slices first."""
+    path = Path(path)
+    results = _map(lambda p: _read_file(p, read_pixels), _all_files(path))
+    groups: dict[tuple, SeriesInfo] = {}
+    localizers: dict[str, int] = {}
+    for result in results:
+        if result is None:
+            continue
+        ds, frames = result
+        # anonymised exports sometimes drop the UID: such files form one series per folder
+        uid = str(ds.get("SeriesInstanceUID") or f"(no SeriesInstanceUID: {ds_folder(result)})")
+        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])] if not isinstance(ds.get("ImageType"), str) \
+            else [str(ds.ImageType).upper()]
+        if "LOCALIZER" in image_type:
+            localizers[uid] = localizers.get(uid, 0) + 1
+            continue
+        for frame in frames:
+            key = (uid, tuple(np.round(np.concatenate([frame.row_dir, frame.col_dir]), 3)), frame.rows, frame.cols,
+                   tuple(np.round(frame.pixel_spacing, 4)))
+            info = groups.get(key)
+            if info is None:
+                info = groups[key] = SeriesInfo(
+                    uid, [], str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or ""),
+                    str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""))
+            info.frames.append(frame)
+            if read_pixels:
+                info.datasets[frame.path] = ds
+    series = list(groups.values())
+    by_uid: dict[str, list[SeriesInfo]] = {}
+    for info in series:
+        by_uid.setdefault(info.series_uid, []).append(info)
+        info.localizers = localizers.get(info.series_uid, 0)
+    for parts in by_uid.values():
+        if len(parts) > 1:
+            parts.sort(key=lambda s: -s.n_slices)
+            for i, part in enumerate(parts):
+                part.part = f"{i + 1}/{len(parts)}"
+    series.sort(key=lambda s: (s.modality.upper() != "CT", -s.n_slices, s.series_uid, s.part))
+    return series
+
+
+def choose_series(path: Path, series: str | int | None = None, *, read_pixels: bool = False) -> SeriesInfo:
+    """The requested series (UID or 0-based index from ``liverseg inspect``), or by default the CT
+    series with the most slices (with a message when there was a choice)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    found = find_series(path, read_pixels=read_pixels)
+    if not found:
+        raise InputError(f"{path}: no readable DICOM image series found in this folder or below it; give a "
+                         "folder of DICOM slice files or a NIfTI/NRRD/MHA file")
+    if series is not None and str(series).strip().isdigit():
+        index = int(series)
+        if index >= len(found):
+            raise InputError(f"{path}: --series {index} is out of range: {len(found)} series found "
+                             f"(0..{len(found) - 1}); run `liverseg inspect {path}` to list them")
+        chosen = found[index]
+    elif series is not None:
+        matching = [s for s in found if s.series_uid == str(series).strip()]
         if not matching:
-            known = ", ".join(s.series_uid for s in series)
-            raise InputError(f"{folder}: no series with UID {series_uid}; found: {known}")
+            known = ", ".join(s.series_uid for s in found[:10])
+            raise InputError(f"{path}: no series with UID {series}; found: {known} (run `liverseg inspect {path}`)")
         chosen = matching[0]
     else:
-        chosen = series[0]
-        if len(series) > 1:
-            log.warning("%s: %d DICOM series found; using %s (%d slices, in %s)", folder, len(series),
-                        chosen.series_uid, len(chosen.files), chosen.folder)
-    if len(chosen.files) < 2:
-        raise InputError(f"{folder}: series {chosen.series_uid} has a single slice; liverseg needs a 3D "
-                         "series with at least 2 slices")
+        chosen = found[0]
+        if len(found) > 1:
+            log.warning("%s: %d DICOM series found; using %s (%d slices, in %s); pick another with --series "
+                        "(see `liverseg inspect`)", path, len(found), chosen.series_uid, chosen.n_slices, chosen.folder)
+    if chosen.n_slices < 2:
+        raise InputError(f"{path}: series {chosen.series_uid} has a single slice; liverseg needs a 3D series with "
+                         "at least 2 slices")
     return chosen
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
-    """Read one series from a folder; by default the series with the most slices (and say so)."""
-    folder = Path(folder)
-    chosen = choose_series(folder, series_uid)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(chosen.files))
+# ----------------------------------------------------------------------------------------------------
+# Validation: sort, duplicates, gaps, spacing, tilt
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class SeriesPlan:
+    """How the sorted, validated slices become a volume."""
+
+    slices: list[list[Frame]]       # one list per distinct position (duplicates grouped), sorted along the normal
+    positions_mm: np.ndarray        # distance of each distinct position along the normal
+    target_mm: np.ndarray           # where the output slices lie (== positions_mm when no resampling)
+    inplane_offsets_mm: np.ndarray  # (n, 2) drift of each slice origin along row/column directions (tilt)
+    notes: list[str]
+
+    @property
+    def resampled(self) -> bool:
+        return len(self.target_mm) != len(self.positions_mm) or not np.allclose(self.target_mm, self.positions_mm)
+
+    @property
+    def tilted(self) -> bool:
+        return bool(np.any(self.inplane_offsets_mm != 0))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> SeriesPlan:
+    first = info.frames[0]
+    normal = first.normal
+    dist = np.array([f.position @ normal for f in info.frames])
+    order = np.argsort(dist, kind="stable")
+    slices: list[list[Frame]] = []
+    positions: list[float] = []
+    for idx in order:
+        if positions and dist[idx] - positions[-1] < DUPLICATE_TOL_MM:
+            slices[-1].append(info.frames[idx])
+        else:
+            slices.append([info.frames[idx]])
+            positions.append(float(dist[idx]))
+    if len(slices) < 2:
+        raise InputError(f"{source}: series {info.series_uid}: all {info.n_slices} slices lie at the same position "
+                         f"{_fmt(positions[0])} mm along the slice normal; liverseg needs a 3D series")
+    pos = np.array(positions)
+    steps = np.diff(pos)
+    median = float(np.median(steps))
+    notes = []
+    n_dup = sum(len(s) - 1 for s in slices)
+    if n_dup:
+        notes.append(f"{n_dup} duplicate slice(s) at identical positions merged")
+    gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
+    if len(gaps):
+        k = int(gaps[0])
+        where = (f"between {_fmt(pos[k])} mm ({slices[k][0].path.name}) and {_fmt(pos[k + 1])} mm "
+                 f"({slices[k + 1][0].path.name}) along the slice normal: a step of {_fmt(steps[k])} mm, "
+                 f"{steps[k] / median:.1f}x the median spacing {_fmt(median)} mm")
+        if not allow_gaps:
+            more = f" (and {len(gaps) - 1} more gap(s))" if len(gaps) > 1 else ""
+            raise InputError(f"{source}: series {info.series_uid} has missing slices {where}{more}; export the "
+                             "complete series, or pass --allow-gaps to interpolate across the gap")
+        notes.append(f"{len(gaps)} gap(s) interpolated (first {where})")
+    span = pos[-1] - pos[0]
+    n_uniform = len(pos) if not len(gaps) else int(round(span / median)) + 1
+    target = pos[0] + np.arange(n_uniform) * (span / (n_uniform - 1))
+    if not len(gaps):
+        deviation = np.abs(pos - target).max()
+        if deviation <= UNIFORM_TOL * (span / (n_uniform - 1)):
+            target = pos.copy()
+        else:
+            notes.append(f"non-uniform slice spacing ({_fmt(steps.min())}..{_fmt(steps.max())} mm) resampled to "
+                         f"{_fmt(span / (n_uniform - 1))} mm")
+    offsets = np.array([[(s[0].position - first.position) @ first.row_dir, (s[0].position - first.position) @
+                         first.col_dir] for s in slices])
+    offsets -= offsets[0]
+    drift = np.abs(offsets) / np.array([first.pixel_spacing[1], first.pixel_spacing[0]])
+    if drift.max() <= TILT_TOL:
+        offsets = np.zeros_like(offsets)
+    else:
+        angle = np.degrees(np.arctan2(np.linalg.norm(offsets[-1]), pos[-1] - pos[0]))
+        notes.append(f"gantry tilt / sheared stack ({angle:.2f} degrees) corrected by resampling each slice onto an "
+                     "orthogonal grid")
+    return SeriesPlan(slices, pos, target, offsets, notes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding and assembly
+# ----------------------------------------------------------------------------------------------------
+
+def _native_pixels(ds: Any) -> np.ndarray | None:
+    """Uncompressed little-endian pixel data straight from the bytes (None: let pydicom decode it)."""
+    ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
+    bits, stored, signed = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated)), int(ds.PixelRepresentation)
+    if ts not in _NATIVE_SYNTAXES or bits not in (8, 16, 32) or (signed and stored != bits):
+        return None
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
+    n = int(ds.get("NumberOfFrames", 1) or 1) * int(ds.Rows) * int(ds.Columns)
+    raw = ds.PixelData
+    if len(raw) < n * dtype.itemsize:
+        raise ValueError(f"pixel data holds {len(raw)} bytes, {n * dtype.itemsize} expected")
+    array = np.frombuffer(raw, dtype=dtype, count=n)
+    if not signed and stored < bits:
+        array = array & np.array((1 << stored) - 1, dtype=dtype)
+    return array.reshape(-1, int(ds.Rows), int(ds.Columns))
+
+
+def _decode_with_gdcm(path: Path) -> np.ndarray:
+    """Last resort for transfer syntaxes that pydicom's plug-ins cannot decode: SimpleITK's GDCM (which
+    applies the rescale itself)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(path))
+    image = reader.Execute()
+    array = sitk.GetArrayFromImage(image)
+    return array.reshape(-1, array.shape[-2], array.shape[-1])
+
+
+def _decode(path: Path, ds: Any) -> tuple[np.ndarray, bool]:
+    """All frames of one file as (frames, rows, cols); True when the rescale was already applied."""
     try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{folder}: DICOM series {chosen.series_uid} cannot be decoded "
-                         f"({_first_itk_reason(str(exc))})") from None
-    return sitk_to_volume(image, folder, {"format": "dicom", "series_uid": chosen.series_uid,
-                                          "n_slices": len(chosen.files)})
+        array = _native_pixels(ds)
+        if array is None:
+            array = np.asarray(ds.pixel_array)
+            array = array.reshape(-1, array.shape[-2], array.shape[-1])
+        return array, False
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: try GDCM, then refuse with the reason
+        first = f"{type(exc).__name__}: {' '.join(str(exc).split())[:150]}"
+    try:
+        return _decode_with_gdcm(path), True
+    except RuntimeError:
+        pass
+    raise InputError(f"{path}: pixel data cannot be decoded ({first}); the file is damaged or uses a transfer "
+                     "syntax no installed decoder supports (install pylibjpeg-libjpeg / pylibjpeg-openjpeg / pyjpegls)")
+
+
+def _rescale(array: np.ndarray, frames: list[Frame], already: list[bool]) -> np.ndarray:
+    slopes = np.array([1.0 if a else f.slope for f, a in zip(frames, already)])
+    intercepts = np.array([0.0 if a else f.intercept for f, a in zip(frames, already)])
+    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)) and array.dtype.kind in "iu":
+        lo = array.min() + intercepts.min() if array.size else 0
+        hi = array.max() + intercepts.max() if array.size else 0
+        dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
+        if np.all(intercepts == 0):
+            return array.astype(dtype, copy=False)
+        out = array.astype(dtype)
+        out += intercepts.astype(dtype)[:, None, None]
+        return out
+    return (array.astype(np.float32) * slopes.astype(np.float32)[:, None, None]
+            + intercepts.astype(np.float32)[:, None, None])
+
+
+def _shift_slices(stack: np.ndarray, offsets_mm: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
+    """Move each slice (rows, cols) by its in-plane drift so all slices share the first one's origin."""
+    from scipy import ndimage
+
+    out = np.empty(stack.shape, dtype=np.float32)
+    for k in range(stack.shape[0]):
+        shift = (offsets_mm[k, 1] / spacing_rc[0], offsets_mm[k, 0] / spacing_rc[1])  # (rows, cols)
+        out[k] = ndimage.shift(stack[k].astype(np.float32), shift, order=1, mode="constant", cval=float(stack.min()))
+    return out
+
+
+def _resample_along_normal(stack: np.ndarray, positions: np.ndarray, target: np.ndarray) -> np.ndarray:
+    upper = np.clip(np.searchsorted(positions, target, side="right"), 1, len(positions) - 1)
+    lower = upper - 1
+    weight = ((target - positions[lower]) / (positions[upper] - positions[lower])).astype(np.float32)
+    weight = np.clip(weight, 0, 1)[:, None, None]
+    return stack[lower].astype(np.float32) * (1 - weight) + stack[upper].astype(np.float32) * weight
+
+
+def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Volume:
+    """Decode and assemble one series (found with ``read_pixels=True``) into a Volume."""
+    plan = plan_series(info, source, allow_gaps)
+    files = info.files
+
+    def decode(path: Path) -> tuple[np.ndarray, bool]:
+        return _decode(path, info.datasets[path])
+
+    decoded = dict(zip(files, _map(decode, list(files))))
+    first = plan.slices[0][0]
+    stack_frames, already = [], []
+    for group in plan.slices:
+        frame = group[0]
+        pixels, done = decoded[frame.path]
+        if frame.frame >= pixels.shape[0] or pixels.shape[1:] != (frame.rows, frame.cols):
+            raise InputError(f"{frame.path}: decoded pixel data has shape {pixels.shape}, but the header says "
+                             f"{frame.frame + 1} frame(s) of {frame.rows}x{frame.cols}; the file is damaged")
+        stack_frames.append((pixels[frame.frame], frame, done))
+        for other in group[1:]:
+            other_pixels, other_done = decoded[other.path]
+            a = pixels[frame.frame] * (1 if done else frame.slope) + (0 if done else frame.intercept)
+            if other.frame >= other_pixels.shape[0] or other_pixels.shape[1:] != (frame.rows, frame.cols):
+                raise InputError(f"{other.path}: decoded pixel data does not match its header; the file is damaged")
+            b = other_pixels[other.frame] * (1 if other_done else other.slope) + (0 if other_done else other.intercept)
+            if not np.array_equal(a, b):
+                raise InputError(
+                    f"{source}: series {info.series_uid}: {frame.path.name} and {other.path.name} lie at the same "
+                    f"position ({_fmt(frame.position @ first.normal)} mm along the slice normal) but hold different "
+                    "pixels (two acquisitions mixed in one series?); pick the files of one acquisition into a folder")
+    stack = np.stack([s[0] for s in stack_frames])
+    stack = _rescale(stack, [s[1] for s in stack_frames], [s[2] for s in stack_frames])
+    if plan.tilted:
+        stack = _shift_slices(stack, plan.inplane_offsets_mm, first.pixel_spacing)
+    if plan.resampled:
+        stack = _resample_along_normal(stack, plan.positions_mm, plan.target_mm)
+    for note in plan.notes:
+        log.warning("%s: series %s: %s", source, info.series_uid, note)
+    dz = float(plan.target_mm[1] - plan.target_mm[0])
+    origin = first.position + (plan.target_mm[0] - plan.positions_mm[0]) * first.normal
+    direction = np.stack([first.row_dir, first.col_dir, first.normal], axis=1)
+    affine = affine_from_lps((first.pixel_spacing[1], first.pixel_spacing[0], dz), origin, direction)
+    array = np.ascontiguousarray(stack.transpose(2, 1, 0))  # (k, rows, cols) -> (i=col, j=row, k)
+    exact = not plan.resampled and not plan.tilted
+    meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid, "n_slices": array.shape[2],
+            "modality": info.modality, "corrections": list(plan.notes),
+            "slice_files": [str(g[0].path) for g in plan.slices] if exact else None,
+            "slice_frames": [g[0].frame for g in plan.slices] if exact else None,
+            "sop_instance_uids": [g[0].sop_uid for g in plan.slices] if exact else None}
+    return Volume(array, affine, meta)
+
+
+def read_dicom_series(path: Path, series: str | int | None = None, allow_gaps: bool = False) -> Volume:
+    """Read one series from a folder (or one multi-frame file); by default the CT series with the most
+    slices (and say so)."""
+    path = Path(path)
+    chosen = choose_series(path, series, read_pixels=True)
+    return load_series(chosen, path, allow_gaps)
+
+
+def check_dicom(path: Path, series: str | int | None = None, allow_gaps: bool = False) -> SeriesInfo:
+    """Header-only: find, choose and validate the series (sort, duplicates, gaps) without decoding pixels."""
+    chosen = choose_series(path, series)
+    plan_series(chosen, Path(path), allow_gaps)
+    return chosen
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A file with the DICM magic at byte 128 (or a .dcm suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+_SYNTAX_NAMES = {"1.2.840.10008.1.2": "implicit LE", "1.2.840.10008.1.2.1": "explicit LE",
+                 "1.2.840.10008.1.2.2": "explicit BE", "1.2.840.10008.1.2.4.50": "JPEG baseline",
+                 "1.2.840.10008.1.2.4.57": "JPEG lossless", "1.2.840.10008.1.2.4.70": "JPEG lossless SV1",
+                 "1.2.840.10008.1.2.4.80": "JPEG-LS lossless", "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+                 "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000",
+                 "1.2.840.10008.1.2.5": "RLE lossless", "1.2.840.10008.1.2.1.99": "deflated explicit LE"}
+
+
+def format_series_table(found: list[SeriesInfo]) -> str:
+    header = ("#", "series UID", "modality", "description", "slices", "spacing mm (x, y, z)", "orientation",
+              "transfer syntax", "files")
+    rows = []
+    for i, s in enumerate(found):
+        spacing = ", ".join(_fmt(v) for v in s.spacing_mm())
+        uid = s.series_uid + (f" (part {s.part})" if s.part else "")
+        extra = f" +{s.localizers} localizer(s) excluded" if s.localizers else ""
+        rows.append((str(i), uid, s.modality, s.description[:28], str(s.n_slices), spacing, s.orientation(),
+                     _SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax), f"{len(s.files)}{extra}"))
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def inspect(path: Path) -> str:
+    """The table ``liverseg inspect`` prints: every series below ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    found = find_series(path)
+    if not found:
+        raise InputError(f"{path}: no readable DICOM image series found in this folder or below it")
+    default = f"default for predict: #0 ({found[0].series_uid}); choose another with --series UID_OR_INDEX"
+    return format_series_table(found) + "\n" + default
+
+
+__all__ = ["Frame", "SeriesInfo", "SeriesPlan", "find_series", "choose_series", "plan_series", "load_series",
+           "read_dicom_series", "check_dicom", "is_dicom_file", "inspect", "format_series_table", "orientation_code"]
