@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .dicom import choose_series, read_dicom_series
+from .dicom import check_dicom, is_dicom_file, read_dicom_series
 from .images import check_image_file, is_image_file, read_image_file, strip_image_suffix, write_volume
 from .outputs import write_label_map
 from .volume import Volume
@@ -12,23 +12,28 @@ from .volume import Volume
 __all__ = ["Volume", "read_volume", "check_input", "write_label_map", "case_name", "is_image_file", "write_volume"]
 
 
-def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
-    """Read a DICOM series folder or a NIfTI/NRRD/MHA file into a Volume."""
+def read_volume(path: str | Path, *, series: str | None = None, allow_gaps: bool = False) -> Volume:
+    """Read a DICOM series folder (or one DICOM multi-frame file) or a NIfTI/NRRD/MHA file into a Volume.
+
+    ``series``: a SeriesInstanceUID or a 0-based index as ``liverseg inspect`` lists them (default: the
+    CT series with the most slices). ``allow_gaps``: interpolate across missing slices instead of refusing.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return read_dicom_series(path, series_uid)
+    if path.is_dir() or is_dicom_file(path):
+        return read_dicom_series(path, series, allow_gaps)
     return read_image_file(path)
 
 
-def check_input(path: str | Path, series_uid: str | None = None) -> None:
-    """Cheap up-front check (headers, series discovery) that ``read_volume`` can be tried on ``path``."""
+def check_input(path: str | Path, *, series: str | None = None, allow_gaps: bool = False) -> None:
+    """Cheap up-front check (headers, series discovery, slice order and gaps) that ``read_volume`` can be
+    tried on ``path``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if path.is_dir():
-        choose_series(path, series_uid)
+    if path.is_dir() or is_dicom_file(path):
+        check_dicom(path, series, allow_gaps)
     else:
         check_image_file(path)
 
