@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = args.config
     cfg = load_config(config_path, args.set)
     best = train(cfg, args.run_dir, device=args.device, workers=args.workers, threads=args.threads,
-                 resume=args.resume, progress=not args.quiet)
-    print(f"best checkpoint: {best}")
+                 resume=args.resume, progress=not args.quiet, cache_dir=args.cache_dir,
+                 ram_cache_gb=args.ram_cache_gb, deterministic=args.deterministic)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import plan_command
+
+    print(plan_command(args.manifest, args.root, args.config, args.set, args.output))
     return 0
 
 
@@ -102,8 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="disk cache of preprocessed training volumes (keyed by the preprocessing config)")
+    p.add_argument("--ram-cache-gb", type=float, default=None,
+                   help="RAM budget for cached training volumes (default: half the available memory)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs")
     runtime(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="plan spacing, CT normalisation, patch and batch size from a dataset")
+    p.add_argument("manifest", help="a liverseg manifest JSON or an MSD dataset.json")
+    p.add_argument("--root", default=None, help="folder the manifest's relative paths start from")
+    p.add_argument("--config", type=Path, default=None, help="experiment YAML to plan for (default: defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value before planning (repeatable)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write the planned config YAML here")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("predict", help="segment CT volumes with a trained run")
     p.add_argument("inputs", nargs="+", help="DICOM series folders or NIfTI/NRRD/MHA files")

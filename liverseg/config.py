@@ -44,8 +44,12 @@ class DataConfig:
 class PreprocessConfig:
     # Voxel size the network sees, in mm along the canonical (RAS) axes.
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 2.0)
-    # CT intensities are clipped to this window and scaled to [0, 1].
+    # CT intensities are clipped to this window and scaled to [0, 1] ...
     hu_window: tuple[float, float] = (-200.0, 300.0)
+    # ... or, when intensity_std_hu > 0, clipped and z-scored: (HU - mean) / std (nnU-Net's CT
+    # scheme; `liverseg plan` fills window, mean and std from the foreground voxels).
+    intensity_mean_hu: float = 0.0
+    intensity_std_hu: float = 0.0
     # data.modality=photo: the channels the network sees ("rgb", "green" — the usual choice for
     # retinal vessels —, or "gray"); each image is standardised to zero mean, unit variance inside its
     # field of view.
@@ -97,7 +101,27 @@ class TrainConfig:
     aug_flip_prob: float = 0.0  # left-right flips confuse liver vs spleen: off by default
     aug_intensity_prob: float = 0.5
     aug_noise_std: float = 0.02
-    cache_rate: float = 1.0
+    aug_noise_prob: float = 0.2
+    aug_brightness: float = 0.1  # multiplicative factor range +-, applied with aug_intensity_prob
+    aug_shift: float = 0.05  # additive offset range +-, applied with aug_intensity_prob
+    aug_elastic_prob: float = 0.0  # slow; off by default as in nnU-Net
+    aug_elastic_sigma: tuple[float, float] = (5.0, 8.0)  # smoothing of the random field, voxels
+    aug_elastic_magnitude: tuple[float, float] = (50.0, 150.0)
+    aug_blur_prob: float = 0.2
+    aug_blur_sigma: tuple[float, float] = (0.5, 1.0)  # voxels
+    aug_contrast_prob: float = 0.15
+    aug_contrast: float = 0.25  # factor range +-, about the patch mean, clipped to its range
+    aug_lowres_prob: float = 0.25
+    aug_lowres_zoom: tuple[float, float] = (0.5, 1.0)  # down-sampling factor range
+    aug_gamma_prob: float = 0.3
+    aug_gamma: tuple[float, float] = (0.7, 1.5)
+    cache_rate: float = 1.0  # at most this fraction of training cases in RAM (within --ram-cache-gb)
+    # last.pt is also written every this many minutes inside an epoch (0 = at epoch ends only).
+    checkpoint_minutes: float = 30.0
+    # Plan spacing, intensity normalisation, patch and batch size from the training data when a run
+    # starts (CT only; see `liverseg plan`); the planned values are saved in the run's config.yaml.
+    auto_plan: bool = True
+    plan_memory_gb: float = 8.0  # accelerator memory the planned patch x batch should fit
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,20 @@ class ExperimentConfig:
         for key in ("epochs", "iters_per_epoch", "batch_size", "val_every"):
             if getattr(self.train, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self.train, key)}: must be at least 1")
+        for key in ("aug_affine_prob", "aug_flip_prob", "aug_intensity_prob", "aug_noise_prob", "aug_elastic_prob",
+                    "aug_blur_prob", "aug_contrast_prob", "aug_lowres_prob", "aug_gamma_prob", "cache_rate"):
+            if not 0.0 <= getattr(self.train, key) <= 1.0:
+                raise ConfigError(f"train.{key}={getattr(self.train, key)}: a probability/fraction in [0, 1]")
+        for key in ("aug_elastic_sigma", "aug_elastic_magnitude", "aug_blur_sigma", "aug_lowres_zoom", "aug_gamma"):
+            low, high = getattr(self.train, key)
+            if not 0.0 < low <= high:
+                raise ConfigError(f"train.{key}={[low, high]}: needs 0 < low <= high")
+        if self.train.checkpoint_minutes < 0 or self.train.plan_memory_gb <= 0:
+            raise ConfigError(f"train.checkpoint_minutes={self.train.checkpoint_minutes} must be >= 0 and "
+                              f"train.plan_memory_gb={self.train.plan_memory_gb} > 0")
+        if self.preprocess.intensity_std_hu < 0:
+            raise ConfigError(f"preprocess.intensity_std_hu={self.preprocess.intensity_std_hu}: must be >= 0 "
+                              "(0 = scale the hu_window to [0, 1])")
         return self
 
 

@@ -1,15 +1,39 @@
-"""Datasets and loaders for training and validation."""
+"""Datasets, loaders and caching for training and validation.
+
+Training samples are a pure function of ``(seed, sample index)``: sample ``i`` picks its case and
+seeds its augmentation from ``(seed, i)`` alone. The global step therefore fixes everything a
+batch holds, whatever the number of loader workers or processes, so a run killed mid-epoch and
+resumed from its step draws exactly the batches it would have drawn (bitwise-equal weights on CPU).
+Under ``torchrun`` the sample indices of a step are split across ranks (``StepSampler``), which is
+``DistributedSampler``'s job done on the step grid.
+
+Caching: the deterministic part of the pipeline (read, reorient, resample, normalise, pad,
+foreground/background indices) runs once per case. With ``cache_dir`` its results go to a disk
+cache (MONAI ``PersistentDataset``) in a sub-folder named after a hash of everything that shapes
+them (preprocessing config, labels, crop size), so a changed config never reads stale volumes.
+On top, a RAM cache holds as many cases as fit a stated budget (and ``train.cache_rate``).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, to_dict
 from .errors import ConfigError, InputError, surface_user_errors
 from .manifest import Case, Manifest, load_manifest
-from .transforms import LoadCased, augmentation, cached_transforms
+from .transforms import LoadCased, augmentation, cached_transforms, crop_size
+
+log = logging.getLogger(__name__)
+
+PREPROCESS_CACHE_VERSION = 1  # bump when the cached transforms change meaning
 
 
 def load_training_manifest(cfg: ExperimentConfig, manifest_override: str | None = None) -> Manifest:
@@ -31,29 +55,193 @@ def case_dicts(cases: list[Case], split: str, manifest: Manifest, need_labels: b
                 raise InputError(f"{manifest.path}: case {case.case_id} in split {split!r} has no label")
             if not case.label.exists():
                 raise InputError(f"{manifest.path}: case {case.case_id} label {case.label} not found")
-        items.append({"id": case.case_id, "image": str(case.image),
-                      "label": str(case.label) if case.label else None})
+        if case.fov is not None and not case.fov.exists():
+            raise InputError(f"{manifest.path}: case {case.case_id} field-of-view mask {case.fov} not found")
+        item = {"id": case.case_id, "image": str(case.image), "label": str(case.label) if case.label else None}
+        if case.fov is not None:  # photographs only; CT items keep their keys (the disk cache hashes them)
+            item["fov"] = str(case.fov)
+        items.append(item)
     if not items:
         raise InputError(f"{manifest.path}: split {split!r} is empty")
     return items
 
 
-def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: int) -> DataLoader:
-    """Endless-feeling loader: each epoch draws iters_per_epoch x batch_size random patches."""
-    with surface_user_errors():
-        dataset = CacheDataset(items, transform=Compose(cached_transforms(cfg) + augmentation(cfg)),
-                               cache_rate=cfg.train.cache_rate, num_workers=None, progress=False)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=generator,
-                                             num_samples=cfg.train.iters_per_epoch * cfg.train.batch_size)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=True)
+# ----------------------------------------------------------------------------- deterministic sampling
+
+def sample_seed(seed: int, index: int) -> int:
+    """A 32-bit seed that depends only on (run seed, sample index)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(1)[0])
 
 
-def validation_cases(cfg: ExperimentConfig, items: list[dict]) -> Dataset:
+class StepDataset(torch.utils.data.Dataset):
+    """``dataset[i]``: an augmented patch drawn for global sample index ``i``, a pure function of
+    ``(seed, i)``: the case is ``rng(seed, i)``'s choice among the cached cases and the augmentation
+    pipeline is re-seeded from the same pair. Returns plain tensors: image float32, label int64."""
+
+    def __init__(self, cases: Sequence[dict], augment: Compose, seed: int, total: int | None = None) -> None:
+        self.cases = cases
+        self.augment = augment
+        self.seed = int(seed)
+        self.total = total  # only for len(); any index >= 0 is valid
+
+    def __len__(self) -> int:
+        return self.total if self.total is not None else len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        state = np.random.RandomState(sample_seed(self.seed, index))
+        case = self.cases[int(state.randint(len(self.cases)))]
+        self.augment.set_random_state(seed=int(state.randint(2**31)))
+        with surface_user_errors():
+            out = self.augment(case)
+        if isinstance(out, list):  # RandCropByPosNegLabeld returns num_samples dicts
+            out = out[0]
+        return {"image": torch.as_tensor(out["image"]).float().contiguous(),
+                "label": torch.as_tensor(out["label"]).long().contiguous()}
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Sample indices of global steps ``[first_step, stop_step)`` for one rank: step ``s`` of rank
+    ``r`` among ``world`` takes indices ``(s * world + r) * batch + b``. ``set_steps`` moves it (the
+    training loop sets each epoch's range, or the remainder of one after a resume)."""
+
+    def __init__(self, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.first_step = self.stop_step = 0
+
+    def set_steps(self, first_step: int, stop_step: int) -> None:
+        self.first_step, self.stop_step = int(first_step), int(stop_step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop_step - self.first_step) * self.batch_size
+
+    def __iter__(self):
+        for step in range(self.first_step, self.stop_step):
+            base = (step * self.world + self.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+
+
+# ----------------------------------------------------------------------------- caching
+
+def preprocessing_key(cfg: ExperimentConfig) -> str:
+    """Hash of everything that shapes the cached (deterministic) part of a training case."""
+    spec = {"version": PREPROCESS_CACHE_VERSION, "preprocess": to_dict(cfg.preprocess),
+            "labels": list(cfg.data.labels), "label_remap": {str(k): v for k, v in cfg.data.label_remap.items()},
+            "modality": cfg.data.modality, "crop_size": list(crop_size(cfg))}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_stamp(path: str | None) -> str:
+    if not path:
+        return ""
+    stat = os.stat(path)
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _item_bytes(item: dict) -> int:
+    return sum(int(v.element_size() * v.nelement()) if isinstance(v, torch.Tensor) else
+               int(v.nbytes) if isinstance(v, np.ndarray) else 0 for v in item.values())
+
+
+class CachedCases(torch.utils.data.Dataset):
+    """The deterministic part of every case: from RAM when it fitted the budget, else from the disk
+    cache (or recomputed when there is none)."""
+
+    def __init__(self, source: torch.utils.data.Dataset, ram_items: dict[int, dict]) -> None:
+        self.source, self.ram_items = source, ram_items
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.ram_items.get(index)
+        if item is not None:
+            return item
+        with surface_user_errors():
+            return self.source[index]
+
+
+def default_ram_budget_gb() -> float:
+    """Half of the memory available now (Linux); 4 GB where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20 / 2
+    except OSError:
+        pass
+    return 4.0
+
+
+def cached_cases(cfg: ExperimentConfig, items: list[dict], transforms: Sequence[Callable], *,
+                 cache_dir: str | os.PathLike | None = None, ram_budget_gb: float | None = None) -> CachedCases:
+    """Run ``transforms`` once per case, cached on disk (``cache_dir``) and in RAM (budget in GB)."""
+    pipeline = Compose(list(transforms))
+    if cache_dir:
+        folder = os.path.join(os.fspath(cache_dir), f"preprocessed-{preprocessing_key(cfg)}")
+        stamped = [{**item, "stamp": f"{_file_stamp(item['image'])}/{_file_stamp(item.get('label'))}"}
+                   for item in items]
+        source: torch.utils.data.Dataset = PersistentDataset(stamped, transform=pipeline, cache_dir=folder)
+    else:
+        source = Dataset(items, transform=pipeline)
+    budget = (default_ram_budget_gb() if ram_budget_gb is None else ram_budget_gb) * 2**30
+    limit = int(round(cfg.train.cache_rate * len(items)))
+    ram: dict[int, dict] = {}
+    used = 0
+    for index in range(len(items)):
+        if len(ram) >= limit:
+            break
+        with surface_user_errors():
+            item = source[index]
+        size = _item_bytes(item)
+        if used + size > budget:
+            break
+        ram[index] = item
+        used += size
+    log.info("cache: %d of %d training cases in RAM (%.2f GB of a %.2f GB budget)%s", len(ram), len(items),
+             used / 2**30, budget / 2**30, f", the rest from the disk cache {folder}" if cache_dir
+             else ("" if len(ram) == len(items) else ", the rest re-read every time (no --cache-dir)"))
+    return CachedCases(source, ram)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: int, *, rank: int = 0,
+                 world: int = 1, cache_dir: str | os.PathLike | None = None,
+                 ram_budget_gb: float | None = None) -> torch.utils.data.DataLoader:
+    """Loader of augmented patches; its ``sampler`` is a ``StepSampler`` that the training loop
+    points at the steps to draw (``loader.sampler.set_steps(first, stop)``)."""
+    if cfg.data.modality == "photo":
+        from .photos import photo_train_loader
+
+        return photo_train_loader(cfg, items, workers, seed, rank=rank, world=world)
+    dataset: torch.utils.data.Dataset
+    if cfg.data.modality == "photo":
+        from .photos import PhotoPatches, load_photo_case  # item i is a function of (seed, i) there too
+
+        dataset = PhotoPatches([load_photo_case(item, cfg) for item in items], cfg, seed)
+    else:
+        cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
+        dataset = StepDataset(cases, Compose(augmentation(cfg)), seed)
+    sampler = StepSampler(cfg.train.batch_size, rank, world)
+    pin = torch.cuda.is_available()
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                                       prefetch_factor=4 if workers > 0 else None, drop_last=False)
+
+
+def validation_cases(cfg: ExperimentConfig, items: list[dict]):
     """Whole preprocessed volumes (no augmentation), cached in memory."""
+    if cfg.data.modality == "photo":
+        from .photos import photo_validation_cases
+
+        return photo_validation_cases(cfg, items)
+    if cfg.data.modality == "photo":
+        from .photos import photo_validation_cases
+
+        return photo_validation_cases(cfg, items)
     with surface_user_errors():
         return CacheDataset(items, transform=LoadCased(cfg), cache_rate=1.0, num_workers=None, progress=False)
 
 
-__all__ = ["load_training_manifest", "case_dicts", "train_loader", "validation_cases"]
+__all__ = ["load_training_manifest", "case_dicts", "train_loader", "validation_cases", "StepDataset",
+           "StepSampler", "sample_seed", "cached_cases", "preprocessing_key"]

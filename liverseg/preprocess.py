@@ -129,6 +129,16 @@ def normalize_ct(array: np.ndarray | torch.Tensor, hu_window: tuple[float, float
     return ((tensor.clamp(low, high) - low) / (high - low)).contiguous()
 
 
+def standardize_ct(image: torch.Tensor, hu_window: tuple[float, float], mean_hu: float, std_hu: float) -> torch.Tensor:
+    """The window-scaled [0, 1] image -> z-scores of the clipped HU, (HU - mean) / std, when
+    ``std_hu`` > 0 (nnU-Net's CT normalisation; planned by ``liverseg plan``); unchanged otherwise.
+    An affine map of intensities, so it commutes with the (linear) resampling before it."""
+    if std_hu <= 0:
+        return image
+    low, high = float(hu_window[0]), float(hu_window[1])
+    return image * ((high - low) / std_hu) + ((low - mean_hu) / std_hu)
+
+
 # ----------------------------------------------------------------------------- labels
 
 def remap_labels(array: np.ndarray, remap: dict[int, int]) -> np.ndarray:

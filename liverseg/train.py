@@ -1,14 +1,23 @@
 """The training loop, readable top to bottom.
 
-One call, ``train(cfg, run_dir)``: data from a manifest, random foreground/background patches,
-Dice-CE, AdamW with a cosine/poly schedule stepped per iteration, sliding-window validation every
-``val_every`` epochs, ``best.pt`` / ``last.pt`` checkpoints and ``metrics.csv`` written atomically.
-AMP and cudnn.benchmark on CUDA, fp32 on CPU.
+One call, ``train(cfg, run_dir)``: data from a manifest (planned first when ``train.auto_plan``),
+random foreground/background patches, Dice-CE, AdamW with a cosine/poly schedule stepped per
+iteration, sliding-window validation every ``val_every`` epochs, ``best.pt`` / ``last.pt`` and
+``metrics.csv`` written atomically. AMP and cudnn.benchmark on CUDA, fp32 on CPU.
+
+Exact resume: every random draw of a training step is a function of ``(seed, step)`` (the
+patches and their augmentation through ``data.StepDataset``, dropout through a per-step torch
+seed), so ``last.pt`` needs only the step to continue; it is written at every epoch end and every
+``train.checkpoint_minutes`` inside an epoch, with the model, optimizer, scheduler, AMP scaler,
+RNG states, the epoch's losses so far and the metrics rows. A run killed at any point and resumed
+with ``--resume`` ends with bitwise the same weights on CPU (``--deterministic`` on GPU).
+
+Under ``torchrun`` each process trains on its share of every step's samples (DDP, NCCL on GPU,
+gloo on CPU); validation cases are split across ranks and their Dice gathered; only rank 0 logs
+and writes.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -23,62 +32,107 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .config import ExperimentConfig, save_config, to_dict
+from . import distributed as dist_utils
+from .config import ExperimentConfig, from_dict, save_config, to_dict
 from .data import case_dicts, load_training_manifest, train_loader, validation_cases
 from .errors import InputError, surface_user_errors
 from .infer import network_probabilities, resolve_device
 from .metrics import dice
 from .losses import SegmentationLoss
 from .models import build_model, count_parameters, input_channels
+from .training_log import TensorBoard, summary, write_curves, write_metrics
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = None, workers: int = 0,
-          threads: int | None = None, resume: bool = False, progress: bool = True) -> Path:
+          threads: int | None = None, resume: bool = False, progress: bool = True,
+          cache_dir: str | Path | None = None, ram_cache_gb: float | None = None,
+          deterministic: bool = False) -> Path:
     """Train a model into ``run_dir``; returns the path of the best checkpoint."""
     run_dir = Path(run_dir)
-    torch_device = resolve_device(device)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    _check_run_dir(run_dir, resume)
-
-    # ---- data
-    manifest = load_training_manifest(cfg)
-    train_items = case_dicts(manifest.split(cfg.data.train_split), cfg.data.train_split, manifest)
-    val_items = case_dicts(manifest.split(cfg.data.val_split), cfg.data.val_split, manifest)
-
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _log_to_file(run_dir / "train.log")
+    ctx, torch_device = dist_utils.setup(resolve_device(device))
     try:
-        return _train(cfg, run_dir, torch_device, workers, resume, progress, train_items, val_items)
-    except BaseException:
-        # A run that failed before its first checkpoint leaves no folder behind to be mistaken for one.
-        if created and not (run_dir / "last.pt").exists():
-            handler.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        _check_run_dir(run_dir, resume)
+
+        # ---- data (planned once, on rank 0, when the config asks for it)
+        manifest = load_training_manifest(cfg)
+        train_items = case_dicts(manifest.split(cfg.data.train_split), cfg.data.train_split, manifest)
+        val_items = case_dicts(manifest.split(cfg.data.val_split), cfg.data.val_split, manifest)
+        if cfg.train.auto_plan and cfg.data.modality == "ct" and not resume:  # a resumed run keeps its plan
+            from .plan import apply_plan, plan_dataset
+
+            plan = plan_dataset(train_items, cfg, progress=progress) if ctx.is_main else None
+            cfg = from_dict(dist_utils.broadcast(ctx, to_dict(apply_plan(cfg, plan)) if ctx.is_main else None))
+            cfg = cfg.validate()
+        else:
+            plan = None
+
+        created = not run_dir.exists()
+        handler = None
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handler = _log_to_file(run_dir / "train.log")
+            if plan is not None:
+                from .plan import write_plan
+
+                write_plan(plan, run_dir / "plan.json")
+        else:
+            logging.getLogger("liverseg").setLevel(logging.WARNING)
+        try:
+            return _train(cfg, run_dir, torch_device, ctx, workers, resume, progress, train_items, val_items,
+                          cache_dir, ram_cache_gb)
+        except BaseException:
+            # A run that failed before its first checkpoint leaves no folder behind to be mistaken for one.
+            if ctx.is_main and created and not (run_dir / "last.pt").exists():
+                if handler is not None:
+                    handler.close()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            if handler is not None:
+                logging.getLogger("liverseg").removeHandler(handler)
+                handler.close()
     finally:
-        logging.getLogger("liverseg").removeHandler(handler)
-        handler.close()
+        dist_utils.cleanup(ctx)
 
 
-def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: int, resume: bool,
-           progress: bool, train_items: list[dict], val_items: list[dict]) -> Path:
+class _TrainForward(torch.nn.Module):
+    """What one training step calls: full-resolution logits, or every deep-supervision head; a
+    module of its own so DistributedDataParallel sees it as ``forward``."""
+
+    def __init__(self, model: torch.nn.Module, deep_supervision: bool) -> None:
+        super().__init__()
+        self.model, self.deep_supervision = model, deep_supervision
+
+    def forward(self, images: torch.Tensor):
+        return self.model.deep_supervision_outputs(images) if self.deep_supervision else self.model(images)
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist_utils.Context, workers: int,
+           resume: bool, progress: bool, train_items: list[dict], val_items: list[dict], cache_dir,
+           ram_cache_gb) -> Path:
     t = cfg.train
     _seed_everything(t.seed)
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True
-    log.info("liverseg %s: training %s on %d cases, validating on %d, device %s, %d CPU threads",
-             __version__, cfg.model.name, len(train_items), len(val_items), device, torch.get_num_threads())
-    loader = train_loader(cfg, train_items, workers, t.seed)
-    loader.dataset.transform.set_random_state(seed=t.seed)
-    val_data = validation_cases(cfg, val_items)
+    log.info("liverseg %s: training %s on %d cases, validating on %d, device %s, %d CPU threads%s",
+             __version__, cfg.model.name, len(train_items), len(val_items), device, torch.get_num_threads(),
+             f", {ctx.world} processes" if ctx.distributed else "")
+    loader = train_loader(cfg, train_items, workers, t.seed, rank=ctx.rank, world=ctx.world,
+                          cache_dir=cache_dir, ram_budget_gb=ram_cache_gb)
+    val_data = validation_cases(cfg, val_items[ctx.rank::ctx.world])
 
     # ---- model and optimisation
     n_classes = len(cfg.data.labels)
-    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=n_classes).to(device)
+    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes).to(device)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
     loss_fn = SegmentationLoss()
@@ -88,76 +142,126 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, workers: 
     use_amp = device.type == "cuda" and t.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start_epoch, best_metric, best_epoch, rows = 1, -1.0, 0, []
+    state = {"step": 0, "best_metric": -1.0, "best_epoch": 0, "rows": [], "epoch_losses": []}
     if resume:
-        start_epoch, best_metric, best_epoch, rows = _resume(run_dir, model, optimizer, scheduler, scaler, cfg)
-    save_config(cfg, run_dir / "config.yaml")
+        state = _resume(run_dir, model, optimizer, scheduler, scaler, ctx)
+    step, best_metric, best_epoch, rows = state["step"], state["best_metric"], state["best_epoch"], state["rows"]
+    losses: list[float] = list(state["epoch_losses"])
+    forward = _TrainForward(model, cfg.model.deep_supervision)
+    if ctx.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    board = TensorBoard(run_dir, enabled=ctx.is_main)
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        if rows:  # a run killed between last.pt and metrics.csv gets its rows back from last.pt
+            write_metrics(run_dir / "metrics.csv", rows, cfg.data.labels)
+
+    def checkpoint(path: Path) -> None:
+        _save_checkpoint(path, model, optimizer, scheduler, scaler, cfg,
+                         {"epoch": step // t.iters_per_epoch, "step": step, "best_metric": best_metric,
+                          "best_epoch": best_epoch, "rows": rows, "epoch_losses": losses, "world": ctx.world})
 
     # ---- loop
-    started = time.perf_counter()
-    step = (start_epoch - 1) * t.iters_per_epoch
-    for epoch in range(start_epoch, t.epochs + 1):
-        model.train()
+    started = last_checkpoint = time.perf_counter()
+    first_step, validation_seconds = step, 0.0
+    bar = tqdm(total=total_iters, initial=step, unit="it", dynamic_ncols=True, disable=not (progress and ctx.is_main))
+    model.train()
+    while step < total_iters:
+        epoch = step // t.iters_per_epoch + 1
+        epoch_end = epoch * t.iters_per_epoch
         epoch_start = time.perf_counter()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", unit="it", leave=False, disable=not progress)
-        for batch in _batches(bar):
+        loader.sampler.set_steps(step, epoch_end)
+        for batch in _batches(loader):
+            torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout & co: a function of the step
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                outputs = model.deep_supervision_outputs(images) if cfg.model.deep_supervision else model(images)
-                loss = loss_fn(outputs, labels)
+                loss = loss_fn(forward(images), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        bar.close()
+            losses.append(float(dist_utils.mean_across(ctx, loss.detach())))
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{losses[-1]:.4f}")
+            if (t.checkpoint_minutes > 0 and step < epoch_end and ctx.is_main
+                    and time.perf_counter() - last_checkpoint >= 60.0 * t.checkpoint_minutes):
+                checkpoint(run_dir / "last.pt")
+                last_checkpoint = time.perf_counter()
 
-        out_of_time = t.max_minutes > 0 and (time.perf_counter() - started) / 60.0 >= t.max_minutes
+        elapsed = time.perf_counter() - started
+        out_of_time = dist_utils.broadcast(ctx, t.max_minutes > 0 and elapsed / 60.0 >= t.max_minutes)
         last_epoch = epoch == t.epochs or out_of_time
         row = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - epoch_start}
+               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - epoch_start,
+               "elapsed_minutes": (time.perf_counter() - started) / 60.0 + state.get("elapsed_minutes", 0.0)}
         if epoch % t.val_every == 0 or last_epoch:
-            scores = validate(model, val_data, cfg, device)
+            validation_start = time.perf_counter()
+            per_case = validate(model, val_data, cfg, device, per_case=True)
+            gathered = dist_utils.gather(ctx, per_case)
+            scores = {name: float(np.mean([v for part in gathered for v in part[name]])) for name in cfg.data.labels[1:]}
             row.update({f"val_dice_{name}": scores[name] for name in cfg.data.labels[1:]})
             row["val_mean_dice"] = float(np.mean([scores[name] for name in cfg.data.labels[1:]]))
+            validation_seconds += time.perf_counter() - validation_start
             if row["val_mean_dice"] > best_metric:
                 best_metric, best_epoch = row["val_mean_dice"], epoch
-                _save_checkpoint(run_dir / "best.pt", model, optimizer, scheduler, scaler, cfg, epoch, step,
-                                 best_metric, best_epoch)
+                if ctx.is_main:
+                    checkpoint(run_dir / "best.pt")
         rows.append(row)
-        _save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, scaler, cfg, epoch, step,
-                         best_metric, best_epoch)
-        _write_metrics(run_dir / "metrics.csv", rows, cfg)
-        log.info("epoch %d: loss %.4f, lr %.2e%s (%.0f s)", epoch, row["train_loss"], row["lr"],
-                 f", val mean Dice {row['val_mean_dice']:.4f}" if "val_mean_dice" in row else "",
-                 row["epoch_seconds"])
+        losses = []
+        if ctx.is_main:
+            checkpoint(run_dir / "last.pt")
+            last_checkpoint = time.perf_counter()
+            write_metrics(run_dir / "metrics.csv", rows, cfg.data.labels)
+            write_curves(run_dir / "training_curves.png", rows, cfg.data.labels)
+            board.log_row(row)
+        log.info("%s", _epoch_line(row))
         if out_of_time and epoch < t.epochs:
             log.warning("stopping after epoch %d: train.max_minutes=%g reached", epoch, t.max_minutes)
             break
-
-    log.info("best validation mean Dice %.4f at epoch %d; run folder %s", best_metric, best_epoch, run_dir)
+    bar.close()
+    board.close()
+    if ctx.is_main:
+        seconds = time.perf_counter() - started
+        log.info("%s", summary(run_dir, rows, cfg.data.labels, best_epoch=best_epoch, best_metric=best_metric,
+                               seconds=seconds, iterations=step - first_step,
+                               patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world))
+    dist_utils.barrier(ctx)
     return run_dir / "best.pt"
+
+
+def _epoch_line(row: dict) -> str:
+    val = f", val mean Dice {row['val_mean_dice']:.4f}" if "val_mean_dice" in row else ""
+    return (f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, lr {row['lr']:.2e}{val} "
+            f"({row['epoch_seconds']:.0f} s)")
 
 
 # ----------------------------------------------------------------------------- validation
 
-def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
-    """Mean Dice per foreground label over the validation cases, on the network grid."""
+def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch.device,
+             per_case: bool = False) -> dict:
+    """Dice per foreground label over the validation cases, on the network grid: the mean per
+    label, or with ``per_case`` the list of per-case values (to gather across ranks)."""
     model.eval()
     per_label: dict[str, list[float]] = {name: [] for name in cfg.data.labels[1:]}
     with torch.inference_mode():
         for case in cases:
-            probabilities = network_probabilities(model, case["image"][0], cfg, device)
+            if cfg.data.modality == "photo":
+                from .photos import photo_probabilities
+
+                probabilities = photo_probabilities(model, case["image"], cfg, device)
+            else:
+                probabilities = network_probabilities(model, case["image"][0], cfg, device)
             predicted = probabilities.argmax(0).numpy()
             reference = case["label"][0].numpy()
             for index, name in enumerate(cfg.data.labels[1:], start=1):
                 per_label[name].append(dice(predicted == index, reference == index))
     model.train()
+    if per_case:
+        return per_label
     return {name: float(np.mean(values)) for name, values in per_label.items()}
 
 
@@ -173,6 +277,10 @@ def _batches(loader):
             except StopIteration:
                 return
         yield batch
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(rank), 1]).generate_state(1)[0])
 
 
 def _lr_factor(cfg: ExperimentConfig, step: int, total: int) -> float:
@@ -218,7 +326,7 @@ def _set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -226,8 +334,7 @@ def _to_tuple(value):
     return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: ExperimentConfig, epoch: int,
-                     step: int, best_metric: float, best_epoch: int) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: ExperimentConfig, progress: dict) -> None:
     """Everything needed to predict (model + config) and to resume (the rest); written atomically."""
     checkpoint = {
         "liverseg_version": __version__,
@@ -235,10 +342,9 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: Exper
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "best_metric": best_metric,
-        "best_epoch": best_epoch,
+        **progress,
+        "rows": [dict(row) for row in progress["rows"]],
+        "epoch_losses": list(progress["epoch_losses"]),
         "config": to_dict(cfg),
         "labels": list(cfg.data.labels),
         "rng": _rng_state(),
@@ -253,39 +359,30 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: Exper
         raise
 
 
-def _resume(run_dir: Path, model, optimizer, scheduler, scaler, cfg: ExperimentConfig):
+def _resume(run_dir: Path, model, optimizer, scheduler, scaler, ctx: dist_utils.Context) -> dict:
     checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
     _set_rng_state(checkpoint["rng"])
-    rows = _read_metrics(run_dir / "metrics.csv", upto_epoch=checkpoint["epoch"])
-    log.info("resuming %s after epoch %d", run_dir, checkpoint["epoch"])
-    return checkpoint["epoch"] + 1, checkpoint["best_metric"], checkpoint["best_epoch"], rows
+    if checkpoint.get("world", 1) != ctx.world:
+        log.warning("%s was trained with %d process(es), resuming with %d: the remaining batches differ from "
+                    "an uninterrupted run", run_dir, checkpoint.get("world", 1), ctx.world)
+    rows = checkpoint.get("rows")
+    if rows is None:  # a checkpoint from before rows were stored in it
+        from .training_log import read_metrics
 
-
-def _metric_columns(cfg: ExperimentConfig) -> list[str]:
-    return (["epoch", "step", "train_loss", "lr", "epoch_seconds"]
-            + [f"val_dice_{name}" for name in cfg.data.labels[1:]] + ["val_mean_dice"])
-
-
-def _write_metrics(path: Path, rows: list[dict], cfg: ExperimentConfig) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_metric_columns(cfg), restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= upto_epoch]
+        rows = [r for r in read_metrics(run_dir / "metrics.csv") if int(r["epoch"]) <= checkpoint["epoch"]]
+    step = int(checkpoint["step"])
+    losses = list(checkpoint.get("epoch_losses", []))
+    where = (f"after epoch {checkpoint['epoch']}" if not losses else
+             f"in epoch {checkpoint['epoch'] + 1} at step {step}")
+    log.info("resuming %s %s", run_dir, where)
+    elapsed = float(rows[-1].get("elapsed_minutes") or 0.0) if rows else 0.0
+    return {"step": step, "best_metric": float(checkpoint["best_metric"]),
+            "best_epoch": int(checkpoint["best_epoch"]), "rows": rows, "epoch_losses": losses,
+            "elapsed_minutes": elapsed}
 
 
 def _log_to_file(path: Path) -> logging.Handler:

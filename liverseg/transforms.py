@@ -9,14 +9,16 @@ import math
 from typing import Any
 
 import numpy as np
-from monai.transforms import (FgBgToIndicesd, MapTransform, RandAffined, RandCropByPosNegLabeld,
-                              RandFlipd, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd,
-                              SpatialPadd)
+import torch
+from monai.transforms import (FgBgToIndicesd, MapTransform, Rand2DElasticd, Rand3DElasticd, RandAdjustContrastd,
+                              RandAffined, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
+                              RandGaussianSmoothd, RandScaleIntensityd, RandScaleIntensityFixedMeand,
+                              RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd)
 
 from .config import ExperimentConfig
 from .errors import GeometryError, InputError
 from .io import read_volume
-from .preprocess import preprocess_image, preprocess_label, remap_labels
+from .preprocess import preprocess_image, preprocess_label, remap_labels, standardize_ct
 
 
 class LoadCased(MapTransform):
@@ -33,7 +35,9 @@ class LoadCased(MapTransform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         image_volume = read_volume(data["image"])
-        image, record = preprocess_image(image_volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window)
+        p = cfg.preprocess
+        image, record = preprocess_image(image_volume, p.spacing_mm, p.hu_window)
+        image = standardize_ct(image, p.hu_window, p.intensity_mean_hu, p.intensity_std_hu)
         out: dict[str, Any] = {"id": data["id"], "image": image[None]}
         if data.get("label"):
             label_volume = read_volume(data["label"])
@@ -89,11 +93,46 @@ def cached_transforms(cfg: ExperimentConfig) -> list:
         LoadCased(cfg),
         SpatialPadd(keys=("image", "label"), spatial_size=crop_size(cfg)),
         FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg"),
+        CompactCased(),
     ]
 
 
+class CompactCased(MapTransform):
+    """Smaller cached cases: label as uint8 and the foreground/background voxel indices as int32
+    tensors (MONAI makes int64), plain tensors throughout (no MetaTensor)."""
+
+    def __init__(self) -> None:
+        super().__init__(keys=("image", "label", "label_fg", "label_bg"))
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = {"id": data["id"], "image": torch.as_tensor(data["image"]).as_subclass(torch.Tensor).float()}
+        if "label" in data:
+            out["label"] = torch.as_tensor(data["label"]).as_subclass(torch.Tensor).to(torch.uint8)
+        for key in ("label_fg", "label_bg"):
+            if key in data:
+                out[key] = torch.as_tensor(np.asarray(data[key]).astype(np.int32))
+        return out
+
+
+class CopyPatchd(MapTransform):
+    """Plain, contiguous copies of the cropped patch, so nothing later can write into a cached volume
+    (crops are views of it) and no MetaTensor bookkeeping rides along."""
+
+    def __init__(self, keys=("image", "label")) -> None:
+        super().__init__(keys=keys)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        for key in self.key_iterator(data):
+            out[key] = torch.as_tensor(data[key]).clone()
+        return out
+
+
 def augmentation(cfg: ExperimentConfig) -> list:
-    """Random part: foreground/background patch sampling, then spatial and intensity augmentation."""
+    """Random part: foreground/background patch sampling, then nnU-Net's augmentation set, in its
+    order: rotation and scaling, elastic deformation, Gaussian noise, Gaussian blur, brightness,
+    contrast, low-resolution simulation, gamma, mirroring. Each step has its probability in
+    ``train.aug_*`` and is left out when that is 0."""
     t = cfg.train
     dims = cfg.model.spatial_dims
     rotate = math.radians(t.aug_rotate_deg)
@@ -101,6 +140,7 @@ def augmentation(cfg: ExperimentConfig) -> list:
         RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=crop_size(cfg),
                                pos=t.pos_fraction, neg=1.0 - t.pos_fraction, num_samples=1,
                                fg_indices_key="label_fg", bg_indices_key="label_bg", allow_smaller=False),
+        CopyPatchd(),
     ]
     if dims == 2:
         steps.append(SlabTo2Dd())
@@ -109,14 +149,35 @@ def augmentation(cfg: ExperimentConfig) -> list:
         steps.append(RandAffined(keys=("image", "label"), prob=t.aug_affine_prob,
                                  rotate_range=(rotate,) * (3 if dims == 3 else 1), scale_range=(t.aug_scale,) * dims,
                                  mode=("bilinear", "nearest"), padding_mode="border"))
+    if t.aug_elastic_prob > 0:
+        elastic = Rand3DElasticd if dims == 3 else Rand2DElasticd
+        extra = {} if dims == 3 else {"spacing": (t.aug_elastic_sigma[0] * 3,) * 2}
+        kwargs = ({"sigma_range": tuple(t.aug_elastic_sigma)} if dims == 3 else {})
+        steps.append(elastic(keys=("image", "label"), prob=t.aug_elastic_prob,
+                             magnitude_range=tuple(t.aug_elastic_magnitude), mode=("bilinear", "nearest"),
+                             padding_mode="border", **kwargs, **extra))
+    if t.aug_noise_prob > 0 and t.aug_noise_std > 0:
+        steps.append(RandGaussianNoised(keys="image", prob=t.aug_noise_prob, std=t.aug_noise_std))
+    if t.aug_blur_prob > 0:
+        sigma = tuple(t.aug_blur_sigma)
+        steps.append(RandGaussianSmoothd(keys="image", prob=t.aug_blur_prob, sigma_x=sigma, sigma_y=sigma,
+                                         sigma_z=sigma))
+    if t.aug_intensity_prob > 0:  # brightness: multiplicative and additive
+        steps += [RandScaleIntensityd(keys="image", factors=t.aug_brightness, prob=t.aug_intensity_prob),
+                  RandShiftIntensityd(keys="image", offsets=t.aug_shift, prob=t.aug_intensity_prob)]
+    if t.aug_contrast_prob > 0:  # contrast about the mean, clipped back to the patch's range (nnU-Net)
+        steps.append(RandScaleIntensityFixedMeand(keys="image", factors=t.aug_contrast, preserve_range=True,
+                                                  prob=t.aug_contrast_prob))
+    if t.aug_lowres_prob > 0:
+        steps.append(RandSimulateLowResolutiond(keys="image", prob=t.aug_lowres_prob,
+                                                zoom_range=tuple(t.aug_lowres_zoom),
+                                                upsample_mode="trilinear" if dims == 3 else "bilinear"))
+    if t.aug_gamma_prob > 0:
+        steps.append(RandAdjustContrastd(keys="image", prob=t.aug_gamma_prob, gamma=tuple(t.aug_gamma),
+                                         retain_stats=True))
     if t.aug_flip_prob > 0:
         steps += [RandFlipd(keys=("image", "label"), prob=t.aug_flip_prob, spatial_axis=axis) for axis in range(dims)]
-    if t.aug_intensity_prob > 0:
-        steps += [RandScaleIntensityd(keys="image", factors=0.1, prob=t.aug_intensity_prob),
-                  RandShiftIntensityd(keys="image", offsets=0.05, prob=t.aug_intensity_prob)]
-    if t.aug_noise_std > 0:
-        steps.append(RandGaussianNoised(keys="image", prob=0.2, std=t.aug_noise_std))
     return steps
 
 
-__all__ = ["LoadCased", "cached_transforms", "augmentation", "remap_labels"]
+__all__ = ["LoadCased", "cached_transforms", "augmentation", "remap_labels", "CopyPatchd", "CompactCased"]
