@@ -51,7 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("--config is required (except with --resume); try configs/smoke_3d.yaml")
     else:
         config_path = args.config
-    cfg = load_config(config_path, args.set)
+    shortcuts = [f"data.manifest={args.manifest}"] * bool(args.manifest) + [f"data.root={args.root}"] * bool(args.root)
+    cfg = load_config(config_path, shortcuts + args.set)
     best = train(cfg, args.run_dir, device=args.device, workers=args.workers, threads=args.threads,
                  resume=args.resume, progress=not args.quiet, cache_dir=args.cache_dir,
                  ram_cache_gb=args.ram_cache_gb, deterministic=args.deterministic)
@@ -95,6 +96,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     progress=not args.quiet)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .io.dicom import inspect
+
+    print(inspect(args.path))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check_manifest, format_reports
+
+    reports = check_manifest(args.manifest, args.root, args.split, progress=not args.quiet)
+    print(format_reports(reports))
+    failed = [r.case_id for r in reports if not r.ok]
+    if failed:
+        raise InputError(f"{args.manifest}: {len(failed)} of {len(reports)} cases failed the check: "
+                         f"{', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''} (see the table above)")
+    return 0
+
+
+def cmd_manifest_import(args: argparse.Namespace) -> int:
+    from .manifest import import_manifest
+
+    print(import_manifest(args.kind, args.root, args.output, sha256=args.sha256))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .download import download_dataset
+
+    print(download_dataset(args.dataset, args.dest, progress=not args.quiet, extract=not args.no_extract))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liverseg", description="Liver segmentation in CT with exact geometry.")
     parser.add_argument("--version", action="version", version=f"liverseg {__version__}")
@@ -112,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--manifest", type=Path, default=None, help="shortcut for --set data.manifest=PATH")
+    p.add_argument("--root", type=Path, default=None, help="shortcut for --set data.root=PATH")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="disk cache of preprocessed training volumes (keyed by the preprocessing config)")
     p.add_argument("--ram-cache-gb", type=float, default=None,
@@ -151,6 +187,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on training minutes (the demo is sized for about 6 on 2 CPU cores)")
     runtime(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("inspect", help="list the DICOM series in a folder (UID, slices, spacing, orientation, ...)")
+    p.add_argument("path", type=Path, help="a folder searched recursively, or one DICOM file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("check", help="read every case of a manifest; verify geometry, label values, checksums")
+    p.add_argument("manifest", type=Path, help="a liverseg manifest JSON (data_manifests/*.json) or MSD dataset.json")
+    p.add_argument("--root", type=Path, default=None, help="folder the manifest's paths are relative to")
+    p.add_argument("--split", default="all", help="only the cases of this split (default: all)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("manifest", help="dataset manifests")
+    manifest_sub = p.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    q = manifest_sub.add_parser("import", help="scan a public dataset's folder and write a manifest with fixed folds")
+    q.add_argument("kind", help="msd, lits, ircadb or chaos")
+    q.add_argument("root", type=Path, help="the dataset's root folder as its publisher ships it")
+    q.add_argument("-o", "--output", type=Path, required=True, help="e.g. data_manifests/NAME.json")
+    q.add_argument("--sha256", action="store_true", help="record the sha256 of every image/label file")
+    q.set_defaults(func=cmd_manifest_import)
+
+    p = sub.add_parser("download", help="download a public dataset (resumable, checksum-verified)")
+    p.add_argument("dataset", choices=("msd_liver",), help="msd_liver: Medical Segmentation Decathlon Task03_Liver")
+    p.add_argument("--dest", type=Path, required=True, help="folder to download and extract into")
+    p.add_argument("--no-extract", action="store_true", help="keep the archive, do not extract it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download)
     return parser
 
 

@@ -1,11 +1,14 @@
-"""Dataset manifests: which cases exist, where their files are, and fixed splits.
+"""Dataset manifests: which cases exist, where their files are, how labels are stored, fixed splits.
 
-Two layouts are read:
+Two layouts are read (the JSON format is documented in ``data_manifests/README.md``):
 
 * liverseg's own JSON::
 
     {"name": "phantoms", "labels": {"background": 0, "liver": 1},
-     "cases": [{"id": "p000", "image": "images/p000.nii.gz", "label": "labels/p000.nii.gz"}, ...],
+     "label_format": "volume",                      (optional; or masks_dicom, png_slices, dicom_seg)
+     "structures": {"liver": 1, "livertumor*": 2},  (optional; mask folder / segment names -> values)
+     "cases": [{"id": "p000", "image": "images/p000.nii.gz", "label": "labels/p000.nii.gz",
+                "sha256": {"image": "...", "label": "..."}}, ...],
      (2D photographs may add "fov": a field-of-view mask for each case)
      "splits": {"train": ["p000", ...], "val": [...], "test": [...]}}
 
@@ -14,20 +17,28 @@ Two layouts are read:
   fold i % 5): split ``val`` is fold 0, ``train`` the other four, ``fold0``..``fold4`` name each fold.
 
 Paths inside a manifest are relative to ``root`` (default: the manifest's folder).
+
+Importers (``IMPORTERS``, ``import_manifest``) scan a dataset as its publisher ships it and write a
+liverseg manifest with fixed folds: ``msd`` (Task03_Liver), ``lits``, ``ircadb`` (3D-IRCADb-01),
+``chaos`` (CHAOS CT).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .errors import InputError
 from .io.images import strip_image_suffix
 
 MSD_FOLDS = 5
+N_FOLDS = 5
+LABEL_FORMATS = ("volume", "masks_dicom", "png_slices", "dicom_seg")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,11 @@ class Case:
     label: Path | None
     # 2D photographs: the field-of-view mask (metrics such as ROC AUC are computed inside it).
     fov: Path | None = None
+    # how the label is stored (see liverseg.io.labels) and, for mask folders / SEG, names -> values
+    label_format: str = "volume"
+    structures: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
+    # optional expected sha256 of the image / label file, verified by `liverseg check`
+    sha256: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,7 @@ class Manifest:
     path: Path
     cases: dict[str, Case]
     splits: dict[str, tuple[str, ...]]
+    labels: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
 
     def split(self, name: str) -> list[Case]:
         if name not in self.splits:
@@ -69,9 +86,19 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
     return _from_liverseg(data, path, base)
 
 
+def _label_values(data: dict, path: Path) -> dict[str, int]:
+    labels = data.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(v, int) or str(v).isdigit() for v in labels.values()):
+        raise InputError(f"{path}: 'labels' must map label names to integer values, e.g. "
+                         '{"background": 0, "liver": 1}')
+    return {str(k): int(v) for k, v in labels.items()}
+
+
 def _from_liverseg(data: dict, path: Path, base: Path) -> Manifest:
     if not isinstance(data.get("cases"), list):
         raise InputError(f"{path}: needs a 'cases' list of {{id, image, label}} objects")
+    default_format = str(data.get("label_format", "volume"))
+    default_structures = data.get("structures") or {}
     cases: dict[str, Case] = {}
     for index, entry in enumerate(data["cases"]):
         if not isinstance(entry, dict) or "id" not in entry or "image" not in entry:
@@ -79,9 +106,18 @@ def _from_liverseg(data: dict, path: Path, base: Path) -> Manifest:
         case_id = str(entry["id"])
         if case_id in cases:
             raise InputError(f"{path}: case id {case_id!r} appears twice")
+        label_format = str(entry.get("label_format", default_format))
+        if label_format not in LABEL_FORMATS:
+            raise InputError(f"{path}: case {case_id}: label_format {label_format!r} is unknown; known: "
+                             f"{', '.join(LABEL_FORMATS)}")
+        structures = entry.get("structures", default_structures)
+        sha256 = entry.get("sha256") or {}
+        if not isinstance(structures, dict) or not isinstance(sha256, dict):
+            raise InputError(f"{path}: case {case_id}: 'structures' and 'sha256' must be JSON objects")
         label, fov = entry.get("label"), entry.get("fov")
         cases[case_id] = Case(case_id, base / entry["image"], base / label if label else None,
-                              base / fov if fov else None)
+                              base / fov if fov else None, label_format,
+                              {str(k): int(v) for k, v in structures.items()}, {str(k): str(v) for k, v in sha256.items()})
     splits_data = data.get("splits", {})
     if not isinstance(splits_data, dict):
         raise InputError(f"{path}: 'splits' must map split names to lists of case ids")
@@ -92,7 +128,7 @@ def _from_liverseg(data: dict, path: Path, base: Path) -> Manifest:
             raise InputError(f"{path}: split {split!r} names unknown case id(s) {', '.join(unknown[:5])}")
         splits[split] = tuple(str(i) for i in ids)
     splits.setdefault("all", tuple(cases))
-    return Manifest(str(data.get("name", path.stem)), path, cases, splits)
+    return Manifest(str(data.get("name", path.stem)), path, cases, splits, _label_values(data, path))
 
 
 def _from_msd(data: dict, path: Path, base: Path) -> Manifest:
@@ -102,13 +138,9 @@ def _from_msd(data: dict, path: Path, base: Path) -> Manifest:
             raise InputError(f"{path}: training entry #{index} needs 'image' and 'label', got {entry!r}")
         case_id = strip_image_suffix(Path(entry["image"]).name)
         cases[case_id] = Case(case_id, base / entry["image"], base / entry["label"])
-    ordered = sorted(cases, key=_natural_key)
-    folds = {f"fold{k}": tuple(c for i, c in enumerate(ordered) if i % MSD_FOLDS == k) for k in range(MSD_FOLDS)}
-    splits = dict(folds)
-    splits["val"] = folds["fold0"]
-    splits["train"] = tuple(c for i, c in enumerate(ordered) if i % MSD_FOLDS != 0)
-    splits["all"] = tuple(ordered)
-    return Manifest(str(data.get("name", path.stem)), path, cases, splits)
+    splits = {k: tuple(v) for k, v in fold_splits(list(cases), MSD_FOLDS).items()}
+    labels = {str(name): int(value) for value, name in (data.get("labels") or {}).items() if str(value).isdigit()}
+    return Manifest(str(data.get("name", path.stem)), path, cases, splits, labels)
 
 
 def _natural_key(text: str) -> tuple:
@@ -116,13 +148,174 @@ def _natural_key(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
+def fold_splits(case_ids: list[str], n_folds: int = N_FOLDS) -> dict[str, list[str]]:
+    """Fixed folds by position in natural id order (case i -> fold i % n): ``fold0``..``fold{n-1}``,
+    ``train_fold{k}`` (every other fold), ``train``/``val`` (= fold 0 held out) and ``all``."""
+    ordered = sorted(case_ids, key=_natural_key)
+    folds = {f"fold{k}": [c for i, c in enumerate(ordered) if i % n_folds == k] for k in range(n_folds)}
+    splits: dict[str, list[str]] = dict(folds)
+    for k in range(n_folds):
+        splits[f"train_fold{k}"] = [c for i, c in enumerate(ordered) if i % n_folds != k]
+    splits["train"], splits["val"], splits["all"] = splits["train_fold0"], folds["fold0"], ordered
+    return splits
+
+
 def write_manifest(path: Path, name: str, labels: dict[str, int], cases: list[dict],
-                   splits: dict[str, list[str]]) -> Path:
-    """Write a liverseg manifest atomically."""
+                   splits: dict[str, list[str]], **extra) -> Path:
+    """Write a liverseg manifest atomically; ``extra`` top-level keys (description, label_format,
+    structures, source) are written after ``labels``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"name": name, "labels": labels, "cases": cases, "splits": splits}, indent=2)
+    data = {"name": name, "labels": labels, **{k: v for k, v in extra.items() if v is not None},
+            "cases": cases, "splits": splits}
+    text = json.dumps(data, indent=2)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text + "\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a manifest is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Importers: publisher's layout -> manifest dict (the keyword arguments of write_manifest)
+# ----------------------------------------------------------------------------------------------------
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _visible(paths) -> list[Path]:
+    """Drop macOS resource forks ('._liver_0.nii.gz') and hidden files that archives carry along."""
+    return [p for p in paths if not p.name.startswith(".")]
+
+
+def _need(root: Path, found: list, what: str) -> None:
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    if not found:
+        raise InputError(f"{root}: no {what} found; is this the dataset's root folder?")
+
+
+def import_msd(root: Path) -> dict:
+    """Task03_Liver as the Decathlon ships it: imagesTr/liver_N.nii.gz + labelsTr/liver_N.nii.gz."""
+    root = Path(root)
+    images = _visible(sorted((root / "imagesTr").glob("*.nii.gz"))) if (root / "imagesTr").is_dir() else []
+    _need(root, images, "imagesTr/*.nii.gz (give the Task03_Liver folder)")
+    cases = []
+    for image in images:
+        label = root / "labelsTr" / image.name
+        if not label.is_file():
+            raise InputError(f"{root}: {image.name} has no label labelsTr/{image.name}")
+        cases.append({"id": strip_image_suffix(image.name), "image": _rel(image, root), "label": _rel(label, root)})
+    cases.sort(key=lambda c: _natural_key(c["id"]))
+    return {"name": "msd_task03_liver",
+            "source": "http://medicaldecathlon.com/ (Task03_Liver.tar; mirror used by MONAI and `liverseg download "
+                      "msd_liver`: https://msd-for-monai.s3-us-west-2.amazonaws.com/Task03_Liver.tar)",
+            "labels": {"background": 0, "liver": 1, "tumour": 2},
+            "description": "Medical Segmentation Decathlon Task03 Liver (LiTS training data, CC BY-SA 4.0), "
+                           "training cases; --root is the Task03_Liver folder. 5 fixed folds by natural id order.",
+            "cases": cases, "splits": fold_splits([c["id"] for c in cases])}
+
+
+def import_lits(root: Path) -> dict:
+    """LiTS as the challenge ships it: volume-N.nii + segmentation-N.nii (any sub-folder, e.g.
+    'Training Batch 1/')."""
+    root = Path(root)
+    volumes = _visible(p for p in root.rglob("volume-*.nii*") if re.fullmatch(r"volume-\d+\.nii(\.gz)?", p.name))
+    _need(root, volumes, "volume-N.nii files")
+    segmentations = {re.sub(r"\D", "", p.name.split(".")[0]): p for p in _visible(root.rglob("segmentation-*.nii*"))}
+    cases = []
+    for volume in volumes:
+        number = re.sub(r"\D", "", volume.name.split(".")[0])
+        label = segmentations.get(number)
+        if label is None:
+            raise InputError(f"{root}: {_rel(volume, root)} has no segmentation-{number}.nii")
+        cases.append({"id": f"lits{int(number):03d}", "image": _rel(volume, root), "label": _rel(label, root)})
+    cases.sort(key=lambda c: _natural_key(c["id"]))
+    return {"name": "lits",
+            "source": "https://competitions.codalab.org/competitions/17094 (LiTS training batches 1 and 2)",
+            "labels": {"background": 0, "liver": 1, "tumour": 2},
+            "description": "LiTS (Liver Tumor Segmentation Challenge) training set; --root holds the 'Training "
+                           "Batch 1/2' folders. 5 fixed folds by natural id order.",
+            "cases": cases, "splits": fold_splits([c["id"] for c in cases])}
+
+
+IRCADB_STRUCTURES = {"liver": 1, "livertumor*": 2}
+
+
+def import_ircadb(root: Path) -> dict:
+    """3D-IRCADb-01: 3Dircadb1.N/PATIENT_DICOM/ (image) + 3Dircadb1.N/MASKS_DICOM/<structure>/ (masks),
+    with the per-patient zip files already extracted."""
+    root = Path(root)
+    patients = sorted((p for p in root.glob("**/PATIENT_DICOM") if p.is_dir()), key=lambda p: _natural_key(str(p)))
+    _need(root, patients, "<patient>/PATIENT_DICOM folders (extract each patient's PATIENT_DICOM.zip and "
+                          "MASKS_DICOM.zip first)")
+    cases = []
+    for patient in patients:
+        masks = patient.parent / "MASKS_DICOM"
+        if not masks.is_dir():
+            raise InputError(f"{patient.parent}: has PATIENT_DICOM but no MASKS_DICOM folder")
+        number = re.findall(r"\d+", patient.parent.name)
+        case_id = f"ircadb{int(number[-1]):02d}" if number else patient.parent.name
+        cases.append({"id": case_id, "image": _rel(patient, root), "label": _rel(masks, root)})
+    return {"name": "ircadb01",
+            "source": "https://www.ircad.fr/research/data-sets/liver-segmentation-3d-ircadb-01/",
+            "labels": {"background": 0, "liver": 1, "tumour": 2},
+            "description": "3D-IRCADb-01 (IRCAD), 20 venous-phase CTs; labels from MASKS_DICOM/<structure> "
+                           "(liver -> 1, livertumor* -> 2). --root holds the 3Dircadb1.N folders.",
+            "label_format": "masks_dicom", "structures": dict(IRCADB_STRUCTURES),
+            "cases": cases, "splits": fold_splits([c["id"] for c in cases])}
+
+
+def import_chaos(root: Path) -> dict:
+    """CHAOS CT training set: <...>/CT/<n>/DICOM_anon/*.dcm + <...>/CT/<n>/Ground/liver_GT_*.png."""
+    root = Path(root)
+    folders = sorted((p.parent for p in root.glob("**/DICOM_anon") if (p.parent / "Ground").is_dir()
+                      and "CT" in p.parent.parts[len(root.parts) - 1:]), key=lambda p: _natural_key(p.name))
+    _need(root, folders, "CT/<n>/DICOM_anon + Ground folders")
+    cases = [{"id": f"chaos_ct{int(p.name):02d}" if p.name.isdigit() else p.name,
+              "image": _rel(p / "DICOM_anon", root), "label": _rel(p / "Ground", root)} for p in folders]
+    return {"name": "chaos_ct",
+            "source": "https://chaos.grand-challenge.org/ (CHAOS_Train_Sets.zip, CT part)",
+            "labels": {"background": 0, "liver": 1},
+            "description": "CHAOS challenge CT training set (liver only); PNG masks paired with DICOM files in "
+                           "name order. --root holds Train_Sets/.",
+            "label_format": "png_slices", "structures": {"liver": 1},
+            "cases": cases, "splits": fold_splits([c["id"] for c in cases])}
+
+
+IMPORTERS: dict[str, Callable[[Path], dict]] = {
+    "msd": import_msd,
+    "lits": import_lits,
+    "ircadb": import_ircadb,
+    "chaos": import_chaos,
+}
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_manifest(kind: str, root: str | Path, output: str | Path, *, sha256: bool = False) -> Path:
+    """Scan ``root`` with the importer ``kind`` and write the manifest to ``output``; with ``sha256``
+    record the checksum of every image/label file (folders are not hashed)."""
+    if kind not in IMPORTERS:
+        raise InputError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(IMPORTERS))}")
+    root = Path(root)
+    data = IMPORTERS[kind](root)
+    if sha256:
+        for case in data["cases"]:
+            sums = {key: sha256_of(root / case[key]) for key in ("image", "label")
+                    if case.get(key) and (root / case[key]).is_file()}
+            if sums:
+                case["sha256"] = sums
+    return write_manifest(Path(output), **data)
