@@ -305,8 +305,23 @@ def write_seg_nrrd(labels: Volume, label_names: Sequence[str], path: str | Path,
         header[prefix + "Layer"] = "0"
         header[prefix + "Tags"] = f"TerminologyEntry:{_slicer_terminology(name)}|"
     with atomic_path(path) as tmp:
-        nrrd.write(str(tmp), array, header, index_order="F", compression_level=6)
+        nrrd.write(str(tmp), _fortran_order(array), header, index_order="F", compression_level=1)
     return path
+
+
+def _fortran_order(array: np.ndarray) -> np.ndarray:
+    """The same array in Fortran memory order (NRRD's first axis fastest), copied in blocks.
+
+    numpy's one-shot transposing copy of a large C-ordered volume is cache-hostile (about 10 s for
+    512x512x1000 uint8); copying 32 MB slabs along the first axis takes about 2 s.
+    """
+    if array.flags.f_contiguous:
+        return array
+    out = np.empty(array.shape[::-1], dtype=array.dtype)  # C-ordered (k, j, i) == F-ordered (i, j, k)
+    step = max(1, (1 << 25) // max(1, array.shape[1] * array.shape[2]))
+    for i0 in range(0, array.shape[0], step):
+        out[:, :, i0:i0 + step] = array[i0:i0 + step].transpose(2, 1, 0)
+    return out.T
 
 
 # ----------------------------------------------------------------------------- Slicer colour table
