@@ -1,6 +1,7 @@
 """Per-case outputs: Slicer .seg.nrrd and colour table, DICOM SEG, on RAS, LPS and oblique grids."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -244,3 +245,63 @@ def test_dicom_seg_round_trip_real_jpeg2000_series(tmp_path):
     _seg, by_uid = _readback(path, files)
     for k, f in enumerate(files):  # GDCM's order is the volume's k order
         np.testing.assert_array_equal(by_uid[_sop_uid(f)], labels[:, :, k].T, err_msg=f"slice {k}")
+
+
+# ----------------------------------------------------------------------------- scripts/slicer_load.py
+
+SLICER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slicer_load.py"
+
+
+def _slicer_script():
+    """The script's namespace, executed the way Slicer's console does (exec), with Slicer absent."""
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(SLICER_SCRIPT.read_text(), str(SLICER_SCRIPT), "exec"), namespace)
+    return namespace
+
+
+def test_slicer_script_imports_neither_liverseg_nor_slicer_at_load():
+    import ast
+
+    tree = ast.parse(SLICER_SCRIPT.read_text())
+    top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+                 for alias in node.names} | {
+        node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert top_level == {"__future__", "argparse", "json", "sys", "pathlib"}  # standard library only
+    everywhere = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(name.startswith("liverseg") for name in everywhere)
+    ns = _slicer_script()          # exec in a console-like namespace: defines, runs nothing
+    assert callable(ns["load_case"]) and ns["script_args"](["/opt/Slicer/bin/SlicerApp-real"]) is None
+    assert ns["script_args"](["/x/scripts/slicer_load.py", "OUT/case", "--no-3d"]) == ["OUT/case", "--no-3d"]
+    args = ns["parse_args"](["OUT/case", "--ct", "/data/ct", "--no-3d"])
+    assert (args.case, args.ct, args.no_3d) == ("OUT/case", "/data/ct", True)
+    with pytest.raises(SystemExit):
+        ns["parse_args"](["OUT/case", "--typo"])
+
+
+def test_slicer_script_resolves_a_case_folder(tmp_path):
+    ns = _slicer_script()
+    ct = tmp_path / "data" / "ct.nii.gz"
+    ct.parent.mkdir()
+    ct.write_bytes(b"x")
+    case = tmp_path / "OUT" / "ct"
+    labels = _labels("lps")
+    write_label_map(labels.array, labels, case / "segmentation.nii.gz")
+    write_color_table(NAMES, case / "labels.ctbl")
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        ns["resolve_case"](case)
+    (case / "report.json").write_text(json.dumps({"input": str(ct)}))
+    got = ns["resolve_case"](case)
+    assert got == {"ct": ct, "segmentation": case / "segmentation.nii.gz", "kind": "labelmap",
+                   "color_table": case / "labels.ctbl"}
+    write_seg_nrrd(labels, NAMES, case / "segmentation.seg.nrrd")
+    got = ns["resolve_case"](case, ct=str(ct))
+    assert got["kind"] == "seg.nrrd" and got["segmentation"] == case / "segmentation.seg.nrrd"
+    assert ns["resolve_case"](case / "segmentation.nii.gz")["kind"] == "labelmap"
+    entries = ns["read_color_table"](case / "labels.ctbl")
+    assert entries[1] == (1, "liver", (221, 130, 101, 255)) and [e[1] for e in entries] == list(NAMES)
+    (case / "report.json").write_text(json.dumps({"input": str(tmp_path / "moved.nii.gz")}))
+    with pytest.raises(FileNotFoundError, match="moved"):
+        ns["resolve_case"](case)
+    with pytest.raises(FileNotFoundError, match="no such case"):
+        ns["resolve_case"](tmp_path / "nope")
