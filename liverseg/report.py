@@ -268,7 +268,7 @@ def _centre_voxel(labels: np.ndarray) -> tuple[int, int, int]:
         values = _gather(labels, foreground)
         value = int(np.bincount(values).argmax())
         ijk = np.unravel_index(foreground[values == value], labels.shape)
-        return tuple(int(round(float(np.mean(a)))) for a in ijk)  # type: ignore[return-value]
+        return tuple(round(float(np.mean(a))) for a in ijk)  # type: ignore[return-value]
     value = int(counts.argmax())
     mask = sub == value
     centre = []
@@ -276,7 +276,7 @@ def _centre_voxel(labels: np.ndarray) -> tuple[int, int, int]:
         others = tuple(a for a in range(3) if a != axis)
         marginal = np.count_nonzero(mask, axis=others)
         position = float((marginal * np.arange(len(marginal))).sum()) / float(marginal.sum())
-        centre.append(min(labels.shape[axis] - 1, int(round(position * stride))))
+        centre.append(min(labels.shape[axis] - 1, round(position * stride)))
     return tuple(centre)  # type: ignore[return-value]
 
 

@@ -5,13 +5,23 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ellipsoid_mask, make_volume, permutation, rotation, world_centre
 from PIL import Image
 
-from conftest import ellipsoid_mask, make_volume, permutation, rotation, world_centre
 from liverseg.errors import GeometryError
 from liverseg.io.volume import Volume
-from liverseg.report import (FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, case_report, contour_mask,
-                             draw_contours, error_overlay, save_png, write_preview_png, write_report)
+from liverseg.report import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    TRUE_POSITIVE,
+    case_report,
+    contour_mask,
+    draw_contours,
+    error_overlay,
+    save_png,
+    write_preview_png,
+    write_report,
+)
 
 NAMES = ("background", "liver", "tumour", "spleen")
 
@@ -192,7 +202,7 @@ def test_save_png_round_trip(tmp_path):
 
 
 def test_preview_centre_on_a_strided_view_and_tiny_labels(monkeypatch):
-    import liverseg.report as report
+    from liverseg import report
 
     labels = np.zeros((30, 20, 12), np.uint8)
     labels[3:9, 10:16, 2:6] = 1                      # centroid (5.5, 12.5, 3.5) -> within a voxel

@@ -94,7 +94,7 @@ _CAT_MORPH = ("49755003", "Morphologically Abnormal Structure")
 
 
 class _Known:
-    __slots__ = ("color", "category", "type_code")
+    __slots__ = ("category", "color", "type_code")
 
     def __init__(self, color: RGB, category: tuple[str, str], type_code: tuple[str, str]):
         self.color, self.category, self.type_code = color, category, type_code
@@ -480,8 +480,8 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     foreground label is present, all of them are written as empty segments so the file stays valid.
     """
     import highdicom as hd
-    from pydicom.sr.coding import Code
     from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
 
     from .. import __version__
 
