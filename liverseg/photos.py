@@ -1,0 +1,245 @@
+"""2D photographs (``data.modality: photo``): retinal fundus images, lesion photographs, any RGB/grey
+image with a mask, through the same ``liverseg train / predict / evaluate`` as CT.
+
+* Input: each image's channels (``preprocess.photo_color``: rgb, green or gray) standardised to zero
+  mean and unit variance inside its field-of-view mask (the whole image when there is none); pixels
+  outside the field of view are set to 0 so the network never learns from the black border.
+* Training: random patches (``train.patch_size``) centred on foreground with probability
+  ``train.pos_fraction``, else anywhere inside the field of view; rotation + scaling, horizontal and
+  vertical flips, brightness/contrast (colour jitter) per channel and Gaussian noise. Every patch is a
+  pure function of ``(train.seed, draw index)``, so runs are reproducible.
+* Prediction: Gaussian sliding window over the full image at native resolution; writes the mask, a
+  16-bit probability map per foreground class, and contours of prediction (and truth when known) drawn
+  on the photograph.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .config import PHOTO_CHANNELS, ExperimentConfig
+from .errors import InputError
+from .infer import sliding_window, softmax_predictor
+from .io.photos import check_same_size, read_mask, read_photo, write_png
+
+# Overlay colours (RGB): prediction contour, reference contour.
+PREDICTION_COLOR = (0, 255, 0)
+REFERENCE_COLOR = (255, 0, 255)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def select_channels(rgb: np.ndarray, color: str) -> np.ndarray:
+    """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1] for ``preprocess.photo_color``."""
+    pixels = rgb.astype(np.float32) / 255.0
+    if color == "rgb":
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    if color == "green":
+        return np.ascontiguousarray(pixels[None, :, :, 1])
+    if color == "gray":
+        return (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
+    raise InputError(f"preprocess.photo_color={color!r}: use {', '.join(PHOTO_CHANNELS)}")
+
+
+def standardize(channels: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per channel inside ``fov``; 0 outside it."""
+    inside = channels[:, fov]
+    mean = inside.mean(axis=1)[:, None, None]
+    std = inside.std(axis=1)[:, None, None]
+    out = (channels - mean) / np.maximum(std, 1e-6)
+    out[:, ~fov] = 0.0
+    return out.astype(np.float32)
+
+
+def load_photo(image_path: str | Path, fov_path: str | Path | None, color: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb uint8 (H, W, 3), network input float32 (C, H, W), fov bool (H, W))."""
+    rgb = read_photo(image_path)
+    if fov_path:
+        fov = read_mask(fov_path, 2).astype(bool)
+        check_same_size(rgb, fov, image_path, fov_path, what="field-of-view mask")
+        if not fov.any():
+            raise InputError(f"{fov_path}: field-of-view mask is empty; it must mark the image's valid pixels")
+    else:
+        fov = np.ones(rgb.shape[:2], dtype=bool)
+    return rgb, standardize(select_channels(rgb, color), fov), fov
+
+
+def load_photo_case(item: dict, cfg: ExperimentConfig) -> dict:
+    """A manifest item {id, image, label, fov} -> tensors: image (C, H, W), label (1, H, W), fov (H, W)."""
+    rgb, image, fov = load_photo(item["image"], item.get("fov"), cfg.preprocess.photo_color)
+    case = {"id": item["id"], "image": torch.from_numpy(image), "fov": torch.from_numpy(fov), "rgb": rgb}
+    if item.get("label"):
+        label = read_mask(item["label"], len(cfg.data.labels))
+        check_same_size(rgb, label, item["image"], item["label"])
+        case["label"] = torch.from_numpy(label.astype(np.int64))[None]
+    return case
+
+
+# ----------------------------------------------------------------------------- training patches
+
+class PhotoPatches(Dataset):
+    """Random augmented patches from photographs held in memory; item ``i`` is a function of (seed, i)."""
+
+    def __init__(self, cases: list[dict], cfg: ExperimentConfig, seed: int):
+        self.cases = cases
+        self.cfg = cfg
+        self.seed = seed
+        # Pixel indices to centre patches on: foreground, and anywhere in the field of view.
+        self.foreground = [torch.nonzero(c["label"][0] > 0) for c in cases]
+        self.inside = [torch.nonzero(c["fov"]) for c in cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)  # nominal: any index >= 0 is a valid draw
+
+    def __getitem__(self, index: int) -> dict:
+        t = self.cfg.train
+        from .data import sample_seed
+
+        rng = np.random.default_rng(sample_seed(self.seed, index))
+        case_index = int(rng.integers(len(self.cases)))
+        case = self.cases[case_index]
+        pool = self.foreground[case_index]
+        if len(pool) == 0 or rng.random() >= t.pos_fraction:
+            pool = self.inside[case_index]
+        row, col = pool[int(rng.integers(len(pool)))].tolist()
+
+        angle = math.radians(rng.uniform(-t.aug_rotate_deg, t.aug_rotate_deg)) if rng.random() < t.aug_affine_prob else 0.0
+        scale = rng.uniform(1 - t.aug_scale, 1 + t.aug_scale) if rng.random() < t.aug_affine_prob else 1.0
+        flips = [rng.random() < t.aug_flip_prob, rng.random() < t.aug_flip_prob]
+        image, label = crop_transformed(case["image"], case["label"], (row, col), tuple(t.patch_size), angle, scale)
+        for axis, flip in zip((-2, -1), flips):
+            if flip:
+                image, label = image.flip(axis), label.flip(axis)
+        if rng.random() < t.aug_intensity_prob:
+            channels = image.shape[0]
+            contrast = torch.from_numpy(rng.uniform(0.75, 1.25, size=(channels, 1, 1)).astype(np.float32))
+            brightness = torch.from_numpy(rng.normal(0.0, 0.2, size=(channels, 1, 1)).astype(np.float32))
+            image = image * contrast + brightness
+        if t.aug_noise_std > 0:
+            noise = rng.normal(0.0, t.aug_noise_std, size=image.shape).astype(np.float32)
+            image = image + torch.from_numpy(noise)
+        return {"image": image.contiguous(), "label": label.contiguous()}
+
+
+def crop_transformed(image: torch.Tensor, label: torch.Tensor, centre: tuple[int, int], size: tuple[int, int],
+                     angle: float = 0.0, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (C, h, w) patch centred on ``centre`` (row, col), rotated by ``angle`` and zoomed by ``scale``.
+
+    Only the region the patch can reach is resampled (bilinear for the image, nearest for the label);
+    pixels beyond the image are 0 in both.
+    """
+    h, w = size
+    reach = int(math.ceil(math.hypot(h, w) / 2 / min(scale, 1.0))) + 2
+    row, col = centre
+    top, left = row - reach, col - reach
+    region_image = _crop_padded(image, top, left, 2 * reach + 1)
+    region_label = _crop_padded(label.float(), top, left, 2 * reach + 1)
+    if angle == 0.0 and scale == 1.0:
+        r0, c0 = reach - h // 2, reach - w // 2
+        return (region_image[:, r0:r0 + h, c0:c0 + w],
+                region_label[:, r0:r0 + h, c0:c0 + w].long())
+    side = 2 * reach + 1
+    # Output pixel (i, j) samples the region at centre + R(angle) (i - h//2, j - w//2) / scale, in pixels;
+    # grid_sample with align_corners=True maps pixel p to p / (side - 1) * 2 - 1.
+    rows = torch.arange(h, dtype=torch.float32)[:, None] - h // 2
+    cols = torch.arange(w, dtype=torch.float32)[None, :] - w // 2
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    source_rows = reach + cos * rows - sin * cols
+    source_cols = reach + sin * rows + cos * cols
+    grid = torch.stack([source_cols, source_rows], dim=-1)[None] / (side - 1) * 2 - 1
+    out_image = F.grid_sample(region_image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    out_label = F.grid_sample(region_label[None], grid, mode="nearest", padding_mode="zeros", align_corners=True)[0]
+    return out_image, out_label.long()
+
+
+def _crop_padded(array: torch.Tensor, top: int, left: int, side: int) -> torch.Tensor:
+    """array[:, top:top+side, left:left+side] with zeros where the window leaves the image."""
+    channels, height, width = array.shape
+    out = array.new_zeros((channels, side, side))
+    r0, r1 = max(top, 0), min(top + side, height)
+    c0, c1 = max(left, 0), min(left + side, width)
+    if r1 > r0 and c1 > c0:
+        out[:, r0 - top:r1 - top, c0 - left:c1 - left] = array[:, r0:r1, c0:c1]
+    return out
+
+
+def photo_train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: int, *, rank: int = 0,
+                       world: int = 1) -> DataLoader:
+    """Patches for global sample indices chosen by ``data.StepSampler`` (the loop sets each epoch's steps)."""
+    from .data import StepSampler
+
+    cases = [load_photo_case(item, cfg) for item in items]
+    return DataLoader(PhotoPatches(cases, cfg, seed), batch_size=cfg.train.batch_size,
+                      sampler=StepSampler(cfg.train.batch_size, rank, world), num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+def photo_validation_cases(cfg: ExperimentConfig, items: list[dict]) -> list[dict]:
+    return [load_photo_case(item, cfg) for item in items]
+
+
+# ----------------------------------------------------------------------------- prediction
+
+def photo_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: ExperimentConfig,
+                        device: torch.device, progress: bool = False) -> torch.Tensor:
+    """Class probabilities (K, H, W) for a standardised photograph (C, H, W)."""
+    predictor = softmax_predictor(model, device)
+    return sliding_window(image, predictor, cfg.infer.roi_size, overlap=cfg.infer.overlap,
+                          batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend, device=device,
+                          progress=progress)
+
+
+def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str | Path,
+                  fov_path: str | Path | None, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb, labels uint8 (H, W), probabilities float32 (K, H, W), fov) for one photograph.
+
+    Outside the field of view every pixel is background (probability of class 0 set to 1).
+    """
+    rgb, image, fov = load_photo(image_path, fov_path, cfg.preprocess.photo_color)
+    model.eval()
+    with torch.inference_mode():
+        probabilities = photo_probabilities(model, torch.from_numpy(image), cfg, device).numpy()
+    probabilities[:, ~fov] = 0.0
+    probabilities[0, ~fov] = 1.0
+    labels = probabilities.argmax(0).astype(np.uint8)
+    return rgb, labels, probabilities, fov
+
+
+def predict_photo_case(bundle, case, case_dir: str | Path, device: torch.device | None = None) -> list[Path]:
+    """Segment one photograph into ``case_dir``: mask.png, probability[_<label>].png, overlay.png.
+
+    ``bundle`` is a loaded run (``infer.TrainedModel``: cfg, model); ``case`` a ``manifest.Case``.
+    mask.png holds 0/255 for two-class tasks and class indices otherwise; the probability maps are
+    16-bit (0..65535) so metrics such as ROC AUC can be computed from them without losing precision.
+    """
+    from .report import draw_contours
+
+    cfg, model = bundle.cfg, bundle.model
+    device = device or next(model.parameters()).device
+    rgb, labels, probabilities, _ = predict_photo(model, cfg, case.image, case.fov, device)
+    case_dir = Path(case_dir)
+    names = cfg.data.labels
+    mask = labels * 255 if len(names) == 2 else labels
+    written = [write_png(mask.astype(np.uint8), case_dir / "mask.png")]
+    for index in range(1, len(names)):
+        suffix = "" if len(names) == 2 else f"_{names[index]}"
+        quantised = np.rint(probabilities[index] * 65535.0).astype(np.uint16)
+        written.append(write_png(quantised, case_dir / f"probability{suffix}.png"))
+    overlay = rgb.copy()
+    if case.label is not None and Path(case.label).is_file():
+        reference = read_mask(case.label, len(names))
+        check_same_size(rgb, reference, case.image, case.label)
+        overlay = draw_contours(overlay, reference > 0, REFERENCE_COLOR)
+    overlay = draw_contours(overlay, labels > 0, PREDICTION_COLOR)
+    written.append(write_png(overlay, case_dir / "overlay.png"))
+    return written
+
+
+__all__ = ["select_channels", "standardize", "load_photo", "load_photo_case", "PhotoPatches", "crop_transformed",
+           "photo_train_loader", "photo_validation_cases", "photo_probabilities", "predict_photo",
+           "predict_photo_case"]
