@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
 from monai.transforms import (FgBgToIndicesd, MapTransform, Rand2DElasticd, Rand3DElasticd, RandAdjustContrastd,
                               RandAffined, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
-                              RandGaussianSmoothd, RandScaleIntensityd, RandScaleIntensityFixedMeand,
+                              RandomizableTransform, RandScaleIntensityd, RandScaleIntensityFixedMeand,
                               RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd)
 
 from .config import ExperimentConfig
@@ -128,6 +129,33 @@ class CopyPatchd(MapTransform):
         return out
 
 
+class RandGaussianBlurd(RandomizableTransform, MapTransform):
+    """Gaussian blur with sigma drawn from ``sigma`` (voxels), edges replicated: MONAI's
+    ``RandGaussianSmoothd`` pads with zeros, which darkens a patch's border (-10% mean on a 24^3
+    patch at sigma 1); nnU-Net's blur (scipy) does not."""
+
+    def __init__(self, keys, sigma: tuple[float, float], prob: float) -> None:
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.sigma_range = sigma
+        self.sigma = sigma[0]
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self.sigma = float(self.R.uniform(*self.sigma_range))
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.randomize()
+        out = dict(data)
+        if not self._do_transform:
+            return out
+        kernel = gaussian_1d(torch.tensor(self.sigma), truncated=3.0, normalize=True)
+        for key in self.key_iterator(out):
+            image = torch.as_tensor(out[key]).as_subclass(torch.Tensor).float()
+            out[key] = separable_filtering(image[None], [kernel] * (image.ndim - 1), mode="replicate")[0]
+        return out
+
+
 def augmentation(cfg: ExperimentConfig) -> list:
     """Random part: foreground/background patch sampling, then nnU-Net's augmentation set, in its
     order: rotation and scaling, elastic deformation, Gaussian noise, Gaussian blur, brightness,
@@ -150,18 +178,21 @@ def augmentation(cfg: ExperimentConfig) -> list:
                                  rotate_range=(rotate,) * (3 if dims == 3 else 1), scale_range=(t.aug_scale,) * dims,
                                  mode=("bilinear", "nearest"), padding_mode="border"))
     if t.aug_elastic_prob > 0:
-        elastic = Rand3DElasticd if dims == 3 else Rand2DElasticd
-        extra = {} if dims == 3 else {"spacing": (t.aug_elastic_sigma[0] * 3,) * 2}
-        kwargs = ({"sigma_range": tuple(t.aug_elastic_sigma)} if dims == 3 else {})
-        steps.append(elastic(keys=("image", "label"), prob=t.aug_elastic_prob,
-                             magnitude_range=tuple(t.aug_elastic_magnitude), mode=("bilinear", "nearest"),
-                             padding_mode="border", **kwargs, **extra))
+        if dims == 3:
+            steps.append(Rand3DElasticd(keys=("image", "label"), prob=t.aug_elastic_prob,
+                                        sigma_range=tuple(t.aug_elastic_sigma),
+                                        magnitude_range=tuple(t.aug_elastic_magnitude), mode=("bilinear", "nearest"),
+                                        padding_mode="border"))
+        else:  # 2D: a B-spline control grid 4 sigma apart; magnitude in control-grid units (/100)
+            steps.append(Rand2DElasticd(keys=("image", "label"), prob=t.aug_elastic_prob,
+                                        spacing=(4 * t.aug_elastic_sigma[1],) * 2,
+                                        magnitude_range=tuple(m / 100 for m in t.aug_elastic_magnitude),
+                                        mode=("bilinear", "nearest"), padding_mode="border"))
     if t.aug_noise_prob > 0 and t.aug_noise_std > 0:
         steps.append(RandGaussianNoised(keys="image", prob=t.aug_noise_prob, std=t.aug_noise_std))
     if t.aug_blur_prob > 0:
         sigma = tuple(t.aug_blur_sigma)
-        steps.append(RandGaussianSmoothd(keys="image", prob=t.aug_blur_prob, sigma_x=sigma, sigma_y=sigma,
-                                         sigma_z=sigma))
+        steps.append(RandGaussianBlurd(keys="image", prob=t.aug_blur_prob, sigma=sigma))
     if t.aug_intensity_prob > 0:  # brightness: multiplicative and additive
         steps += [RandScaleIntensityd(keys="image", factors=t.aug_brightness, prob=t.aug_intensity_prob),
                   RandShiftIntensityd(keys="image", offsets=t.aug_shift, prob=t.aug_intensity_prob)]
