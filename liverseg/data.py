@@ -214,14 +214,8 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
         from .photos import photo_train_loader
 
         return photo_train_loader(cfg, items, workers, seed, rank=rank, world=world)
-    dataset: torch.utils.data.Dataset
-    if cfg.data.modality == "photo":
-        from .photos import PhotoPatches, load_photo_case  # item i is a function of (seed, i) there too
-
-        dataset = PhotoPatches([load_photo_case(item, cfg) for item in items], cfg, seed)
-    else:
-        cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
-        dataset = StepDataset(cases, Compose(augmentation(cfg)), seed)
+    cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
+    dataset = StepDataset(cases, Compose(augmentation(cfg)), seed)
     sampler = StepSampler(cfg.train.batch_size, rank, world)
     pin = torch.cuda.is_available()
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
@@ -231,10 +225,6 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
 
 def validation_cases(cfg: ExperimentConfig, items: list[dict]):
     """Whole preprocessed volumes (no augmentation), cached in memory."""
-    if cfg.data.modality == "photo":
-        from .photos import photo_validation_cases
-
-        return photo_validation_cases(cfg, items)
     if cfg.data.modality == "photo":
         from .photos import photo_validation_cases
 
