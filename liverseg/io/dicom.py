@@ -244,7 +244,8 @@ def _all_files(path: Path) -> list[Path]:
     return files
 
 
-def _map(function, items: list, threads: int = THREADS) -> list:
+def _map(function, items: list, threads: int | None = None) -> list:
+    threads = THREADS if threads is None else threads
     if threads <= 1 or len(items) < 8:
         return [function(item) for item in items]
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -467,20 +468,38 @@ def _decode(path: Path, ds: Any) -> tuple[np.ndarray, bool]:
                      "syntax no installed decoder supports (install pylibjpeg-libjpeg / pylibjpeg-openjpeg / pyjpegls)")
 
 
-def _rescale(array: np.ndarray, frames: list[Frame], already: list[bool]) -> np.ndarray:
-    slopes = np.array([1.0 if a else f.slope for f, a in zip(frames, already)])
-    intercepts = np.array([0.0 if a else f.intercept for f, a in zip(frames, already)])
-    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)) and array.dtype.kind in "iu":
-        lo = array.min() + intercepts.min() if array.size else 0
-        hi = array.max() + intercepts.max() if array.size else 0
+def _rescale_into(slices: list[tuple[np.ndarray, Frame, bool]]) -> np.ndarray:
+    """Stack the slices into one (k, rows, cols) array with per-slice RescaleSlope/Intercept applied.
+
+    Integers stay integers (int16 when the rescaled range fits, else int32) when every slope is 1 and
+    every intercept whole; otherwise float32. The work is split per slice over the thread pool (numpy
+    releases the GIL), writing straight into the output.
+    """
+    slopes = [1.0 if done else f.slope for _, f, done in slices]
+    intercepts = [0.0 if done else f.intercept for _, f, done in slices]
+    shape = (len(slices),) + slices[0][0].shape
+    if all(v == 1 for v in slopes) and all(v == round(v) for v in intercepts) and \
+            all(p.dtype.kind in "iu" for p, _, _ in slices):
+        ranges = _map(lambda item: (int(item[0].min()), int(item[0].max())), slices)
+        lo = min(r[0] + int(c) for r, c in zip(ranges, intercepts))
+        hi = max(r[1] + int(c) for r, c in zip(ranges, intercepts))
         dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
-        if np.all(intercepts == 0):
-            return array.astype(dtype, copy=False)
-        out = array.astype(dtype)
-        out += intercepts.astype(dtype)[:, None, None]
-        return out
-    return (array.astype(np.float32) * slopes.astype(np.float32)[:, None, None]
-            + intercepts.astype(np.float32)[:, None, None])
+    else:
+        dtype = np.float32
+    out = np.empty(shape, dtype=dtype)
+
+    def fill(k: int) -> None:
+        pixels = slices[k][0]
+        if slopes[k] != 1:
+            np.multiply(pixels, np.float32(slopes[k]), out=out[k], casting="unsafe")
+            out[k] += dtype(intercepts[k])
+        elif intercepts[k] != 0:
+            np.add(pixels, dtype(intercepts[k]), out=out[k], casting="unsafe")
+        else:
+            out[k] = pixels
+
+    _map(fill, list(range(len(slices))))
+    return out
 
 
 def _shift_slices(stack: np.ndarray, offsets_mm: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
@@ -531,8 +550,7 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
                     f"{source}: series {info.series_uid}: {frame.path.name} and {other.path.name} lie at the same "
                     f"position ({_fmt(frame.position @ first.normal)} mm along the slice normal) but hold different "
                     "pixels (two acquisitions mixed in one series?); pick the files of one acquisition into a folder")
-    stack = np.stack([s[0] for s in stack_frames])
-    stack = _rescale(stack, [s[1] for s in stack_frames], [s[2] for s in stack_frames])
+    stack = _rescale_into(stack_frames)
     if plan.tilted:
         stack = _shift_slices(stack, plan.inplane_offsets_mm, first.pixel_spacing)
     if plan.resampled:
@@ -543,7 +561,9 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
     origin = first.position + (plan.target_mm[0] - plan.positions_mm[0]) * first.normal
     direction = np.stack([first.row_dir, first.col_dir, first.normal], axis=1)
     affine = affine_from_lps((first.pixel_spacing[1], first.pixel_spacing[0], dz), origin, direction)
-    array = np.ascontiguousarray(stack.transpose(2, 1, 0))  # (k, rows, cols) -> (i=col, j=row, k)
+    # (k, rows, cols) -> (i=col, j=row, k): a Fortran-ordered view, no copy (a C-ordered copy of a
+    # 512x512x120 series costs longer than decoding it); SimpleITK/NIfTI writers take it back for free
+    array = stack.transpose(2, 1, 0)
     exact = not plan.resampled and not plan.tilted
     meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid, "n_slices": array.shape[2],
             "modality": info.modality, "corrections": list(plan.notes),
