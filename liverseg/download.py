@@ -126,4 +126,4 @@ def download_dataset(name: str, folder: str | Path, *, progress: bool = True, ex
     return target
 
 
-__all__ = ["DATASETS", "download_file", "download_dataset", "file_hash"]
+__all__ = ["DATASETS", "download_dataset", "download_file", "file_hash"]

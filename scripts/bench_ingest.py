@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import SimpleITK as sitk  # noqa: E402
+import SimpleITK as sitk
 
-from liverseg.io import dicom as dicom_io  # noqa: E402
-from liverseg.io import read_volume  # noqa: E402
-from liverseg.io.images import sitk_to_volume  # noqa: E402
+from liverseg.io import dicom as dicom_io
+from liverseg.io import read_volume
+from liverseg.io.images import sitk_to_volume
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example" / "dicom_series_jpeg2000"
 

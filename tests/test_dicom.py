@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_factory import ct_dataset, multiframe_dataset, save, write_series
 from pydicom.uid import JPEGLSLossless, RLELossless, generate_uid
 
-from dicom_factory import ct_dataset, multiframe_dataset, save, write_series
 from liverseg.cli import main
 from liverseg.errors import InputError
 from liverseg.io import check_input, read_volume

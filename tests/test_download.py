@@ -32,7 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
     honour_range = True
     ranges: list[str | None] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         body = self.files.get(self.path)
         if body is None:
             self.send_error(404)

@@ -7,7 +7,6 @@ with one line from the CLI).
 """
 from __future__ import annotations
 
-import logging
 import random
 import shutil
 from pathlib import Path
@@ -15,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_factory import write_series
+
 from liverseg.cli import main
 from liverseg.errors import LiversegError
 from liverseg.io import check_input, read_volume

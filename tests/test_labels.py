@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import write_series
 from PIL import Image
 
-from dicom_factory import write_series
 from liverseg.errors import GeometryError, InputError
 from liverseg.io import read_volume, write_volume
 from liverseg.io.labels import read_label

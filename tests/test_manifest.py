@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dicom_factory import write_series
+
 from liverseg.cli import main
 from liverseg.errors import InputError
 from liverseg.io import write_volume
@@ -86,8 +86,9 @@ def test_importers_on_tiny_layouts(tmp_path):
     (chaos / "MR" / "3" / "Ground").mkdir(parents=True)
     data = IMPORTERS["chaos"](tmp_path / "CHAOS_Train_Sets")
     assert [c["image"] for c in data["cases"]] == ["Train_Sets/CT/1/DICOM_anon", "Train_Sets/CT/2/DICOM_anon"]
-    with pytest.raises(InputError, match="unknown dataset kind 'decathlon'; known: chaos, ircadb, lits, msd"):
+    with pytest.raises(InputError, match="unknown dataset kind 'decathlon'; known: ") as info:
         import_manifest("decathlon", msd, tmp_path / "x.json")
+    assert all(kind in str(info.value) for kind in ("chaos", "ircadb", "lits", "msd"))
     with pytest.raises(InputError, match="no imagesTr"):
         import_manifest("msd", tmp_path / "lits", tmp_path / "x.json")
 

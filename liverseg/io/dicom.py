@@ -8,7 +8,7 @@ The road from a folder of files to a ``Volume``:
    names it. Files are grouped by SeriesInstanceUID and split further where orientation, matrix size
    or pixel spacing differ inside one series. Images whose ImageType says LOCALIZER are excluded.
    Enhanced multi-frame files contribute one frame per slice (per-frame functional groups).
-2. **Validation** (``plan_series``): slices are sorted by their position along the slice normal
+2. **Validation** (``dicom_assembly.plan_series``): slices are sorted by their position along the slice normal
    (never by file name or InstanceNumber); identical positions are merged when their pixels are
    identical and refused when they differ; a gap above 1.5x the median spacing is refused, naming
    where it is, unless ``allow_gaps`` (then the series is interpolated onto a uniform grid, as for
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .volume import Volume, affine_from_lps
+from .volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ _NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.33": "structured report",
     "1.2.840.10008.5.1.4.1.1.88.59": "key object selection",
 }
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-DUPLICATE_TOL_MM = 0.01      # two slices closer than this along the normal sit at the same position
-GAP_FACTOR = 1.5             # a step above this many median spacings is a missing slice
-UNIFORM_TOL = 0.02           # positions within 2% of a spacing from a uniform grid count as uniform
-TILT_TOL = 0.01              # in-plane drift above 1% of a pixel means the stack is sheared (gantry tilt)
 THREADS = min(8, os.cpu_count() or 1)
 
 
@@ -234,6 +229,10 @@ def _read_file(path: Path, need_pixels: bool) -> tuple[Any, list[Frame]] | None:
     return ds, frames
 
 
+def _fmt(x: float) -> str:
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
 def _all_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -332,250 +331,11 @@ def choose_series(path: Path, series: str | int | None = None, *, read_pixels: b
     return chosen
 
 
-# ----------------------------------------------------------------------------------------------------
-# Validation: sort, duplicates, gaps, spacing, tilt
-# ----------------------------------------------------------------------------------------------------
-
-@dataclass
-class SeriesPlan:
-    """How the sorted, validated slices become a volume."""
-
-    slices: list[list[Frame]]       # one list per distinct position (duplicates grouped), sorted along the normal
-    positions_mm: np.ndarray        # distance of each distinct position along the normal
-    target_mm: np.ndarray           # where the output slices lie (== positions_mm when no resampling)
-    inplane_offsets_mm: np.ndarray  # (n, 2) drift of each slice origin along row/column directions (tilt)
-    notes: list[str]
-
-    @property
-    def resampled(self) -> bool:
-        return len(self.target_mm) != len(self.positions_mm) or not np.allclose(self.target_mm, self.positions_mm)
-
-    @property
-    def tilted(self) -> bool:
-        return bool(np.any(self.inplane_offsets_mm != 0))
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3f}".rstrip("0").rstrip(".")
-
-
-def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> SeriesPlan:
-    first = info.frames[0]
-    normal = first.normal
-    dist = np.array([f.position @ normal for f in info.frames])
-    order = np.argsort(dist, kind="stable")
-    slices: list[list[Frame]] = []
-    positions: list[float] = []
-    for idx in order:
-        if positions and dist[idx] - positions[-1] < DUPLICATE_TOL_MM:
-            slices[-1].append(info.frames[idx])
-        else:
-            slices.append([info.frames[idx]])
-            positions.append(float(dist[idx]))
-    if len(slices) < 2:
-        raise InputError(f"{source}: series {info.series_uid}: all {info.n_slices} slices lie at the same position "
-                         f"{_fmt(positions[0])} mm along the slice normal; liverseg needs a 3D series")
-    pos = np.array(positions)
-    steps = np.diff(pos)
-    median = float(np.median(steps))
-    notes = []
-    n_dup = sum(len(s) - 1 for s in slices)
-    if n_dup:
-        notes.append(f"{n_dup} duplicate slice(s) at identical positions merged")
-    gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
-    if len(gaps):
-        k = int(gaps[0])
-        where = (f"between {_fmt(pos[k])} mm ({slices[k][0].path.name}) and {_fmt(pos[k + 1])} mm "
-                 f"({slices[k + 1][0].path.name}) along the slice normal: a step of {_fmt(steps[k])} mm, "
-                 f"{steps[k] / median:.1f}x the median spacing {_fmt(median)} mm")
-        if not allow_gaps:
-            more = f" (and {len(gaps) - 1} more gap(s))" if len(gaps) > 1 else ""
-            raise InputError(f"{source}: series {info.series_uid} has missing slices {where}{more}; export the "
-                             "complete series, or pass --allow-gaps to interpolate across the gap")
-        notes.append(f"{len(gaps)} gap(s) interpolated (first {where})")
-    span = pos[-1] - pos[0]
-    n_uniform = len(pos) if not len(gaps) else int(round(span / median)) + 1
-    target = pos[0] + np.arange(n_uniform) * (span / (n_uniform - 1))
-    if not len(gaps):
-        deviation = np.abs(pos - target).max()
-        if deviation <= UNIFORM_TOL * (span / (n_uniform - 1)):
-            target = pos.copy()
-        else:
-            notes.append(f"non-uniform slice spacing ({_fmt(steps.min())}..{_fmt(steps.max())} mm) resampled to "
-                         f"{_fmt(span / (n_uniform - 1))} mm")
-    offsets = np.array([[(s[0].position - first.position) @ first.row_dir, (s[0].position - first.position) @
-                         first.col_dir] for s in slices])
-    offsets -= offsets[0]
-    drift = np.abs(offsets) / np.array([first.pixel_spacing[1], first.pixel_spacing[0]])
-    if drift.max() <= TILT_TOL:
-        offsets = np.zeros_like(offsets)
-    else:
-        angle = np.degrees(np.arctan2(np.linalg.norm(offsets[-1]), pos[-1] - pos[0]))
-        notes.append(f"gantry tilt / sheared stack ({angle:.2f} degrees) corrected by resampling each slice onto an "
-                     "orthogonal grid")
-    return SeriesPlan(slices, pos, target, offsets, notes)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Decoding and assembly
-# ----------------------------------------------------------------------------------------------------
-
-def _native_pixels(ds: Any) -> np.ndarray | None:
-    """Uncompressed little-endian pixel data straight from the bytes (None: let pydicom decode it)."""
-    ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
-    bits, stored, signed = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated)), int(ds.PixelRepresentation)
-    if ts not in _NATIVE_SYNTAXES or bits not in (8, 16, 32) or (signed and stored != bits):
-        return None
-    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
-    n = int(ds.get("NumberOfFrames", 1) or 1) * int(ds.Rows) * int(ds.Columns)
-    raw = ds.PixelData
-    if len(raw) < n * dtype.itemsize:
-        raise ValueError(f"pixel data holds {len(raw)} bytes, {n * dtype.itemsize} expected")
-    array = np.frombuffer(raw, dtype=dtype, count=n)
-    if not signed and stored < bits:
-        array = array & np.array((1 << stored) - 1, dtype=dtype)
-    return array.reshape(-1, int(ds.Rows), int(ds.Columns))
-
-
-def _decode_with_gdcm(path: Path) -> np.ndarray:
-    """Last resort for transfer syntaxes that pydicom's plug-ins cannot decode: SimpleITK's GDCM (which
-    applies the rescale itself)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileName(str(path))
-    image = reader.Execute()
-    array = sitk.GetArrayFromImage(image)
-    return array.reshape(-1, array.shape[-2], array.shape[-1])
-
-
-def _decode(path: Path, ds: Any) -> tuple[np.ndarray, bool]:
-    """All frames of one file as (frames, rows, cols); True when the rescale was already applied."""
-    try:
-        array = _native_pixels(ds)
-        if array is None:
-            array = np.asarray(ds.pixel_array)
-            array = array.reshape(-1, array.shape[-2], array.shape[-1])
-        return array, False
-    except Exception as exc:  # noqa: BLE001 - any decoder failure: try GDCM, then refuse with the reason
-        first = f"{type(exc).__name__}: {' '.join(str(exc).split())[:150]}"
-    try:
-        return _decode_with_gdcm(path), True
-    except RuntimeError:
-        pass
-    raise InputError(f"{path}: pixel data cannot be decoded ({first}); the file is damaged or uses a transfer "
-                     "syntax no installed decoder supports (install pylibjpeg-libjpeg / pylibjpeg-openjpeg / pyjpegls)")
-
-
-def _rescale_into(slices: list[tuple[np.ndarray, Frame, bool]]) -> np.ndarray:
-    """Stack the slices into one (k, rows, cols) array with per-slice RescaleSlope/Intercept applied.
-
-    Integers stay integers (int16 when the rescaled range fits, else int32) when every slope is 1 and
-    every intercept whole; otherwise float32. The work is split per slice over the thread pool (numpy
-    releases the GIL), writing straight into the output.
-    """
-    slopes = [1.0 if done else f.slope for _, f, done in slices]
-    intercepts = [0.0 if done else f.intercept for _, f, done in slices]
-    shape = (len(slices),) + slices[0][0].shape
-    if all(v == 1 for v in slopes) and all(v == round(v) for v in intercepts) and \
-            all(p.dtype.kind in "iu" for p, _, _ in slices):
-        ranges = _map(lambda item: (int(item[0].min()), int(item[0].max())), slices)
-        lo = min(r[0] + int(c) for r, c in zip(ranges, intercepts))
-        hi = max(r[1] + int(c) for r, c in zip(ranges, intercepts))
-        dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
-    else:
-        dtype = np.float32
-    out = np.empty(shape, dtype=dtype)
-
-    def fill(k: int) -> None:
-        pixels = slices[k][0]
-        if slopes[k] != 1:
-            np.multiply(pixels, np.float32(slopes[k]), out=out[k], casting="unsafe")
-            out[k] += dtype(intercepts[k])
-        elif intercepts[k] != 0:
-            np.add(pixels, dtype(intercepts[k]), out=out[k], casting="unsafe")
-        else:
-            out[k] = pixels
-
-    _map(fill, list(range(len(slices))))
-    return out
-
-
-def _shift_slices(stack: np.ndarray, offsets_mm: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
-    """Move each slice (rows, cols) by its in-plane drift so all slices share the first one's origin."""
-    from scipy import ndimage
-
-    out = np.empty(stack.shape, dtype=np.float32)
-    for k in range(stack.shape[0]):
-        shift = (offsets_mm[k, 1] / spacing_rc[0], offsets_mm[k, 0] / spacing_rc[1])  # (rows, cols)
-        out[k] = ndimage.shift(stack[k].astype(np.float32), shift, order=1, mode="constant", cval=float(stack.min()))
-    return out
-
-
-def _resample_along_normal(stack: np.ndarray, positions: np.ndarray, target: np.ndarray) -> np.ndarray:
-    upper = np.clip(np.searchsorted(positions, target, side="right"), 1, len(positions) - 1)
-    lower = upper - 1
-    weight = ((target - positions[lower]) / (positions[upper] - positions[lower])).astype(np.float32)
-    weight = np.clip(weight, 0, 1)[:, None, None]
-    return stack[lower].astype(np.float32) * (1 - weight) + stack[upper].astype(np.float32) * weight
-
-
-def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Volume:
-    """Decode and assemble one series (found with ``read_pixels=True``) into a Volume."""
-    plan = plan_series(info, source, allow_gaps)
-    files = info.files
-
-    def decode(path: Path) -> tuple[np.ndarray, bool]:
-        return _decode(path, info.datasets[path])
-
-    decoded = dict(zip(files, _map(decode, list(files))))
-    first = plan.slices[0][0]
-    stack_frames, already = [], []
-    for group in plan.slices:
-        frame = group[0]
-        pixels, done = decoded[frame.path]
-        if frame.frame >= pixels.shape[0] or pixels.shape[1:] != (frame.rows, frame.cols):
-            raise InputError(f"{frame.path}: decoded pixel data has shape {pixels.shape}, but the header says "
-                             f"{frame.frame + 1} frame(s) of {frame.rows}x{frame.cols}; the file is damaged")
-        stack_frames.append((pixels[frame.frame], frame, done))
-        for other in group[1:]:
-            other_pixels, other_done = decoded[other.path]
-            a = pixels[frame.frame] * (1 if done else frame.slope) + (0 if done else frame.intercept)
-            if other.frame >= other_pixels.shape[0] or other_pixels.shape[1:] != (frame.rows, frame.cols):
-                raise InputError(f"{other.path}: decoded pixel data does not match its header; the file is damaged")
-            b = other_pixels[other.frame] * (1 if other_done else other.slope) + (0 if other_done else other.intercept)
-            if not np.array_equal(a, b):
-                raise InputError(
-                    f"{source}: series {info.series_uid}: {frame.path.name} and {other.path.name} lie at the same "
-                    f"position ({_fmt(frame.position @ first.normal)} mm along the slice normal) but hold different "
-                    "pixels (two acquisitions mixed in one series?); pick the files of one acquisition into a folder")
-    stack = _rescale_into(stack_frames)
-    if plan.tilted:
-        stack = _shift_slices(stack, plan.inplane_offsets_mm, first.pixel_spacing)
-    if plan.resampled:
-        stack = _resample_along_normal(stack, plan.positions_mm, plan.target_mm)
-    for note in plan.notes:
-        log.warning("%s: series %s: %s", source, info.series_uid, note)
-    dz = float(plan.target_mm[1] - plan.target_mm[0])
-    origin = first.position + (plan.target_mm[0] - plan.positions_mm[0]) * first.normal
-    direction = np.stack([first.row_dir, first.col_dir, first.normal], axis=1)
-    affine = affine_from_lps((first.pixel_spacing[1], first.pixel_spacing[0], dz), origin, direction)
-    # (k, rows, cols) -> (i=col, j=row, k): a Fortran-ordered view, no copy (a C-ordered copy of a
-    # 512x512x120 series costs longer than decoding it); SimpleITK/NIfTI writers take it back for free
-    array = stack.transpose(2, 1, 0)
-    exact = not plan.resampled and not plan.tilted
-    meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid, "n_slices": array.shape[2],
-            "modality": info.modality, "corrections": list(plan.notes),
-            "slice_files": [str(g[0].path) for g in plan.slices] if exact else None,
-            "slice_frames": [g[0].frame for g in plan.slices] if exact else None,
-            "sop_instance_uids": [g[0].sop_uid for g in plan.slices] if exact else None}
-    return Volume(array, affine, meta)
-
-
 def read_dicom_series(path: Path, series: str | int | None = None, allow_gaps: bool = False) -> Volume:
     """Read one series from a folder (or one multi-frame file); by default the CT series with the most
     slices (and say so)."""
+    from .dicom_assembly import load_series
+
     path = Path(path)
     chosen = choose_series(path, series, read_pixels=True)
     return load_series(chosen, path, allow_gaps)
@@ -583,6 +343,8 @@ def read_dicom_series(path: Path, series: str | int | None = None, allow_gaps: b
 
 def check_dicom(path: Path, series: str | int | None = None, allow_gaps: bool = False) -> SeriesInfo:
     """Header-only: find, choose and validate the series (sort, duplicates, gaps) without decoding pixels."""
+    from .dicom_assembly import plan_series
+
     chosen = choose_series(path, series)
     plan_series(chosen, Path(path), allow_gaps)
     return chosen
@@ -638,5 +400,4 @@ def inspect(path: Path) -> str:
     return format_series_table(found) + "\n" + default
 
 
-__all__ = ["Frame", "SeriesInfo", "SeriesPlan", "find_series", "choose_series", "plan_series", "load_series",
-           "read_dicom_series", "check_dicom", "is_dicom_file", "inspect", "format_series_table", "orientation_code"]
+__all__ = ["Frame", "SeriesInfo", "check_dicom", "choose_series", "find_series", "format_series_table", "inspect", "is_dicom_file", "orientation_code", "read_dicom_series"]

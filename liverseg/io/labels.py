@@ -149,9 +149,9 @@ def _read_dicom_seg(path: Path, image: Volume, structures: dict[str, int]) -> np
     import highdicom as hd
 
     if path.is_dir():
-        from .dicom import _all_files, is_dicom_file
-
         import pydicom
+
+        from .dicom import _all_files, is_dicom_file
         candidates = [p for p in _all_files(path) if is_dicom_file(p)
                       and str(pydicom.dcmread(p, stop_before_pixels=True).get("SOPClassUID", "")) == SEG_SOP_CLASS]
         if len(candidates) != 1:
@@ -193,9 +193,8 @@ def read_label(path: str | Path, image: Volume, fmt: str = "volume",
     if fmt == "volume":
         label = read_image_file(path)
         array = label.array
-        if array.dtype.kind == "f":
-            if not np.all(array == np.round(array)):
-                raise InputError(f"{path}: label map holds non-integer values; labels must be integer class values")
+        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
+            raise InputError(f"{path}: label map holds non-integer values; labels must be integer class values")
         array = array.astype(np.int64) if array.dtype.kind == "f" else array
         if image.same_grid(label, atol_mm=1e-3):
             return image.with_array(array.astype(np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0
@@ -210,4 +209,4 @@ def read_label(path: str | Path, image: Volume, fmt: str = "volume",
     return image.with_array(array, format="label", label_path=str(path))
 
 
-__all__ = ["LABEL_FORMATS", "read_label", "place_on_grid", "describe_grid"]
+__all__ = ["LABEL_FORMATS", "describe_grid", "place_on_grid", "read_label"]
