@@ -210,7 +210,7 @@ def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir) -> 
         image = read_volume(case.image) if case.image is not None else None
         if image is not None and not image.same_grid(reference, atol_mm=1e-3):
             image = None  # a QC picture over the wrong grid would mislead; fall back to the reference
-        _write_volume_qc(Path(qc_dir) / f"{case.case}.png", pred_labels, ref_labels, reference.affine, image)
+        _write_volume_qc(Path(qc_dir) / f"{case.case}.png", pred_labels, ref_labels, reference.affine_ras, image)
     return results
 
 
