@@ -69,12 +69,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .infer import predict_files
+    from .predict_batch import PredictOptions, cases_from_inputs, cases_from_manifest, predict_cases
 
-    written = predict_files(args.inputs, args.output, args.model, device=args.device, threads=args.threads,
-                            progress=not args.quiet)
-    for path in written:
-        print(path)
+    if args.manifest is not None and args.inputs:
+        raise InputError("give either input paths or --manifest, not both")
+    if args.manifest is None and (args.root is not None or args.split is not None):
+        raise InputError("--root and --split go with --manifest M.json")
+    cases = (cases_from_manifest(args.manifest, args.root, args.split or "test") if args.manifest is not None
+             else cases_from_inputs(args.inputs))
+    options = PredictOptions(device=args.device, threads=args.threads, progress=not args.quiet,
+                             overwrite=args.overwrite, skip_existing=args.skip_existing, series=args.series,
+                             allow_gaps=args.allow_gaps, memory_gb=args.memory_gb, overrides=tuple(args.set),
+                             preview=not args.no_preview)
+    result = predict_cases(cases, args.output, args.model, options)
+    for case_dir in result.case_dirs.values():
+        print(case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir)
+    if result.failed:
+        print(f"liverseg predict: {len(result.failed)} of {len(cases)} case(s) failed: "
+              f"{', '.join(case for case, _ in result.failed)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    print(export_model(args.run_dir, args.format, args.output))
     return 0
 
 
@@ -167,11 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("predict", help="segment CT volumes with a trained run")
-    p.add_argument("inputs", nargs="+", help="DICOM series folders or NIfTI/NRRD/MHA files")
+    p.add_argument("inputs", nargs="*", help="DICOM series folders, NIfTI/NRRD/MHA files, or folders of them")
     p.add_argument("-o", "--output", type=Path, required=True, help="writes OUTPUT/<case>/segmentation.nii.gz")
-    p.add_argument("--model", type=Path, required=True, help="a run folder written by liverseg train")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a run folder written by liverseg train, or a file/folder written by liverseg export")
+    p.add_argument("--manifest", type=Path, default=None, help="predict the cases of a manifest split instead")
+    p.add_argument("--root", type=Path, default=None, help="with --manifest: folder its paths are relative to")
+    p.add_argument("--split", default=None, help="with --manifest: the split to predict (default: test)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing OUTPUT/<case> folders")
+    p.add_argument("--skip-existing", action="store_true", help="keep existing OUTPUT/<case> folders, predict the rest")
+    p.add_argument("--series", default=None, metavar="UID_OR_INDEX", help="DICOM: the series to read")
+    p.add_argument("--allow-gaps", action="store_true", help="DICOM: accept a series with missing slices")
+    p.add_argument("--memory-gb", type=float, default=None,
+                   help="memory budget for the large buffers (slab size, float16 probabilities)")
+    p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
+                   help="override an inference setting of the run, e.g. --set infer.tta_flip_axes=[0,1,2]")
+    p.add_argument("--no-preview", action="store_true", help="skip preview.png")
     runtime(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (config embedded)")
+    p.add_argument("run_dir", type=Path, help="a run folder written by liverseg train")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="Dice and IoU of predictions against references")
     p.add_argument("prediction", type=Path, help="a label-map file, or the -o folder of liverseg predict")

@@ -133,6 +133,19 @@ class InferConfig:
     blend: str = "gaussian"  # gaussian | constant
     # Labels (by name) reduced to their largest connected component after prediction.
     largest_component: tuple[str, ...] = ("liver",)
+    # Labels (by name) whose enclosed holes are filled (only background voxels change).
+    fill_holes: tuple[str, ...] = ()
+    # Label name -> connected components smaller than this many mL are removed (set to background).
+    min_object_ml: dict[str, float] = field(default_factory=dict)
+    # Test-time augmentation: average the softmax over flips along every subset of these network
+    # spatial axes (0, 1, 2 = R, A, S for 3D; 0, 1 in-plane for 2D); empty = off. [0, 1, 2] = 8 passes.
+    tta_flip_axes: tuple[int, ...] = ()
+    # 3D models: a first pass at coarse_factor x the network spacing finds the labelled region; the
+    # full-resolution pass then runs only inside its bounding box plus coarse_margin_mm. Falls back to
+    # the whole volume when the coarse pass finds nothing or its region touches the volume border.
+    coarse_to_fine: bool = True
+    coarse_factor: int = 2
+    coarse_margin_mm: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,22 @@ class ExperimentConfig:
             if name not in labels:
                 raise ConfigError(f"infer.largest_component names {name!r}, which is not in "
                                   f"data.labels={list(labels)}")
+        for key in ("fill_holes", "min_object_ml"):
+            for name in getattr(self.infer, key):
+                if name not in labels:
+                    raise ConfigError(f"infer.{key} names {name!r}, which is not in data.labels={list(labels)}")
+        for name, size in self.infer.min_object_ml.items():
+            if size < 0:
+                raise ConfigError(f"infer.min_object_ml[{name}]={size}: must be at least 0 (mL)")
+        bad_axes = [a for a in self.infer.tta_flip_axes if not 0 <= a < self.model.spatial_dims]
+        if bad_axes or len(set(self.infer.tta_flip_axes)) != len(self.infer.tta_flip_axes):
+            raise ConfigError(f"infer.tta_flip_axes={list(self.infer.tta_flip_axes)}: distinct axes in "
+                              f"0..{self.model.spatial_dims - 1} (model.spatial_dims={self.model.spatial_dims})")
+        if self.infer.coarse_factor < 2:
+            raise ConfigError(f"infer.coarse_factor={self.infer.coarse_factor}: must be at least 2 "
+                              "(set infer.coarse_to_fine=false to turn the coarse pass off)")
+        if self.infer.coarse_margin_mm < 0:
+            raise ConfigError(f"infer.coarse_margin_mm={self.infer.coarse_margin_mm}: must be at least 0")
         for src, dst in self.data.label_remap.items():
             if not 0 <= dst < len(labels):
                 raise ConfigError(f"data.label_remap maps {src} -> {dst}, outside 0..{len(labels) - 1} "

@@ -1,34 +1,41 @@
-"""Sliding-window prediction of one volume, and batch prediction of many from a run folder.
+"""Prediction of one volume: Gaussian sliding window, coarse-to-fine, flip TTA, bounded memory.
 
-``liverseg predict --model RUN_DIR`` needs nothing but the run folder: ``config.yaml`` (labels,
-preprocessing, model, inference settings, all resolved at training time) and a checkpoint.
+``liverseg predict --model RUN_DIR`` needs nothing but the run folder (``config.yaml`` + a checkpoint)
+or a file written by ``liverseg export`` (ONNX or TorchScript with the config embedded). The batch
+loop over cases (outputs, failures, atomic case folders) lives in ``predict_batch.py``.
+
+Memory on a large CT (512x512x1000) stays bounded: the image is resampled to the network grid slab by
+slab (``gridstream``), the sliding window keeps a rolling float32 buffer one tile deep and stores the
+blended probabilities as float16 when the memory budget asks for it, and the probabilities are mapped
+back to the input grid (trilinear, before the argmax) slab by slab.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
-import shutil
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from .config import ExperimentConfig, from_dict
 from .errors import ConfigError, InputError
-from .io import case_name, check_input, read_volume, write_label_map
+from .gridstream import preprocess_image_chunked, probabilities_to_labels_chunked
 from .io.volume import Volume
 from .models import build_model, input_channels
-from .postprocess import keep_largest_component
-from .preprocess import preprocess_image, probabilities_to_labels
+from .postprocess import postprocess_labels
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
+Network = Callable[[torch.Tensor], torch.Tensor]  # (N, C, *tile) -> logits (N, K, *tile)
 
 
 # ----------------------------------------------------------------------------- sliding window
@@ -62,12 +69,16 @@ def tile_starts(length: int, roi: int, overlap: float) -> list[int]:
 def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor],
                    roi_size: Sequence[int], *, overlap: float = 0.25, batch_size: int = 1,
                    blend: str = "gaussian", device: torch.device | str = "cpu",
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Run ``predictor`` on overlapping tiles of ``image`` (C, *spatial) and blend the outputs.
 
-    Works for 2 or 3 spatial axes (``len(roi_size)``). Returns (K, *spatial) float32 on the CPU: the
-    weighted mean of every tile output covering each voxel. Images smaller than the tile are
+    Works for 2 or 3 spatial axes (``len(roi_size)``). Returns (K, *spatial) ``out_dtype`` on the CPU:
+    the weighted mean of every tile output covering each voxel. Images smaller than the tile are
     zero-padded to it and the padding cropped again.
+
+    Memory stays bounded: tiles run in order of their position along the last axis, and the float32
+    sums live in a rolling buffer one tile deep along that axis; slices that no later tile can touch
+    are divided by their weight sum and written to the output (which may be float16) at once.
     """
     roi = tuple(int(r) for r in roi_size)
     if image.ndim != len(roi) + 1:
@@ -80,53 +91,88 @@ def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torc
         padded[(slice(None), *(slice(0, s) for s in spatial))] = image
         image = padded
     starts = [tile_starts(n, r, overlap) for n, r in zip(padded_shape, roi)]
-    tiles = [tuple(slice(a, a + r) for a, r in zip(corner, roi)) for corner in itertools.product(*starts)]
+    # Last-axis start first, so the rolling buffer only ever moves forward.
+    corners = sorted(itertools.product(*starts), key=lambda c: (c[-1], c[:-1]))
+    tiles = [tuple(slice(a, a + r) for a, r in zip(corner, roi)) for corner in corners]
     weight = gaussian_importance(roi) if blend == "gaussian" else torch.ones(roi)
     weight_device = weight.to(device)
-    accumulated: torch.Tensor | None = None
-    weight_sum = torch.zeros(padded_shape, dtype=torch.float32)
+    depth, last = roi[-1], padded_shape[-1]
+    inner = padded_shape[:-1]
+    output: torch.Tensor | None = None
+    buffer: torch.Tensor | None = None
+    weight_sum = torch.zeros((*inner, depth), dtype=torch.float32)
+    base = 0  # the buffer holds last-axis slices [base, base + depth)
+
+    def flush(until: int) -> None:
+        """Finalise slices [base, until) and move the buffer forward to start at ``until``."""
+        nonlocal base, buffer, weight_sum
+        count = min(until, last) - base
+        if count <= 0:
+            return
+        assert output is not None and buffer is not None
+        output[..., base: base + count] = (buffer[..., :count] / weight_sum[..., :count]).to(out_dtype)
+        buffer = torch.cat([buffer[..., count:], torch.zeros((*buffer.shape[:-1], count))], dim=-1)
+        weight_sum = torch.cat([weight_sum[..., count:], torch.zeros((*inner, count))], dim=-1)
+        base += count
+
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress)
     for first in range(0, len(tiles), batch_size):
         batch_tiles = tiles[first: first + batch_size]
         batch = torch.stack([image[(slice(None), *tile)] for tile in batch_tiles])
-        output = predictor(batch.to(device))
-        output = (output.float() * weight_device).cpu()
-        if accumulated is None:
-            accumulated = torch.zeros((output.shape[1], *padded_shape), dtype=torch.float32)
-        for tile_output, tile in zip(output, batch_tiles):
-            accumulated[(slice(None), *tile)] += tile_output
-            weight_sum[tile] += weight
+        result = predictor(batch.to(device))
+        result = (result.float() * weight_device).cpu()
+        if output is None:
+            output = torch.empty((result.shape[1], *padded_shape), dtype=out_dtype)
+            buffer = torch.zeros((result.shape[1], *inner, depth), dtype=torch.float32)
+        for tile_output, tile in zip(result, batch_tiles):
+            flush(tile[-1].start)
+            local = (*tile[:-1], slice(tile[-1].start - base, tile[-1].stop - base))
+            buffer[(slice(None), *local)] += tile_output
+            weight_sum[local] += weight
         bar.update(len(batch_tiles))
     bar.close()
-    assert accumulated is not None  # at least one tile always exists
-    accumulated /= weight_sum
-    return accumulated[(slice(None), *(slice(0, s) for s in spatial))].contiguous()
+    flush(last)
+    assert output is not None  # at least one tile always exists
+    return output[(slice(None), *(slice(0, s) for s in spatial))].contiguous()
 
 
 # ----------------------------------------------------------------------------- one volume
 
-def softmax_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    use_amp = device.type == "cuda"
+def softmax_predictor(model: Network, device: torch.device,
+                      flip_axes: Sequence[int] = ()) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Tile batch -> class probabilities; with ``flip_axes``, the mean over flips along every subset."""
+    use_amp = device.type == "cuda" and isinstance(model, torch.nn.Module)
+    flips = [tuple(2 + a for a in combo) for n in range(len(flip_axes) + 1)
+             for combo in itertools.combinations(sorted(flip_axes), n)]
 
-    def predict(batch: torch.Tensor) -> torch.Tensor:
+    def forward(batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             return torch.softmax(model(batch).float(), dim=1)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in flips:
+            out = forward(batch.flip(dims)).flip(dims) if dims else forward(batch)
+            total = out if total is None else total + out
+        assert total is not None
+        return total / len(flips)
 
     return predict
 
 
-def network_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: ExperimentConfig,
-                          device: torch.device, progress: bool = False) -> torch.Tensor:
+def network_probabilities(model: Network, image: torch.Tensor, cfg: ExperimentConfig,
+                          device: torch.device, progress: bool = False,
+                          out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Class probabilities (K, X, Y, Z) for a preprocessed volume (X, Y, Z) on the network grid.
 
     3D models: one sliding window over the volume. 2D models: every axial slice (the last axis of
     the canonical RAS grid) with its ``slices_2d`` neighbours as channels (edge slices repeated),
     run as a sliding window whose tiles are one slice thick, so tiles of different slices share
-    a batch (``infer.sw_batch_size``).
+    a batch (``infer.sw_batch_size``). Flip TTA (``infer.tta_flip_axes``) is applied per tile.
     """
-    predictor = softmax_predictor(model, device)
+    predictor = softmax_predictor(model, device, cfg.infer.tta_flip_axes)
     window = dict(overlap=cfg.infer.overlap, batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend,
-                  device=device, progress=progress)
+                  device=device, progress=progress, out_dtype=out_dtype)
     if cfg.model.spatial_dims == 3:
         return sliding_window(image[None], predictor, cfg.infer.roi_size, **window)
     context = cfg.model.slices_2d // 2
@@ -141,27 +187,121 @@ def network_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: Expe
     return sliding_window(stack, predict_slices, (*cfg.infer.roi_size, 1), **window)
 
 
-def predict_volume(model: torch.nn.Module, volume: Volume, cfg: ExperimentConfig, device: torch.device,
-                   progress: bool = False) -> np.ndarray:
-    """Segment one CT volume; returns uint8 labels on exactly the volume's grid."""
-    image, record = preprocess_image(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window)
-    model.eval()
+def coarse_region(model: Network, image: torch.Tensor, cfg: ExperimentConfig, device: torch.device,
+                  progress: bool = False) -> tuple[tuple[slice, ...] | None, str]:
+    """The box of the network grid that holds every labelled structure, or None and why not.
+
+    The image is average-pooled by ``infer.coarse_factor`` and predicted without TTA; the box covers
+    the components of the coarse foreground that hold at least a tenth of the largest one, grown by
+    ``infer.coarse_margin_mm``. None (predict everything) when nothing is found, when the region
+    touches the border of the volume (the organ may continue beyond where the coarse pass saw it),
+    or when the box would cover most of the volume anyway.
+    """
+    factor = cfg.infer.coarse_factor
+    shape = tuple(image.shape)
+    coarse = F.avg_pool3d(image[None, None], kernel_size=factor, stride=factor, ceil_mode=True)[0, 0]
+    coarse_cfg = replace(cfg, infer=replace(cfg.infer, tta_flip_axes=()))
+    probabilities = network_probabilities(model, coarse, coarse_cfg, device, progress)
+    foreground = probabilities.argmax(0).numpy() > 0
+    components, count = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return None, "coarse pass found nothing"
+    sizes = np.bincount(components.ravel())[1:]
+    keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
+    found = np.isin(components, keep)
+    box = ndimage.find_objects(found.astype(np.uint8))[0]
+    if any(b.start == 0 or b.stop == n for b, n in zip(box, found.shape)):
+        return None, "coarse region touches the volume border"
+    spacing = _grid_spacing(cfg)
+    margin = [int(math.ceil(cfg.infer.coarse_margin_mm / s)) for s in spacing]
+    fine = tuple(slice(max(0, b.start * factor - m), min(n, b.stop * factor + m))
+                 for b, m, n in zip(box, margin, shape))
+    fraction = float(np.prod([f.stop - f.start for f in fine])) / float(np.prod(shape))
+    if fraction > 0.8:
+        return None, f"coarse box covers {fraction:.0%} of the volume"
+    return fine, f"coarse box {' x '.join(str(f.stop - f.start) for f in fine)} ({fraction:.0%} of the volume)"
+
+
+def _grid_spacing(cfg: ExperimentConfig) -> tuple[float, ...]:
+    return tuple(float(s) for s in cfg.preprocess.spacing_mm)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How prediction trades memory: slab thickness of the resampling steps, probability precision."""
+
+    chunk_slices: int
+    probability_dtype: torch.dtype
+
+
+def plan_memory(volume: Volume, cfg: ExperimentConfig, memory_gb: float | None) -> MemoryPlan:
+    """Pick slab thickness and probability precision so the big buffers fit ``memory_gb``.
+
+    Without a budget: float32 probabilities up to 256 MB of them, float16 beyond. The input itself,
+    the output label map and the network's own activations are not counted.
+    """
+    in_plane = int(np.prod(sorted(volume.shape)[1:]))  # the two largest axes bound any slice
+    # About the network-grid voxel count (a product: the axis order does not matter).
+    target = np.prod(np.asarray(volume.shape) * volume.spacing_mm) / np.prod(cfg.preprocess.spacing_mm)
+    classes = len(cfg.data.labels)
+    fp32_bytes = float(target) * classes * 4
+    budget = memory_gb * 1024 ** 3 if memory_gb else None
+    limit = budget / 8 if budget else 256 * 1024 ** 2
+    dtype = torch.float32 if fp32_bytes <= limit else torch.float16
+    # A slab holds about (classes + 3) float32 planes per slice; give slabs 1/16 of the budget.
+    per_slice = in_plane * 4 * (classes + 3)
+    slab_bytes = budget / 16 if budget else 128 * 1024 ** 2
+    chunk = int(max(1, min(64, slab_bytes // max(per_slice, 1))))
+    return MemoryPlan(chunk, dtype)
+
+
+def predict_volume(model: Network, volume: Volume, cfg: ExperimentConfig, device: torch.device,
+                   progress: bool = False, memory_gb: float | None = None) -> np.ndarray:
+    """Segment one CT volume; returns uint8 labels on exactly the volume's grid (post-processed)."""
+    plan = plan_memory(volume, cfg, memory_gb)
+    image, record = preprocess_image_chunked(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window,
+                                             chunk=plan.chunk_slices)
+    from .preprocess import standardize_ct  # z-scoring of planned CT runs (intensity_std_hu > 0)
+
+    image = standardize_ct(image, cfg.preprocess.hu_window, cfg.preprocess.intensity_mean_hu,
+                           cfg.preprocess.intensity_std_hu)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     with torch.inference_mode():
-        probabilities = network_probabilities(model, image, cfg, device, progress)
-    labels = probabilities_to_labels(probabilities, record)
+        box, reason = (None, "coarse-to-fine off")
+        if cfg.infer.coarse_to_fine and cfg.model.spatial_dims == 3:
+            box, reason = coarse_region(model, image, cfg, device, progress)
+        log.debug("%s: %s", volume.meta.get("path", "volume"), reason)
+        if box is None:
+            probabilities = network_probabilities(model, image, cfg, device, progress, plan.probability_dtype)
+        else:
+            inside = network_probabilities(model, image[box].contiguous(), cfg, device, progress,
+                                           plan.probability_dtype)
+            probabilities = torch.zeros((inside.shape[0], *image.shape), dtype=plan.probability_dtype)
+            probabilities[0] = 1.0  # outside the box: background
+            probabilities[(slice(None), *box)] = inside
+            del inside
+    del image
+    labels = probabilities_to_labels_chunked(probabilities, record, chunk=plan.chunk_slices)
     del probabilities
-    lcc_values = [cfg.data.labels.index(name) for name in cfg.infer.largest_component]
-    return keep_largest_component(labels, lcc_values)
+    return postprocess_labels(labels, cfg.data.labels, volume.voxel_volume_ml,
+                              largest_component=cfg.infer.largest_component, fill_holes=cfg.infer.fill_holes,
+                              min_object_ml=cfg.infer.min_object_ml)
 
 
-# ----------------------------------------------------------------------------- run folders
+# ----------------------------------------------------------------------------- loading a model
 
 @dataclass
 class TrainedModel:
+    """A model ready to predict: its config, the network (torch module or exported runtime), an id."""
+
     cfg: ExperimentConfig
-    model: torch.nn.Module
+    model: Any  # torch.nn.Module for checkpoints and TorchScript; an ONNX Runtime network otherwise
     checkpoint_path: Path
     epoch: int
+    backend: str = "torch"  # torch | torchscript | onnx
+    model_id: str = ""
+    meta: dict = field(default_factory=dict)
 
 
 def find_checkpoint(run_dir: Path) -> Path:
@@ -172,8 +312,16 @@ def find_checkpoint(run_dir: Path) -> Path:
                      "--run-dir of a finished `liverseg train` run")
 
 
-def load_trained_model(run_dir: str | Path, device: torch.device) -> TrainedModel:
-    """Rebuild the model from a run folder alone (config + checkpoint)."""
+def file_digest(path: Path, length: int = 12) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def read_checkpoint(run_dir: str | Path) -> tuple[Path, dict, ExperimentConfig]:
+    """(checkpoint path, checkpoint dict, validated config) of a run folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: model folder not found; give the --run-dir of a `liverseg train` run")
@@ -189,10 +337,34 @@ def load_trained_model(run_dir: str | Path, device: torch.device) -> TrainedMode
         cfg = from_dict(checkpoint["config"]).validate()
     except ConfigError as exc:
         raise InputError(f"{checkpoint_path}: stored config is invalid ({exc})") from None
-    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels))
+    return checkpoint_path, checkpoint, cfg
+
+
+def load_trained_model(run_dir: str | Path, device: torch.device) -> TrainedModel:
+    """Rebuild the model from a run folder alone (config + checkpoint)."""
+    checkpoint_path, checkpoint, cfg = read_checkpoint(run_dir)
+    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
-    return TrainedModel(cfg, model, checkpoint_path, int(checkpoint.get("epoch", 0)))
+    epoch = int(checkpoint.get("epoch", 0))
+    model_id = f"{checkpoint_path.parent.name}/{checkpoint_path.name} epoch {epoch} sha256:{file_digest(checkpoint_path)}"
+    return TrainedModel(cfg, model, checkpoint_path, epoch, "torch", model_id)
+
+
+def load_model(path: str | Path, device: torch.device, threads: int | None = None) -> TrainedModel:
+    """A run folder, or a file (or folder) written by ``liverseg export``."""
+    path = Path(path)
+    if path.is_dir() and not any((path / name).is_file() for name in CHECKPOINT_NAMES):
+        from .export import find_exported
+
+        exported = find_exported(path)
+        if exported is not None:
+            path = exported
+    if path.is_file():
+        from .export import load_exported
+
+        return load_exported(path, device, threads)
+    return load_trained_model(path, device)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -211,58 +383,20 @@ def resolve_device(name: str | None) -> torch.device:
 def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: str | Path,
                   device: str | None = None, threads: int | None = None,
                   progress: bool = True) -> list[Path]:
-    """Predict each input into ``OUT/<case>/segmentation.nii.gz``; returns the written paths.
+    """Predict each input into ``OUT/<case>/``; returns the ``segmentation.nii.gz`` paths.
 
-    Every input's header (or DICOM series) and the model are checked before any prediction, and
-    each output is written atomically: a bad input leaves nothing behind under ``out_dir``. (Pixel
-    data that is damaged behind a valid header is found only when that case is read; the cases
-    before it are then already complete on disk.)
+    The library form of ``liverseg predict`` for callers that want all or nothing: raises InputError
+    naming the failed cases when any failed (the others are written). See ``predict_batch``.
     """
-    if threads is not None:
-        if threads < 1:
-            raise InputError(f"--threads {threads}: must be at least 1")
-        torch.set_num_threads(threads)
-    torch_device = resolve_device(device)
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
-        raise InputError("no input given: pass one or more DICOM folders or NIfTI/NRRD/MHA files")
-    for path in inputs:
-        check_input(path)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"-o {out_dir}: exists and is not a folder; give a folder for the outputs")
-    names = [case_name(p) for p in inputs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InputError(f"several inputs share the case name(s) {', '.join(duplicates)}; their outputs "
-                         "would overwrite each other: predict them into separate -o folders")
-    trained = load_trained_model(run_dir, torch_device)
-    cfg = trained.cfg
-    written = []
-    for path, name in tqdm(list(zip(inputs, names)), desc="cases", unit="case", disable=not progress
-                           or len(inputs) == 1):
-        start = time.perf_counter()
-        volume = read_volume(path)
-        labels = predict_volume(trained.model, volume, cfg, torch_device, progress=progress)
-        case_dir = out_dir / name
-        created = not case_dir.exists()
-        try:
-            written.append(write_label_map(labels, volume, case_dir / "segmentation.nii.gz"))
-        except BaseException:
-            if created:
-                shutil.rmtree(case_dir, ignore_errors=True)
-            raise
-        log.info("%s: %s in %.1f s -> %s", name, _label_summary(labels, volume, cfg),
-                 time.perf_counter() - start, written[-1])
-    return written
+    from .predict_batch import PredictOptions, predict_batch
 
-
-def _label_summary(labels: np.ndarray, volume: Volume, cfg: ExperimentConfig) -> str:
-    counts = np.bincount(labels.ravel(), minlength=len(cfg.data.labels))
-    return ", ".join(f"{name} {counts[i] * volume.voxel_volume_ml:.1f} mL"
-                     for i, name in enumerate(cfg.data.labels) if i > 0)
+    result = predict_batch(inputs, out_dir, run_dir, PredictOptions(device=device, threads=threads,
+                                                                     progress=progress))
+    if result.failed:
+        raise InputError("; ".join(f"{case}: {reason}" for case, reason in result.failed))
+    return result.segmentations
 
 
 __all__ = ["sliding_window", "gaussian_importance", "tile_starts", "network_probabilities", "predict_volume",
-           "predict_files",
+           "predict_files", "coarse_region", "plan_memory", "softmax_predictor", "load_model",
            "load_trained_model", "resolve_device", "find_checkpoint", "TrainedModel"]

@@ -45,3 +45,57 @@ def remove_small_objects(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[components]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    boxes = ndimage.find_objects(mask.astype(np.uint8))
+    return boxes[0] if boxes else None
+
+
+def remove_small_components(labels: np.ndarray, value: int, min_voxels: int) -> np.ndarray:
+    """Set the 26-connected components of ``value`` smaller than ``min_voxels`` to background (in place)."""
+    mask = labels == value
+    box = _bounding_box(mask)
+    if box is None or min_voxels <= 1:
+        return labels
+    keep = remove_small_objects(mask[box], min_voxels)
+    region = labels[box]
+    region[mask[box] & ~keep] = 0
+    return labels
+
+
+def fill_label_holes(labels: np.ndarray, value: int) -> np.ndarray:
+    """Background voxels enclosed by ``value`` (3D, not connected to the outside) become ``value`` (in place).
+
+    Only background changes: a tumour label inside the liver is kept.
+    """
+    mask = labels == value
+    box = _bounding_box(mask)
+    if box is None:
+        return labels
+    # Inside the bounding box is enough: a region enclosed by the mask cannot reach past the box.
+    region = labels[box]
+    filled = fill_holes(mask[box])
+    region[filled & (region == 0)] = value
+    return labels
+
+
+def postprocess_labels(labels: np.ndarray, label_names: tuple[str, ...] | list[str], voxel_volume_ml: float, *,
+                       largest_component: tuple[str, ...] = (), fill_holes: tuple[str, ...] = (),
+                       min_object_ml: dict[str, float] | None = None) -> np.ndarray:
+    """The run's post-processing (``infer`` config), label by label, in this order:
+
+    1. remove components smaller than ``min_object_ml[name]`` mL,
+    2. keep the largest component of each label in ``largest_component``,
+    3. fill holes of each label in ``fill_holes`` (background only).
+    """
+    names = list(label_names)
+    out = np.array(labels, copy=True)
+    for name, size_ml in (min_object_ml or {}).items():
+        min_voxels = int(np.ceil(size_ml / voxel_volume_ml)) if voxel_volume_ml > 0 else 0
+        remove_small_components(out, names.index(name), min_voxels)
+    if largest_component:
+        out = keep_largest_component(out, [names.index(name) for name in largest_component])
+    for name in fill_holes:
+        fill_label_holes(out, names.index(name))
+    return out

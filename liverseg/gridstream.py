@@ -1,0 +1,105 @@
+"""Bounded-memory versions of the two big resampling steps of prediction, slab by slab.
+
+``preprocess.preprocess_image`` and ``preprocess.probabilities_to_labels`` hold whole volumes in
+float32 (a 512x512x1000 CT is 1 GB per copy, and the inverse needs two full-resolution float arrays).
+The functions here compute the same numbers (equal up to float rounding; tests compare them) while
+holding only a slab of ``chunk`` output slices along the canonical last (S) axis at a time:
+
+* linear interpolation with ``align_corners=False`` is separable: in-plane bilinear per slice, then a
+  two-slice blend along S with torch's source-index rule ``src = (dst + 0.5) * in / out - 0.5``
+  (clamped at 0);
+* the anti-aliasing Gaussian is separable too, and a slab read with a margin of the filter's radius
+  (scipy's ``truncate=4``) gives exactly the full-volume result inside it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .io.volume import Volume
+from .preprocess import GridRecord, from_canonical, plan_grid, to_canonical
+
+_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
+
+
+def linear_source(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: (lower source index, upper source index, weight of the upper one).
+
+    The rule of ``torch.nn.functional.interpolate(mode="linear", align_corners=False)`` with a size.
+    """
+    scale = n_in / n_out
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def _blend_slices(slab: torch.Tensor, lo: np.ndarray, hi: np.ndarray, w: np.ndarray, first: int) -> torch.Tensor:
+    """Linear blend along the last axis of ``slab`` (whose slice 0 is source slice ``first``)."""
+    weight = torch.from_numpy(w)
+    low = slab[..., torch.from_numpy(lo - first)]
+    high = slab[..., torch.from_numpy(hi - first)]
+    return low + (high - low) * weight
+
+
+def _resize_inplane(slab: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of the two leading spatial axes of a (C, X, Y, n) float tensor."""
+    if tuple(slab.shape[1:3]) == tuple(size):
+        return slab
+    moved = slab.permute(3, 0, 1, 2)  # (n, C, X, Y)
+    out = F.interpolate(moved, size=size, mode="bilinear", align_corners=False)
+    return out.permute(1, 2, 3, 0)
+
+
+def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, float],
+                             hu_window: tuple[float, float], chunk: int = 32) -> tuple[torch.Tensor, GridRecord]:
+    """``preprocess.preprocess_image`` computed ``chunk`` network-grid slices at a time."""
+    record = plan_grid(volume, spacing_mm)
+    canonical = to_canonical(volume.array, record.ornt)
+    (nx, ny, nz), (tx, ty, tz) = record.canonical_shape, record.target_shape
+    factors = [n / t for n, t in zip(record.canonical_shape, record.target_shape)]
+    sigma = [max(0.0, (f - 1.0) / 2.0) if f > 1.0 else 0.0 for f in factors]
+    radius_z = int(_TRUNCATE * sigma[2] + 0.5) if sigma[2] > 0 else 0
+    low, high = float(hu_window[0]), float(hu_window[1])
+    lo, hi, w = linear_source(nz, tz)
+    out = torch.empty((tx, ty, tz), dtype=torch.float32)
+    for z0 in range(0, tz, max(1, chunk)):
+        z1 = min(tz, z0 + max(1, chunk))
+        need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
+        a, b = max(0, need_lo - radius_z), min(nz, need_hi + radius_z)
+        slab = np.ascontiguousarray(canonical[:, :, a:b]).astype(np.float32)
+        np.clip(slab, low, high, out=slab)
+        slab -= low
+        slab /= (high - low)
+        if any(s > 0 for s in sigma):
+            slab = ndimage.gaussian_filter(slab, sigma=sigma, mode="nearest", truncate=_TRUNCATE)
+        tensor = torch.from_numpy(slab[:, :, need_lo - a: need_hi - a])[None]
+        tensor = _resize_inplane(tensor, (tx, ty))
+        out[:, :, z0:z1] = _blend_slices(tensor, lo[z0:z1], hi[z0:z1], w[z0:z1], need_lo)[0]
+    return out, record
+
+
+def probabilities_to_labels_chunked(probabilities: torch.Tensor, record: GridRecord,
+                                    chunk: int = 32) -> np.ndarray:
+    """``preprocess.probabilities_to_labels`` computed ``chunk`` input-grid slices at a time.
+
+    ``probabilities`` (K, X', Y', Z') may be float16 (it is converted slab by slab). Ties go to the
+    lower class, as there.
+    """
+    nx, ny, nz = record.canonical_shape
+    tz = record.target_shape[2]
+    lo, hi, w = linear_source(tz, nz)
+    labels = np.empty((nx, ny, nz), dtype=np.uint8)
+    for z0 in range(0, nz, max(1, chunk)):
+        z1 = min(nz, z0 + max(1, chunk))
+        need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
+        slab = probabilities[..., need_lo:need_hi].float()
+        slab = _resize_inplane(slab, (nx, ny))
+        blended = _blend_slices(slab, lo[z0:z1], hi[z0:z1], w[z0:z1], need_lo)
+        labels[:, :, z0:z1] = torch.argmax(blended, dim=0).to(torch.uint8).numpy()
+    return np.ascontiguousarray(from_canonical(labels, record.ornt))
+
+
+__all__ = ["linear_source", "preprocess_image_chunked", "probabilities_to_labels_chunked"]

@@ -1,0 +1,131 @@
+"""The fast, bounded-memory prediction path: slab-wise resampling equals the whole-volume functions,
+the streaming sliding window equals plain blending, coarse-to-fine finds the region (and falls back),
+flip TTA averages the flips, and the memory plan picks float16 for large volumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_volume, permutation, rotation
+from liverseg.config import ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from liverseg.gridstream import linear_source, preprocess_image_chunked, probabilities_to_labels_chunked
+from liverseg.infer import coarse_region, plan_memory, predict_volume, sliding_window, softmax_predictor
+from liverseg.preprocess import preprocess_image, probabilities_to_labels
+
+GRIDS = [
+    ((37, 29, 23), (0.7, 0.9, 1.3), permutation((1, 0, 2), (-1, 1, -1))),  # down-sampled, LPS-like, permuted
+    ((20, 22, 9), (2.0, 2.0, 5.0), None),                                    # up-sampled, anisotropic
+    ((18, 16, 14), (1.1, 1.6, 2.4), rotation(2, 12.0)),                      # oblique
+]
+
+
+@pytest.mark.parametrize("shape, spacing, direction", GRIDS)
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_resampling_equals_the_whole_volume_functions(shape, spacing, direction, chunk):
+    rng = np.random.default_rng(0)
+    volume = make_volume(shape, spacing, direction, array=rng.normal(0, 200, shape).astype(np.int16))
+    expected, record = preprocess_image(volume, (1.5, 1.5, 2.0), (-200, 300))
+    image, record2 = preprocess_image_chunked(volume, (1.5, 1.5, 2.0), (-200, 300), chunk=chunk)
+    assert record2.target_shape == record.target_shape
+    np.testing.assert_allclose(record2.target_affine, record.target_affine)
+    torch.testing.assert_close(image, expected, atol=2e-6, rtol=0)
+    probabilities = torch.softmax(torch.randn((3, *image.shape), generator=torch.Generator().manual_seed(1)), 0)
+    labels = probabilities_to_labels_chunked(probabilities, record, chunk=chunk)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probabilities, record))
+    assert labels.shape == shape and labels.dtype == np.uint8
+
+
+def test_linear_source_matches_torch_interpolate():
+    for n_in, n_out in ((7, 3), (3, 7), (5, 5), (1, 4), (10, 1)):
+        signal = torch.arange(n_in, dtype=torch.float64) ** 2
+        expected = torch.nn.functional.interpolate(signal[None, None], size=n_out, mode="linear",
+                                                   align_corners=False)[0, 0]
+        lo, hi, w = linear_source(n_in, n_out)
+        got = signal[lo] * (1 - torch.from_numpy(w).double()) + signal[hi] * torch.from_numpy(w).double()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.float16, 4e-3)])
+def test_streaming_window_stores_the_requested_precision(dtype, atol):
+    image = torch.rand((1, 30, 21, 40), generator=torch.Generator().manual_seed(3))
+    out = sliding_window(image, lambda x: torch.cat([x, 1 - x], 1), (8, 8, 8), overlap=0.5, batch_size=3,
+                         out_dtype=dtype)
+    assert out.dtype == dtype and tuple(out.shape) == (2, 30, 21, 40)
+    torch.testing.assert_close(out[0].float(), image[0], atol=atol, rtol=0)
+    torch.testing.assert_close(out[1].float(), 1 - image[0], atol=atol, rtol=0)
+
+
+class _BrightIsLiver(torch.nn.Module):
+    """Logits (background, liver): liver where the image is above 0.5; counts its calls' voxels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.voxels = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.voxels += x[:, 0].numel()
+        return torch.cat([(0.5 - x) * 20, (x - 0.5) * 20], dim=1)
+
+
+def _cfg(**infer) -> ExperimentConfig:
+    return ExperimentConfig(preprocess=PreprocessConfig(spacing_mm=(2.0, 2.0, 2.0), hu_window=(0.0, 100.0)),
+                            model=ModelConfig(channels=(4, 8), strides=(2,)), train=TrainConfig(patch_size=(16, 16, 16)),
+                            infer=InferConfig(roi_size=(16, 16, 16), **infer)).validate()
+
+
+def _blob_volume(centre, radius, shape=(48, 40, 44)) -> object:
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    inside = (((ijk - np.asarray(centre)) / np.asarray(radius)) ** 2).sum(-1) <= 1
+    return make_volume(shape, (2.0, 2.0, 2.0), array=np.where(inside, 100, 0).astype(np.int16)), inside
+
+
+def test_coarse_to_fine_runs_the_network_only_around_the_organ_and_gives_the_same_labels():
+    volume, inside = _blob_volume((20, 18, 22), (5, 6, 5))
+    fast_model, full_model = _BrightIsLiver(), _BrightIsLiver()
+    fast = predict_volume(fast_model, volume, _cfg(coarse_margin_mm=6.0), torch.device("cpu"))
+    full = predict_volume(full_model, volume, _cfg(coarse_to_fine=False), torch.device("cpu"))
+    np.testing.assert_array_equal(fast, full)
+    assert np.array_equal(fast.astype(bool), inside)
+    assert fast_model.voxels < 0.6 * full_model.voxels  # coarse pass + a box, not the whole volume
+
+
+@pytest.mark.parametrize("centre, radius, reason", [
+    ((20, 18, 22), (0, 0, 0), "found nothing"),          # no organ: predict everything
+    ((2, 18, 22), (5, 6, 5), "touches the volume border"),  # organ cut by the field of view
+])
+def test_coarse_pass_falls_back_to_the_whole_volume(centre, radius, reason):
+    volume, _ = _blob_volume(centre, radius) if any(radius) else (make_volume((48, 40, 44), (2, 2, 2),
+                                                                               dtype=np.int16), None)
+    image, _ = preprocess_image(volume, (2.0, 2.0, 2.0), (0.0, 100.0))
+    box, why = coarse_region(_BrightIsLiver(), image, _cfg(), torch.device("cpu"))
+    assert box is None and reason in why
+
+
+def test_flip_tta_averages_every_flip_combination():
+    calls = []
+
+    def model(x):  # not flip-equivariant: the output depends on the position along axis 0
+        calls.append(x.shape)
+        ramp = torch.linspace(0, 1, x.shape[2]).reshape(1, 1, -1, 1, 1)
+        return torch.cat([x * 0, ramp.expand_as(x) * 4], dim=1)
+
+    batch = torch.zeros((2, 1, 6, 5, 4))
+    plain = softmax_predictor(model, torch.device("cpu"))(batch)
+    tta = softmax_predictor(model, torch.device("cpu"), flip_axes=(0, 1))(batch)
+    assert len(calls) == 1 + 4
+    # Averaging the flip along axis 0 makes the result symmetric along it.
+    torch.testing.assert_close(tta, tta.flip(2))
+    assert not torch.allclose(plain, plain.flip(2))
+
+
+def test_memory_plan_uses_float16_for_a_large_volume_and_thin_slabs_for_a_small_budget():
+    cfg = _cfg()
+    small = make_volume((64, 64, 32), (2.0, 2.0, 2.0), dtype=np.int16)
+    assert plan_memory(small, cfg, None).probability_dtype == torch.float32
+    # 512x512x1200 at 1 mm -> 39 M network voxels x 2 classes: 315 MB as float32, above the default 256 MB.
+    large = make_volume((512, 512, 1200), (1.0, 1.0, 1.0), array=np.empty((512, 512, 1200), dtype=np.uint8))
+    plan = plan_memory(large, cfg, None)
+    assert plan.probability_dtype == torch.float16 and 1 <= plan.chunk_slices <= 64
+    assert plan_memory(large, cfg, 4.0).probability_dtype == torch.float32  # 315 MB <= 4 GB / 8
+    assert plan_memory(large, cfg, 0.05).chunk_slices < plan.chunk_slices
