@@ -128,7 +128,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
              f", {ctx.world} processes" if ctx.distributed else "")
     loader = train_loader(cfg, train_items, workers, t.seed, rank=ctx.rank, world=ctx.world,
                           cache_dir=cache_dir, ram_budget_gb=ram_cache_gb)
-    val_data = validation_cases(cfg, val_items[ctx.rank::ctx.world])
+    val_share = val_items[ctx.rank::ctx.world]  # a rank may have none (fewer cases than processes)
+    val_data = validation_cases(cfg, val_share) if val_share else []
 
     # ---- model and optimisation
     n_classes = len(cfg.data.labels)
@@ -150,7 +151,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     forward = _TrainForward(model, cfg.model.deep_supervision)
     if ctx.distributed:
         forward = torch.nn.parallel.DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None)
+            forward, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=_has_unused_parameters(forward, cfg, device))
     board = TensorBoard(run_dir, enabled=ctx.is_main)
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -277,6 +279,18 @@ def _batches(loader):
             except StopIteration:
                 return
         yield batch
+
+
+def _has_unused_parameters(forward: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> bool:
+    """Whether a training step leaves parameters without gradient (e.g. ma_unet's deep-supervision
+    heads when deep_supervision is off); DDP must then be told, or it waits for them forever."""
+    size = (1, input_channels(cfg.model), *cfg.train.patch_size)
+    outputs = forward(torch.zeros(size, device=device))
+    total = sum(o.float().sum() for o in outputs) if isinstance(outputs, (list, tuple)) else outputs.float().sum()
+    total.backward()
+    unused = any(p.requires_grad and p.grad is None for p in forward.parameters())
+    forward.zero_grad(set_to_none=True)
+    return unused
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
