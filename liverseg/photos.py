@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import PHOTO_CHANNELS, ExperimentConfig
 from .errors import InputError
 from .infer import sliding_window, softmax_predictor
-from .io.photos import check_same_size, read_mask, read_photo, write_png
+from .io.photos import check_same_size, read_mask, read_photo
 
 # Overlay colours (RGB): prediction contour, reference contour.
 PREDICTION_COLOR = (0, 255, 0)
@@ -217,7 +217,7 @@ def predict_photo_case(bundle, case, case_dir: str | Path, device: torch.device 
     mask.png holds 0/255 for two-class tasks and class indices otherwise; the probability maps are
     16-bit (0..65535) so metrics such as ROC AUC can be computed from them without losing precision.
     """
-    from .report import draw_contours
+    from .report import draw_contours, save_png
 
     cfg, model = bundle.cfg, bundle.model
     device = device or next(model.parameters()).device
@@ -225,18 +225,18 @@ def predict_photo_case(bundle, case, case_dir: str | Path, device: torch.device 
     case_dir = Path(case_dir)
     names = cfg.data.labels
     mask = labels * 255 if len(names) == 2 else labels
-    written = [write_png(mask.astype(np.uint8), case_dir / "mask.png")]
+    written = [save_png(mask.astype(np.uint8), case_dir / "mask.png")]
     for index in range(1, len(names)):
         suffix = "" if len(names) == 2 else f"_{names[index]}"
         quantised = np.rint(probabilities[index] * 65535.0).astype(np.uint16)
-        written.append(write_png(quantised, case_dir / f"probability{suffix}.png"))
+        written.append(save_png(quantised, case_dir / f"probability{suffix}.png"))
     overlay = rgb.copy()
     if case.label is not None and Path(case.label).is_file():
         reference = read_mask(case.label, len(names))
         check_same_size(rgb, reference, case.image, case.label)
         overlay = draw_contours(overlay, reference > 0, REFERENCE_COLOR)
     overlay = draw_contours(overlay, labels > 0, PREDICTION_COLOR)
-    written.append(write_png(overlay, case_dir / "overlay.png"))
+    written.append(save_png(overlay, case_dir / "overlay.png"))
     return written
 
 

@@ -11,9 +11,8 @@ from liverseg import metrics
 from liverseg.cli import main
 from liverseg.evaluate import evaluate, format_table, summarise, worst_cases, write_outputs
 from liverseg.io import write_volume
-from liverseg.io.photos import write_png
 from liverseg.manifest import load_manifest, write_manifest
-from liverseg.report import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE
+from liverseg.report import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, save_png
 
 from conftest import make_volume
 
@@ -100,8 +99,8 @@ def test_photo_metrics_are_restricted_to_the_field_of_view_and_auc_uses_the_prob
     Image.fromarray(ref.astype(np.uint8) * 255).save(tmp_path / "ref.png")
     Image.fromarray(fov.astype(np.uint8) * 255).save(tmp_path / "fov.png")
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "img.png")
-    write_png(pred.astype(np.uint8) * 255, tmp_path / "pred" / "c1" / "mask.png")
-    write_png(np.rint(probability * 65535).astype(np.uint16), tmp_path / "pred" / "c1" / "probability.png")
+    save_png(pred.astype(np.uint8) * 255, tmp_path / "pred" / "c1" / "mask.png")
+    save_png(np.rint(probability * 65535).astype(np.uint16), tmp_path / "pred" / "c1" / "probability.png")
     write_manifest(tmp_path / "m.json", "toy", {"background": 0, "vessel": 1},
                    [{"id": "c1", "image": "img.png", "label": "ref.png", "fov": "fov.png"}], {"test": ["c1"]})
     manifest = load_manifest(tmp_path / "m.json")

@@ -3,7 +3,6 @@ train -> predict -> evaluate road through the CLI on a tiny synthetic vessel dat
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import torch
 from PIL import Image
 
 from liverseg.cli import main
-from liverseg.config import ExperimentConfig, TrainConfig, apply_overrides
+from liverseg.config import ExperimentConfig, apply_overrides
 from liverseg.errors import GeometryError, InputError
-from liverseg.io.photos import check_same_size, read_mask, read_photo, read_probability_png, write_png
+from liverseg.io.photos import check_same_size, read_mask, read_photo, read_probability_png
+from liverseg.report import save_png
 from liverseg.manifest import load_manifest, write_manifest
 from liverseg.photo_manifests import import_chase, import_drive
 from liverseg.photos import PhotoPatches, crop_transformed, load_photo_case, select_channels, standardize
@@ -84,9 +84,9 @@ def test_size_mismatch_names_both_sizes():
         check_same_size(np.zeros((4, 6, 3)), np.zeros((4, 5)), "i.png", "m.png")
 
 
-def test_write_png_is_atomic_and_round_trips_16_bit(tmp_path):
+def test_16_bit_probability_png_round_trips(tmp_path):
     probability = np.linspace(0, 1, 20).reshape(4, 5)
-    write_png(np.rint(probability * 65535).astype(np.uint16), tmp_path / "p.png")
+    save_png(np.rint(probability * 65535).astype(np.uint16), tmp_path / "p.png")
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
     assert np.allclose(read_probability_png(tmp_path / "p.png"), probability, atol=1e-5)
 

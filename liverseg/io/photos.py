@@ -7,8 +7,6 @@ task needs the class indices themselves as pixel values.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -86,29 +84,6 @@ def check_same_size(image: np.ndarray, other: np.ndarray, image_path: str | Path
                             "size (resize the mask with nearest-neighbour interpolation)")
 
 
-def write_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write (H, W) uint8/uint16/bool or (H, W, 3) uint8 as PNG, atomically."""
-    from PIL import Image
-
-    path = Path(path)
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3):
-        raise ValueError(f"write_png: expected (H, W) or (H, W, 3) uint8/uint16, got {array.shape} {array.dtype}")
-    image = Image.fromarray(array)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def read_probability_png(path: str | Path) -> np.ndarray:
     """A probability map written by ``liverseg predict`` (16-bit PNG, 0..65535) as float64 in [0, 1]."""
     path = Path(path)
@@ -117,5 +92,4 @@ def read_probability_png(path: str | Path) -> np.ndarray:
     return array.astype(np.float64) / scale
 
 
-__all__ = ["PHOTO_SUFFIXES", "is_photo_file", "read_photo", "read_mask", "check_same_size", "write_png",
-           "read_probability_png"]
+__all__ = ["PHOTO_SUFFIXES", "is_photo_file", "read_photo", "read_mask", "check_same_size", "read_probability_png"]
