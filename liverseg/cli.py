@@ -99,11 +99,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table, write_csv
+    from .evaluate import EVALUATION_FOLDER, evaluate, format_table, write_csv, write_outputs
+    from .manifest import load_manifest
 
-    results = evaluate(args.prediction, args.reference, _parse_label_names(args.labels),
-                       _parse_int_map(args.ref_remap, "--ref-remap"))
+    manifest = load_manifest(args.manifest, args.root) if args.manifest else None
+    if manifest is None and args.reference is None:
+        raise InputError("evaluate: give a REFERENCE file/folder, or --manifest M.json --split SPLIT")
+    if manifest is not None and args.reference is not None:
+        raise InputError("evaluate: give either a REFERENCE or --manifest, not both")
+    names = _parse_label_names(args.labels) or (
+        {value: name for name, value in manifest.labels.items() if value != 0} if manifest and manifest.labels
+        else None)
+    out_dir = args.out or (args.prediction / EVALUATION_FOLDER if args.prediction.is_dir() else None)
+    results = evaluate(args.prediction, args.reference, names, _parse_int_map(args.ref_remap, "--ref-remap"),
+                       manifest=manifest, split=args.split, tolerance_mm=args.tolerance,
+                       qc_dir=None if args.no_qc or out_dir is None else out_dir / "qc")
     print(format_table(results))
+    if out_dir is not None:
+        written = write_outputs(results, out_dir)
+        print(f"per-case results: {written['per_case']}\nsummary: {written['summary']}")
+        if not args.no_qc:
+            print(f"QC pictures (false negatives blue, false positives red): {out_dir / 'qc'}")
     if args.csv:
         print(f"per-case results: {write_csv(results, args.csv)}")
     return 0
@@ -213,11 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="Dice and IoU of predictions against references")
-    p.add_argument("prediction", type=Path, help="a label-map file, or the -o folder of liverseg predict")
-    p.add_argument("reference", type=Path, help="a label-map file, or a folder of <case>.nii.gz")
-    p.add_argument("--csv", type=Path, default=None, help="write per-case results to this CSV file")
-    p.add_argument("--labels", default=None, help="label names, e.g. 1=liver,2=tumour")
+    p = sub.add_parser("evaluate", help="per-case metrics, summary and QC pictures of predictions")
+    p.add_argument("prediction", type=Path, help="a label-map/mask file, or the -o folder of liverseg predict")
+    p.add_argument("reference", type=Path, nargs="?", default=None,
+                   help="a label-map/mask file or a folder of <case>.<ext> (or use --manifest)")
+    p.add_argument("--manifest", type=Path, default=None, help="take references (and images, FOV masks) from "
+                   "this manifest's --split")
+    p.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
+    p.add_argument("--root", default=None, help="folder the manifest's paths are relative to")
+    p.add_argument("--out", type=Path, default=None, help="folder for per_case.csv, summary.csv and qc/ "
+                   "(default: PREDICTION/evaluation when PREDICTION is a folder)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the per-case results to this CSV file")
+    p.add_argument("--no-qc", action="store_true", help="skip the QC pictures")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="surface Dice tolerance (mm for volumes, pixels for photographs; default 1)")
+    p.add_argument("--labels", default=None, help="label names, e.g. 1=liver,2=tumour (default: the manifest's)")
     p.add_argument("--ref-remap", default=None, help="remap reference values first, e.g. 2=1 (tumour into liver)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -29,12 +29,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .errors import InputError
 from .io.images import strip_image_suffix
+from .photo_manifests import PHOTO_IMPORTERS
 
 MSD_FOLDS = 5
 N_FOLDS = 5
@@ -80,7 +81,9 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object at the top level")
-    base = Path(root) if root else path.parent
+    # --root wins; else the dataset folder recorded by `liverseg manifest import` (when the manifest
+    # was written outside it); else the manifest's own folder.
+    base = Path(root) if root else Path(data["root"]) if isinstance(data.get("root"), str) else path.parent
     if "training" in data and "cases" not in data:
         return _from_msd(data, path, base)
     return _from_liverseg(data, path, base)
@@ -294,6 +297,7 @@ IMPORTERS: dict[str, Callable[[Path], dict]] = {
     "lits": import_lits,
     "ircadb": import_ircadb,
     "chaos": import_chaos,
+    **PHOTO_IMPORTERS,  # drive, chase: 2D retinal photographs
 }
 
 
@@ -312,6 +316,10 @@ def import_manifest(kind: str, root: str | Path, output: str | Path, *, sha256: 
         raise InputError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(IMPORTERS))}")
     root = Path(root)
     data = IMPORTERS[kind](root)
+    if Path(output).resolve().parent != root.resolve():
+        # Paths stay relative to the dataset folder; record it so the manifest works without --root
+        # on this machine (--root overrides it anywhere else).
+        data["root"] = str(root.resolve())
     if sha256:
         for case in data["cases"]:
             sums = {key: sha256_of(root / case[key]) for key in ("image", "label")

@@ -154,8 +154,8 @@ def test_evaluate_reference_against_itself_is_perfect(tiny_dataset, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith(tuple(CASE_IDS))]
     assert len(lines) == len(CASE_IDS)
-    for line in lines:
-        assert line.split()[-2:] == ["1.0000", "1.0000"]
+    for line in lines:  # case, label, Dice, IoU, sensitivity, specificity, HD95
+        assert line.split()[2:] == ["1.0000", "1.0000", "1.0000", "1.0000", "0.00"]
 
 
 # ----------------------------------------------------------------------------- resume
