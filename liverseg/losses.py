@@ -1,9 +1,13 @@
-"""Dice + cross-entropy, and its deep-supervision weighting."""
+"""Segmentation losses (Dice + cross-entropy by default) and their deep-supervision weighting."""
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
+
+# train.loss values
+LOSSES = ("dice_ce", "ce", "dice")
 
 
 def deep_supervision_weights(n_heads: int) -> list[float]:
@@ -13,18 +17,29 @@ def deep_supervision_weights(n_heads: int) -> list[float]:
     return [w / total for w in raw]
 
 
-class SegmentationLoss(nn.Module):
-    """Dice-CE on one output, or the weighted sum of Dice-CE over deep-supervision heads.
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets[:, 0].long())
 
-    ``targets`` are class indices (N, 1, *spatial); every output is full-resolution logits.
+
+class SegmentationLoss(nn.Module):
+    """``kind`` (Dice-CE, plain cross-entropy, or soft Dice) on one output, or its weighted sum over
+    deep-supervision heads.
+
+    ``targets`` are class indices (N, 1, *spatial); every output is full-resolution logits. Plain
+    cross-entropy keeps probabilities calibrated, which threshold-free scores such as ROC AUC reward;
+    Dice-CE copes better with small foreground.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "dice_ce") -> None:
         super().__init__()
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; use one of {', '.join(LOSSES)}")
+        self.loss = {"dice_ce": lambda: DiceCELoss(to_onehot_y=True, softmax=True),
+                     "dice": lambda: DiceLoss(to_onehot_y=True, softmax=True),
+                     "ce": lambda: _cross_entropy}[kind]()
 
     def forward(self, outputs: torch.Tensor | list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
-            return self.dice_ce(outputs, targets)
+            return self.loss(outputs, targets)
         weights = deep_supervision_weights(len(outputs))
-        return sum(w * self.dice_ce(o, targets) for w, o in zip(weights, outputs))  # type: ignore[return-value]
+        return sum(w * self.loss(o, targets) for w, o in zip(weights, outputs))  # type: ignore[return-value]

@@ -34,16 +34,22 @@ REFERENCE_COLOR = (255, 0, 255)
 
 # ----------------------------------------------------------------------------- loading
 
-def select_channels(rgb: np.ndarray, color: str) -> np.ndarray:
-    """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1] for ``preprocess.photo_color``."""
+def select_channels(rgb: np.ndarray, color: str, clahe: float = 0.0) -> np.ndarray:
+    """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1] for ``preprocess.photo_color`` (and ``photo_clahe``)."""
     pixels = rgb.astype(np.float32) / 255.0
     if color == "rgb":
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-    if color == "green":
-        return np.ascontiguousarray(pixels[None, :, :, 1])
-    if color == "gray":
-        return (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
-    raise InputError(f"preprocess.photo_color={color!r}: use {', '.join(PHOTO_CHANNELS)}")
+        channels = pixels.transpose(2, 0, 1)
+    elif color == "green":
+        channels = pixels[None, :, :, 1]
+    elif color == "gray":
+        channels = (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
+    else:
+        raise InputError(f"preprocess.photo_color={color!r}: use {', '.join(PHOTO_CHANNELS)}")
+    if clahe > 0:
+        from skimage.exposure import equalize_adapthist
+
+        channels = np.stack([equalize_adapthist(c, clip_limit=clahe) for c in channels]).astype(np.float32)
+    return np.ascontiguousarray(channels)
 
 
 def standardize(channels: np.ndarray, fov: np.ndarray) -> np.ndarray:
@@ -56,7 +62,8 @@ def standardize(channels: np.ndarray, fov: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def load_photo(image_path: str | Path, fov_path: str | Path | None, color: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_photo(image_path: str | Path, fov_path: str | Path | None, color: str,
+               clahe: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb uint8 (H, W, 3), network input float32 (C, H, W), fov bool (H, W))."""
     rgb = read_photo(image_path)
     if fov_path:
@@ -66,12 +73,12 @@ def load_photo(image_path: str | Path, fov_path: str | Path | None, color: str) 
             raise InputError(f"{fov_path}: field-of-view mask is empty; it must mark the image's valid pixels")
     else:
         fov = np.ones(rgb.shape[:2], dtype=bool)
-    return rgb, standardize(select_channels(rgb, color), fov), fov
+    return rgb, standardize(select_channels(rgb, color, clahe), fov), fov
 
 
 def load_photo_case(item: dict, cfg: ExperimentConfig) -> dict:
     """A manifest item {id, image, label, fov} -> tensors: image (C, H, W), label (1, H, W), fov (H, W)."""
-    rgb, image, fov = load_photo(item["image"], item.get("fov"), cfg.preprocess.photo_color)
+    rgb, image, fov = load_photo(item["image"], item.get("fov"), cfg.preprocess.photo_color, cfg.preprocess.photo_clahe)
     case = {"id": item["id"], "image": torch.from_numpy(image), "fov": torch.from_numpy(fov), "rgb": rgb}
     if item.get("label"):
         label = read_mask(item["label"], len(cfg.data.labels))
@@ -200,7 +207,7 @@ def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str
 
     Outside the field of view every pixel is background (probability of class 0 set to 1).
     """
-    rgb, image, fov = load_photo(image_path, fov_path, cfg.preprocess.photo_color)
+    rgb, image, fov = load_photo(image_path, fov_path, cfg.preprocess.photo_color, cfg.preprocess.photo_clahe)
     model.eval()
     with torch.inference_mode():
         probabilities = photo_probabilities(model, torch.from_numpy(image), cfg, device).numpy()

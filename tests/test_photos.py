@@ -304,3 +304,29 @@ def test_manifest_import_chase_through_the_cli(tmp_path, capsys):
     assert [c.case_id for c in manifest.split("test")][:2] == ["Image_11L", "Image_11R"]
     assert manifest.split("test")[0].fov == root / "mask" / "Image_11L.png"
     assert manifest.labels == {"background": 0, "vessel": 1}
+
+
+def test_clahe_evens_out_illumination_and_keeps_the_range():
+    # a left-to-right illumination ramp with faint stripes: CLAHE raises the stripes' local contrast in the dark half
+    ramp = np.tile(np.linspace(20, 200, 64), (64, 1))
+    stripes = np.where((np.arange(64) // 4) % 2 == 0, 6.0, 0.0)[:, None]
+    rgb = np.repeat(np.clip(ramp + stripes, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    plain = select_channels(rgb, "green")[0]
+    equalised = select_channels(rgb, "green", clahe=0.02)[0]
+    assert equalised.min() >= 0 and equalised.max() <= 1
+    dark = slice(0, 16)
+    contrast = lambda image: image[0:4, dark].mean() - image[4:8, dark].mean()  # noqa: E731
+    assert contrast(equalised) > 2 * contrast(plain) > 0
+
+
+def test_loss_kinds():
+    from liverseg.losses import SegmentationLoss
+
+    logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])  # (N=1, K=2, 1, 2): confident and right
+    targets = torch.tensor([[[[0, 1]]]])
+    for kind in ("dice_ce", "ce", "dice"):
+        assert float(SegmentationLoss(kind)(logits, targets)) < 0.01
+        assert float(SegmentationLoss(kind)(-logits, targets)) > 0.5
+    assert float(SegmentationLoss("ce")(logits, targets)) == pytest.approx(math.log1p(math.exp(-8.0)), rel=1e-4)
+    with pytest.raises(ValueError, match="unknown loss"):
+        SegmentationLoss("focal")
