@@ -54,6 +54,10 @@ class PreprocessConfig:
     # retinal vessels —, or "gray"); each image is standardised to zero mean, unit variance inside its
     # field of view.
     photo_color: str = "rgb"
+    # data.modality=photo: contrast-limited adaptive histogram equalisation of each channel first
+    # (scikit-image's equalize_adapthist at this clip limit; 0 = off), as vessel-segmentation
+    # pipelines do to even out uneven illumination.
+    photo_clahe: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class TrainConfig:
     pos_fraction: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 1e-5
+    # dice_ce (Dice + cross-entropy) | ce (cross-entropy) | dice
+    loss: str = "dice_ce"
     schedule: str = "cosine"  # cosine | poly | constant
     warmup_iters: int = 0
     val_every: int = 5
@@ -163,6 +169,9 @@ class ExperimentConfig:
         if self.preprocess.photo_color not in PHOTO_CHANNELS:
             raise ConfigError(f"preprocess.photo_color={self.preprocess.photo_color!r}: use "
                               f"{', '.join(PHOTO_CHANNELS)}")
+        if not 0.0 <= self.preprocess.photo_clahe <= 1.0:
+            raise ConfigError(f"preprocess.photo_clahe={self.preprocess.photo_clahe}: a clip limit in [0, 1] "
+                              "(0 = off; 0.01 is scikit-image's default)")
         if self.data.modality == "photo" and self.model.spatial_dims != 2:
             raise ConfigError(f"data.modality=photo needs model.spatial_dims=2, got {self.model.spatial_dims}")
         labels = self.data.labels
@@ -211,6 +220,8 @@ class ExperimentConfig:
         if dims == 3 and self.model.slices_2d != 1:
             raise ConfigError(f"model.slices_2d={self.model.slices_2d} applies to 2D models only; "
                               "set model.spatial_dims=2 or model.slices_2d=1")
+        if self.train.loss not in ("dice_ce", "ce", "dice"):
+            raise ConfigError(f"train.loss={self.train.loss!r}: use dice_ce, ce or dice")
         if self.train.schedule not in ("cosine", "poly", "constant"):
             raise ConfigError(f"train.schedule={self.train.schedule!r}: use cosine, poly or constant")
         if self.infer.blend not in ("gaussian", "constant"):

@@ -136,7 +136,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes).to(device)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
-    loss_fn = SegmentationLoss()
+    loss_fn = SegmentationLoss(cfg.train.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     total_iters = t.epochs * t.iters_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(cfg, step, total_iters))
