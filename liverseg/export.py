@@ -3,13 +3,14 @@
 The resolved config (labels, preprocessing spacing and HU window, inference settings) travels inside
 the file, so ``liverseg predict --model model.onnx`` needs nothing else:
 
-* ONNX: ``metadata_props`` ``liverseg.config`` (YAML), ``liverseg.tile_shape`` (JSON: the fixed
-  (C, *tile) input every call gets; the batch axis is dynamic), ``liverseg.model_id``, ``liverseg.version``.
+* ONNX: ``metadata_props`` ``liverseg.config`` (YAML), ``liverseg.size_divisor`` (inputs are padded
+  to multiples of it), ``liverseg.model_id``, ``liverseg.version``, ``liverseg.epoch``.
 * TorchScript: extra files ``liverseg/config.yaml`` and ``liverseg/meta.json`` inside the archive.
 
-The graph is exported for the sliding-window tile (``infer.roi_size``, padded by the model to its size
-divisor inside the graph): prediction only ever feeds tiles of that size, the coarse pass included.
-ONNX Runtime runs it on CPU with ``--threads`` intra-op threads (or CUDA when asked and available).
+The network is exported without liverseg's size adapter, with dynamic batch and spatial axes; the
+padding to the size divisor and the crop back happen in Python around it, exactly as for the run
+folder, so the sliding window can fit its tiles to each volume. ONNX Runtime runs it on CPU with
+``--threads`` intra-op threads (or CUDA when asked and available).
 """
 from __future__ import annotations
 
@@ -28,19 +29,26 @@ from . import __version__
 from .config import ExperimentConfig, config_from_yaml_text, to_dict
 from .errors import ConfigError, InputError
 from .infer import TrainedModel, file_digest, load_trained_model
-from .models import input_channels
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 ONNX_OPSET = 17
 
 
-def tile_shape(cfg: ExperimentConfig) -> tuple[int, ...]:
-    """(C, *tile) of every network call during prediction."""
-    return (input_channels(cfg.model), *cfg.infer.roi_size)
+def size_divisor(cfg: ExperimentConfig) -> int:
+    """Inputs are padded to multiples of this (``models.size_divisor``, without importing the models)."""
+    return int(np.prod(cfg.model.strides)) if cfg.model.strides else 1
+
+
+def example_input(cfg: ExperimentConfig) -> torch.Tensor:
+    """A (1, C, *tile) input: the sliding-window tile padded to the network's size divisor."""
+    divisor = size_divisor(cfg)
+    tile = [-(-r // divisor) * divisor for r in cfg.infer.roi_size]
+    channels = cfg.model.slices_2d if cfg.model.spatial_dims == 2 else 1  # models.input_channels
+    return torch.zeros((1, channels, *tile), dtype=torch.float32)
 
 
 def _meta(trained: TrainedModel) -> dict:
-    return {"model_id": trained.model_id, "tile_shape": list(tile_shape(trained.cfg)),
+    return {"model_id": trained.model_id, "size_divisor": size_divisor(trained.cfg),
             "epoch": trained.epoch, "liverseg_version": __version__}
 
 
@@ -56,8 +64,8 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     if out.is_dir():
         out = out / FORMATS[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = trained.model.eval()
-    example = torch.zeros((1, *tile_shape(trained.cfg)), dtype=torch.float32)
+    model = trained.model.net.eval()  # without the size adapter: padding is done around it
+    example = example_input(trained.cfg)
     config_text = yaml.safe_dump(to_dict(trained.cfg), sort_keys=False)
     meta = _meta(trained)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -85,11 +93,11 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, config_text: str
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter: static tile shape, dynamic batch, no extra dependencies.
+        axes = {0: "batch", **{2 + i: f"spatial{i}" for i in range(example.ndim - 2)}}
         torch.onnx.export(model, (example,), buffer, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=ONNX_OPSET, dynamo=False)
+                          dynamic_axes={"image": axes, "logits": axes}, opset_version=ONNX_OPSET, dynamo=False)
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in (("liverseg.config", config_text), ("liverseg.tile_shape", json.dumps(meta["tile_shape"])),
+    for key, value in (("liverseg.config", config_text), ("liverseg.size_divisor", str(meta["size_divisor"])),
                        ("liverseg.model_id", meta["model_id"]), ("liverseg.version", meta["liverseg_version"]),
                        ("liverseg.epoch", str(meta["epoch"]))):
         entry = proto.metadata_props.add()
@@ -109,19 +117,26 @@ def find_exported(folder: Path) -> Path | None:
 
 
 class OnnxNetwork:
-    """Calls an ONNX Runtime session like a torch module: (N, C, *tile) tensor -> logits tensor."""
+    """Calls an ONNX Runtime session like liverseg's models: (N, C, *any) tensor -> logits (N, K, *same).
 
-    def __init__(self, session, tile: tuple[int, ...]) -> None:
+    Inputs are zero-padded at the far end of each axis to multiples of ``divisor`` and the logits
+    cropped back, as ``models.SizeAdapter`` does (not imported here: ONNX prediction needs no MONAI).
+    """
+
+    def __init__(self, session, divisor: int) -> None:
         self.session = session
-        self.tile = tuple(tile)
+        self.divisor = divisor
         self.input_name = session.get_inputs()[0].name
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if tuple(batch.shape[1:]) != self.tile:
-            raise InputError(f"the exported model takes tiles of shape {self.tile}, got {tuple(batch.shape[1:])}; "
-                             "infer.roi_size cannot change after export: export again with the new setting")
-        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        spatial = tuple(batch.shape[2:])
+        padding: list[int] = []
+        for s in reversed(spatial):  # F.pad lists the last axis first
+            padding += [0, (-s) % self.divisor]
+        padded = torch.nn.functional.pad(batch, padding) if any(padding) else batch
+        array = np.ascontiguousarray(padded.detach().cpu().numpy(), dtype=np.float32)
+        logits = torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        return logits[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
 
 def _config_from_text(text: str, path: Path) -> ExperimentConfig:
@@ -147,9 +162,12 @@ def load_exported(path: str | Path, device: torch.device, threads: int | None = 
         raise InputError(f"{path}: TorchScript file without a liverseg config; export it with `liverseg export`")
     cfg = _config_from_text(extra["liverseg/config.yaml"], path)
     meta = json.loads(extra["liverseg/meta.json"] or "{}")
+    from .models import SizeAdapter
+
     module.eval()
+    model = SizeAdapter(module, int(meta.get("size_divisor", size_divisor(cfg)))).eval()
     model_id = f"{path.name} sha256:{file_digest(path)} (from {meta.get('model_id', '?')})"
-    return TrainedModel(cfg, module, path, int(meta.get("epoch", 0)), "torchscript", model_id, meta)
+    return TrainedModel(cfg, model, path, int(meta.get("epoch", 0)), "torchscript", model_id, meta)
 
 
 def _load_onnx(path: Path, device: torch.device, threads: int | None) -> TrainedModel:
@@ -173,13 +191,11 @@ def _load_onnx(path: Path, device: torch.device, threads: int | None) -> Trained
     if "liverseg.config" not in props:
         raise InputError(f"{path}: ONNX file without a liverseg config; export it with `liverseg export`")
     cfg = _config_from_text(props["liverseg.config"], path)
-    tile = tuple(json.loads(props.get("liverseg.tile_shape", "[]"))) or tile_shape(cfg)
-    if tuple(tile) != tile_shape(cfg):
-        raise InputError(f"{path}: exported for tiles {tile} but its config asks for {tile_shape(cfg)}")
+    divisor = int(props.get("liverseg.size_divisor", size_divisor(cfg)))
     model_id = f"{path.name} sha256:{file_digest(path)} (from {props.get('liverseg.model_id', '?')})"
     meta = {k: v for k, v in props.items() if k != "liverseg.config"}
-    return TrainedModel(cfg, OnnxNetwork(session, tile), path, int(props.get("liverseg.epoch", 0)), "onnx",
+    return TrainedModel(cfg, OnnxNetwork(session, divisor), path, int(props.get("liverseg.epoch", 0)), "onnx",
                         model_id, meta)
 
 
-__all__ = ["export_model", "load_exported", "find_exported", "OnnxNetwork", "tile_shape", "FORMATS"]
+__all__ = ["export_model", "load_exported", "find_exported", "OnnxNetwork", "example_input", "FORMATS"]

@@ -29,7 +29,6 @@ from .config import ExperimentConfig, from_dict
 from .errors import ConfigError, InputError
 from .gridstream import preprocess_image_chunked, probabilities_to_labels_chunked
 from .io.volume import Volume
-from .models import build_model, input_channels
 from .postprocess import postprocess_labels
 
 log = logging.getLogger(__name__)
@@ -160,21 +159,42 @@ def softmax_predictor(model: Network, device: torch.device,
     return predict
 
 
+def fit_tile(extent: Sequence[int], roi: Sequence[int], overlap: float, divisor: int | None) -> tuple[int, ...]:
+    """The tile the sliding window uses on ``extent``: ``roi``, shrunk where that costs no extra tile.
+
+    Per axis: as many tiles as ``roi`` would need, each as small as still covers the extent with the
+    requested overlap, rounded up to the network's size ``divisor`` (and never above ``roi``). With
+    roi 128, overlap 0.25 and divisor 16: a 90-voxel axis gets one 96 tile instead of a padded 128 one,
+    a 150-voxel axis two 96 tiles instead of two 128 ones. Without a divisor (a network of which
+    nothing is known) the tile is ``roi``.
+    """
+    if not divisor:
+        return tuple(int(r) for r in roi)
+    tile = []
+    for n, r in zip(extent, roi):
+        count = len(tile_starts(max(n, r), r, overlap))
+        need = math.ceil(n / (count - (count - 1) * overlap)) if count > 1 else n
+        tile.append(int(max(1, min(r, -(-need // divisor) * divisor))))
+    return tuple(tile)
+
+
 def network_probabilities(model: Network, image: torch.Tensor, cfg: ExperimentConfig,
                           device: torch.device, progress: bool = False,
                           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Class probabilities (K, X, Y, Z) for a preprocessed volume (X, Y, Z) on the network grid.
 
-    3D models: one sliding window over the volume. 2D models: every axial slice (the last axis of
+    3D models: one sliding window over the volume (tiles fitted by ``fit_tile``). 2D models: every axial slice (the last axis of
     the canonical RAS grid) with its ``slices_2d`` neighbours as channels (edge slices repeated),
     run as a sliding window whose tiles are one slice thick, so tiles of different slices share
     a batch (``infer.sw_batch_size``). Flip TTA (``infer.tta_flip_axes``) is applied per tile.
     """
     predictor = softmax_predictor(model, device, cfg.infer.tta_flip_axes)
+    dims = cfg.model.spatial_dims
+    roi = fit_tile(tuple(image.shape[:dims]), cfg.infer.roi_size, cfg.infer.overlap, getattr(model, "divisor", None))
     window = dict(overlap=cfg.infer.overlap, batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend,
                   device=device, progress=progress, out_dtype=out_dtype)
     if cfg.model.spatial_dims == 3:
-        return sliding_window(image[None], predictor, cfg.infer.roi_size, **window)
+        return sliding_window(image[None], predictor, roi, **window)
     context = cfg.model.slices_2d // 2
     depth = image.shape[-1]
     index = torch.arange(depth)
@@ -184,7 +204,7 @@ def network_probabilities(model: Network, image: torch.Tensor, cfg: ExperimentCo
     def predict_slices(tiles: torch.Tensor) -> torch.Tensor:  # (N, slices_2d, x, y, 1) -> (N, K, x, y, 1)
         return predictor(tiles[..., 0])[..., None]
 
-    return sliding_window(stack, predict_slices, (*cfg.infer.roi_size, 1), **window)
+    return sliding_window(stack, predict_slices, (*roi, 1), **window)
 
 
 def coarse_region(model: Network, image: torch.Tensor, cfg: ExperimentConfig, device: torch.device,
@@ -342,6 +362,8 @@ def read_checkpoint(run_dir: str | Path) -> tuple[Path, dict, ExperimentConfig]:
 
 def load_trained_model(run_dir: str | Path, device: torch.device) -> TrainedModel:
     """Rebuild the model from a run folder alone (config + checkpoint)."""
+    from .models import build_model, input_channels  # MONAI is imported only for checkpoints
+
     checkpoint_path, checkpoint, cfg = read_checkpoint(run_dir)
     model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])

@@ -124,3 +124,16 @@ def test_predict_only_accepts_infer_overrides(run_dir, inputs, tmp_path, capfd):
     assert main(["predict", str(inputs / "case0.nii.gz"), "-o", str(tmp_path / "o"), "--model", str(run_dir),
                  "--device", "cpu", "-q", "--set", "infer.tta_flip_axes=[0]", "--set",
                  "infer.min_object_ml={liver: 1.0}"]) == 0
+
+
+def test_series_option_reaches_the_dicom_reader(run_dir, tmp_path):
+    from test_cli import _write_dicom_series
+
+    folder = tmp_path / "two_series"
+    folder.mkdir()
+    for index, n_slices in enumerate((3, 6)):
+        _write_dicom_series(folder, f"1.2.826.0.1.3680043.8.498.{index + 1}", n_slices, index)
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q",
+                 "--no-preview", "--series", "1.2.826.0.1.3680043.8.498.1"]) == 0
+    assert sitk.ReadImage(str(out / "two_series" / "segmentation.nii.gz")).GetSize() == (20, 24, 3)

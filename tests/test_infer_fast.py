@@ -129,3 +129,19 @@ def test_memory_plan_uses_float16_for_a_large_volume_and_thin_slabs_for_a_small_
     assert plan.probability_dtype == torch.float16 and 1 <= plan.chunk_slices <= 64
     assert plan_memory(large, cfg, 4.0).probability_dtype == torch.float32  # 315 MB <= 4 GB / 8
     assert plan_memory(large, cfg, 0.05).chunk_slices < plan.chunk_slices
+
+
+@pytest.mark.parametrize("extent, expected", [
+    ((90, 128, 200), (96, 128, 128)),   # one tile shrunk; one exact; two tiles (200 needs two of >= 115)
+    ((150, 20, 128), (96, 32, 128)),    # two tiles of 96 instead of 128; a thin axis; exactly one tile
+])
+def test_fit_tile_shrinks_tiles_without_adding_any(extent, expected):
+    from liverseg.infer import fit_tile, tile_starts
+
+    roi = (128, 128, 128)
+    tile = fit_tile(extent, roi, 0.25, 16)
+    assert tile == expected
+    for n, t, r in zip(extent, tile, roi):
+        assert t % 16 == 0 and t <= r
+        assert len(tile_starts(max(n, t), t, 0.25)) <= len(tile_starts(max(n, r), r, 0.25))
+    assert fit_tile(extent, roi, 0.25, None) == roi  # a network of unknown size rules keeps the roi
