@@ -143,11 +143,16 @@ def _index_folder(folder: Path, prefer: tuple[str, ...] = ()) -> dict[str, Path]
 
 def evaluate(pred: str | Path, ref: str | Path | None = None, label_names: dict[int, str] | None = None,
              ref_remap: dict[int, int] | None = None, *, manifest=None, split: str = "test",
-             tolerance_mm: float = 1.0, qc_dir: str | Path | None = None) -> list[CaseResult]:
+             tolerance_mm: float = 1.0, qc_dir: str | Path | None = None,
+             pooled_auc: dict[str, float] | None = None) -> list[CaseResult]:
     """Metrics for every case and every foreground label found in either map (or named in ``label_names``).
 
     Give ``ref`` (a file or folder) or ``manifest`` (+ ``split``). With ``qc_dir``, a QC picture per case.
+    Photographs with probability maps: pass a dict as ``pooled_auc`` to receive, per label name, the
+    ROC AUC over the pixels of all cases together (inside their fields of view), as vessel papers report
+    it, besides the per-case AUC.
     """
+    pooled_pixels: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     pred = Path(pred)
     if manifest is not None:
         cases = manifest_cases(pred, manifest, split)
@@ -161,7 +166,12 @@ def evaluate(pred: str | Path, ref: str | Path | None = None, label_names: dict[
             raise InputError(f"case {case.case}: prediction {case.prediction} and reference {case.reference} "
                              "must both be volumes or both be images")
         score = _score_photo if is_photo_file(case.prediction) else _score_volume
-        results.extend(score(case, label_names, ref_remap or {}, tolerance_mm, qc_dir))
+        results.extend(score(case, label_names, ref_remap or {}, tolerance_mm, qc_dir, pooled_pixels))
+    if pooled_auc is not None:
+        for name, parts in pooled_pixels.items():
+            scores, truth = np.concatenate([p for p, _ in parts]), np.concatenate([r for _, r in parts])
+            if truth.any() and not truth.all():
+                pooled_auc[name] = metrics.roc_auc(scores, truth)
     return results
 
 
@@ -192,7 +202,7 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
         int(np.count_nonzero(p_in)), int(np.count_nonzero(r_in)), unit)
 
 
-def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir) -> list[CaseResult]:
+def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled) -> list[CaseResult]:
     prediction, reference = read_volume(case.prediction), read_volume(case.reference)
     if not prediction.same_grid(reference, atol_mm=1e-3):
         raise GeometryError(
@@ -214,7 +224,7 @@ def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir) -> 
     return results
 
 
-def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir) -> list[CaseResult]:
+def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled) -> list[CaseResult]:
     n_classes = max(label_names) + 1 if label_names else 2
     pred_labels = read_mask(case.prediction, n_classes)
     ref_labels = remap_labels(read_mask(case.reference, n_classes), ref_remap)
@@ -229,6 +239,8 @@ def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir) -> l
         probability = _probability_beside(case.prediction, name, n_classes)
         if probability is not None:
             check_same_size(ref_labels, probability, case.reference, case.prediction.parent, what="probability map")
+            inside = region if region is not None else np.ones(ref_labels.shape, dtype=bool)
+            pooled.setdefault(name, []).append((probability[inside], ref_labels[inside] == value))
         results.append(_label_scores(case.case, pred_labels, ref_labels, value, name, (1.0, 1.0), "px", tolerance,
                                      region, probability))
     if qc_dir is not None:
@@ -335,9 +347,14 @@ def write_csv(results: list[CaseResult], path: str | Path) -> Path:
     return _write_text_atomic(Path(path), buffer.getvalue())
 
 
-def write_summary_csv(results: list[CaseResult], path: str | Path) -> Path:
+def write_summary_csv(results: list[CaseResult], path: str | Path, pooled_auc: dict[str, float] | None = None) -> Path:
+    """summarise() rows, plus an ``auc_pooled`` row per label (one value over all cases' pixels) when given."""
     buffer = io.StringIO()
     rows = summarise(results)
+    for name, auc in (pooled_auc or {}).items():
+        n = sum(1 for r in results if r.name == name)
+        rows.append({"label": name, "metric": "auc_pooled", "n": n, "n_not_finite": 0, "mean": auc, "sd": 0.0,
+                     "median": auc, "min": auc, "max": auc})
     writer = csv.DictWriter(buffer, fieldnames=["label", "metric", "n", "n_not_finite", "mean", "sd", "median",
                                                 "min", "max"])
     writer.writeheader()
@@ -370,10 +387,11 @@ def format_table(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(results: list[CaseResult], out_dir: str | Path) -> dict[str, Path]:
+def write_outputs(results: list[CaseResult], out_dir: str | Path,
+                  pooled_auc: dict[str, float] | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir)
     return {"per_case": write_csv(results, out_dir / "per_case.csv"),
-            "summary": write_summary_csv(results, out_dir / "summary.csv")}
+            "summary": write_summary_csv(results, out_dir / "summary.csv", pooled_auc)}
 
 
 __all__ = ["CaseResult", "EvalCase", "pair_cases", "manifest_cases", "evaluate", "summarise", "worst_cases",

@@ -194,8 +194,8 @@ def photo_validation_cases(cfg: ExperimentConfig, items: list[dict]) -> list[dic
 
 def photo_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: ExperimentConfig,
                         device: torch.device, progress: bool = False) -> torch.Tensor:
-    """Class probabilities (K, H, W) for a standardised photograph (C, H, W)."""
-    predictor = softmax_predictor(model, device)
+    """Class probabilities (K, H, W) for a standardised photograph (C, H, W); flip TTA per ``infer.tta_flip_axes``."""
+    predictor = softmax_predictor(model, device, cfg.infer.tta_flip_axes)
     return sliding_window(image, predictor, cfg.infer.roi_size, overlap=cfg.infer.overlap,
                           batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend, device=device,
                           progress=progress)

@@ -104,10 +104,12 @@ def test_photo_metrics_are_restricted_to_the_field_of_view_and_auc_uses_the_prob
     write_manifest(tmp_path / "m.json", "toy", {"background": 0, "vessel": 1},
                    [{"id": "c1", "image": "img.png", "label": "ref.png", "fov": "fov.png"}], {"test": ["c1"]})
     manifest = load_manifest(tmp_path / "m.json")
+    pooled = {}
     [result] = evaluate(tmp_path / "pred", None, {1: "vessel"}, manifest=manifest, split="test",
-                        qc_dir=tmp_path / "qc")
+                        qc_dir=tmp_path / "qc", pooled_auc=pooled)
     quantised = np.rint(probability * 65535) / 65535
     assert result.auc == pytest.approx(metrics.roc_auc(quantised, ref, fov), abs=1e-12)
+    assert pooled == {"vessel": pytest.approx(result.auc, abs=1e-12)}  # one case: pooled = per case
     assert result.dice == pytest.approx(metrics.dice(pred[fov], ref[fov]))
     assert result.specificity == pytest.approx(metrics.specificity(pred[fov], ref[fov]))
     assert result.pred_voxels == int(pred[fov].sum()) and result.unit == "px"
@@ -122,3 +124,31 @@ def test_manifest_without_prediction_names_the_case(volume_pairs, capfd):
     assert main(["evaluate", str(root / "pred"), "--manifest", str(root / "m2.json")]) == 2
     err = capfd.readouterr().err
     assert "no prediction for case zz_missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pooled_auc_ranks_pixels_of_all_cases_together(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    cases, all_scores, all_truth = [], [], []
+    for index, shift in enumerate((0.0, 0.3)):  # the second case's scores run higher: pooled != mean per case
+        ref = rng.random((20, 20)) < 0.3
+        probability = np.clip(ref * 0.3 + rng.random((20, 20)) * 0.6 + shift * 0.3, 0, 1)
+        probability = np.rint(probability * 65535) / 65535
+        Image.fromarray(ref.astype(np.uint8) * 255).save(tmp_path / f"ref{index}.png")
+        save_png((probability > 0.5).astype(np.uint8) * 255, tmp_path / "pred" / f"c{index}" / "mask.png")
+        save_png(np.rint(probability * 65535).astype(np.uint16), tmp_path / "pred" / f"c{index}" / "probability.png")
+        cases.append({"id": f"c{index}", "image": f"ref{index}.png", "label": f"ref{index}.png"})
+        all_scores.append(probability.ravel())
+        all_truth.append(ref.ravel())
+    write_manifest(tmp_path / "m.json", "toy", {"background": 0, "vessel": 1}, cases, {"test": ["c0", "c1"]})
+    pooled = {}
+    results = evaluate(tmp_path / "pred", None, {1: "vessel"}, manifest=load_manifest(tmp_path / "m.json"),
+                       split="test", pooled_auc=pooled)
+    expected = roc_auc_score(np.concatenate(all_truth), np.concatenate(all_scores))
+    assert pooled["vessel"] == pytest.approx(expected, abs=1e-9)
+    assert pooled["vessel"] != pytest.approx(np.mean([r.auc for r in results]), abs=1e-4)
+    written = write_outputs(results, tmp_path / "out", pooled)
+    with written["summary"].open() as handle:
+        rows = {r["metric"]: r for r in csv.DictReader(handle)}
+    assert float(rows["auc_pooled"]["mean"]) == pytest.approx(expected, abs=1e-6)
