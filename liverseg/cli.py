@@ -111,12 +111,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         {value: name for name, value in manifest.labels.items() if value != 0} if manifest and manifest.labels
         else None)
     out_dir = args.out or (args.prediction / EVALUATION_FOLDER if args.prediction.is_dir() else None)
+    pooled: dict[str, float] = {}
     results = evaluate(args.prediction, args.reference, names, _parse_int_map(args.ref_remap, "--ref-remap"),
                        manifest=manifest, split=args.split, tolerance_mm=args.tolerance,
-                       qc_dir=None if args.no_qc or out_dir is None else out_dir / "qc")
+                       qc_dir=None if args.no_qc or out_dir is None else out_dir / "qc", pooled_auc=pooled)
     print(format_table(results))
+    for name, auc in pooled.items():
+        print(f"{name}: ROC AUC over all cases' pixels together (inside the field of view): {auc:.4f}")
     if out_dir is not None:
-        written = write_outputs(results, out_dir)
+        written = write_outputs(results, out_dir, pooled)
         print(f"per-case results: {written['per_case']}\nsummary: {written['summary']}")
         if not args.no_qc:
             print(f"QC pictures (false negatives blue, false positives red): {out_dir / 'qc'}")
