@@ -11,8 +11,8 @@ only) reads every training case once and derives:
   voxels, at most 10,000 sampled per case) become ``preprocess.hu_window``; their mean and
   standard deviation ``intensity_mean_hu`` / ``intensity_std_hu`` (z-scoring after clipping);
 - patch and batch size: the patch starts at the median resampled case shape (at most 256 voxels
-  per axis), shrinks along its longest axis relative to that shape until one sample's estimated
-  training memory fits ``train.plan_memory_gb``; the batch size is then what the budget allows
+  per axis), shrinks along its longest axis relative to that shape until a batch of 2 fits the
+  estimated training memory budget ``train.plan_memory_gb``; the batch size is then what the budget allows
   (at least 2), capped so one batch covers at most 5% of the dataset's voxels.
 
 The planned values are written into the run's ``config.yaml`` (and ``plan.json`` beside it) and
@@ -119,7 +119,7 @@ def plan_patch_and_batch(cfg: ExperimentConfig, median_shape: list[float], total
     shape = list(median_shape[:dims]) if dims == 3 else list(median_shape[:2])
     patch = [min(MAX_PATCH, max(k, int(math.ceil(s / k) * k))) for s in shape]
     budget = cfg.train.plan_memory_gb
-    while estimate_memory_gb(cfg, tuple(patch), 1) > budget and max(patch) > k:
+    while estimate_memory_gb(cfg, tuple(patch), 2) > budget and max(patch) > k:  # batch 2 at least
         # shrink the axis that is largest relative to the median case (nnU-Net), in mm for ties
         ratios = [p / max(s, 1.0) for p, s in zip(patch, shape)]
         axis = max(range(dims), key=lambda a: (ratios[a], patch[a] * spacing[a]))

@@ -133,7 +133,12 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
 
     # ---- model and optimisation
     n_classes = len(cfg.data.labels)
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes).to(device)
+    # 3D on CPU: channels-last activations let oneDNN pick its fast 3D convolutions (about 1.5x per
+    # step measured on the demo U-Net); the weights saved are the same tensors either way.
+    memory_format = (torch.channels_last_3d if device.type == "cpu" and cfg.model.spatial_dims == 3
+                     else torch.contiguous_format)
+    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes)
+    model = model.to(device, memory_format=memory_format)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
     loss_fn = SegmentationLoss(cfg.train.loss)
@@ -176,7 +181,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
         loader.sampler.set_steps(step, epoch_end)
         for batch in _batches(loader):
             torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout & co: a function of the step
-            images = batch["image"].to(device, non_blocking=True)
+            images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(forward(images), labels)
