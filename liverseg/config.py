@@ -147,8 +147,8 @@ class InferConfig:
     # spatial axes (0, 1, 2 = R, A, S for 3D; 0, 1 in-plane for 2D); empty = off. [0, 1, 2] = 8 passes.
     tta_flip_axes: tuple[int, ...] = ()
     # 3D models: a first pass at coarse_factor x the network spacing finds the labelled region; the
-    # full-resolution pass then runs only inside its bounding box plus coarse_margin_mm. Falls back to
-    # the whole volume when the coarse pass finds nothing or its region touches the volume border.
+    # full-resolution pass then runs only inside its bounding box plus coarse_margin_mm (clipped to the
+    # volume). Falls back to the whole volume when the coarse pass finds nothing.
     coarse_to_fine: bool = True
     coarse_factor: int = 2
     coarse_margin_mm: float = 20.0

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .io.volume import Volume
-from .preprocess import GridRecord, from_canonical, plan_grid, to_canonical
+from .preprocess import GridRecord, plan_grid, to_canonical
 
 _TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
 
@@ -91,15 +91,16 @@ def probabilities_to_labels_chunked(probabilities: torch.Tensor, record: GridRec
     nx, ny, nz = record.canonical_shape
     tz = record.target_shape[2]
     lo, hi, w = linear_source(tz, nz)
-    labels = np.empty((nx, ny, nz), dtype=np.uint8)
+    labels = np.empty(record.original_shape, dtype=np.uint8)
+    canonical = to_canonical(labels, record.ornt)  # a view: slabs are written straight into ``labels``
     for z0 in range(0, nz, max(1, chunk)):
         z1 = min(nz, z0 + max(1, chunk))
         need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
         slab = probabilities[..., need_lo:need_hi].float()
         slab = _resize_inplane(slab, (nx, ny))
         blended = _blend_slices(slab, lo[z0:z1], hi[z0:z1], w[z0:z1], need_lo)
-        labels[:, :, z0:z1] = torch.argmax(blended, dim=0).to(torch.uint8).numpy()
-    return np.ascontiguousarray(from_canonical(labels, record.ornt))
+        canonical[:, :, z0:z1] = torch.argmax(blended, dim=0).to(torch.uint8).numpy()
+    return labels
 
 
 __all__ = ["linear_source", "preprocess_image_chunked", "probabilities_to_labels_chunked"]

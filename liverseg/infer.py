@@ -213,9 +213,13 @@ def coarse_region(model: Network, image: torch.Tensor, cfg: ExperimentConfig, de
 
     The image is average-pooled by ``infer.coarse_factor`` and predicted without TTA; the box covers
     the components of the coarse foreground that hold at least a tenth of the largest one, grown by
-    ``infer.coarse_margin_mm``. None (predict everything) when nothing is found, when the region
-    touches the border of the volume (the organ may continue beyond where the coarse pass saw it),
-    or when the box would cover most of the volume anyway.
+    ``infer.coarse_margin_mm`` and clipped to the volume. None (predict everything) when nothing is
+    found, or when the box would cover most of the volume anyway.
+
+    A region that touches the volume border is not a reason to fall back: along that side the box
+    already reaches the border, so nothing beyond it can be missed. (Falling back there was measured:
+    the TotalSegmentator example, whose liver reaches the top slice, then took 14 s of network time
+    instead of 4.)
     """
     factor = cfg.infer.coarse_factor
     shape = tuple(image.shape)
@@ -230,8 +234,6 @@ def coarse_region(model: Network, image: torch.Tensor, cfg: ExperimentConfig, de
     keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
     found = np.isin(components, keep)
     box = ndimage.find_objects(found.astype(np.uint8))[0]
-    if any(b.start == 0 or b.stop == n for b, n in zip(box, found.shape)):
-        return None, "coarse region touches the volume border"
     spacing = _grid_spacing(cfg)
     margin = [int(math.ceil(cfg.infer.coarse_margin_mm / s)) for s in spacing]
     fine = tuple(slice(max(0, b.start * factor - m), min(n, b.stop * factor + m))
@@ -306,7 +308,7 @@ def predict_volume(model: Network, volume: Volume, cfg: ExperimentConfig, device
     del probabilities
     return postprocess_labels(labels, cfg.data.labels, volume.voxel_volume_ml,
                               largest_component=cfg.infer.largest_component, fill_holes=cfg.infer.fill_holes,
-                              min_object_ml=cfg.infer.min_object_ml)
+                              min_object_ml=cfg.infer.min_object_ml, copy=False)
 
 
 # ----------------------------------------------------------------------------- loading a model

@@ -22,15 +22,20 @@ def keep_largest_component(labels: np.ndarray, label_values: list[int] | tuple[i
     """For each given label value, voxels outside its largest component become background."""
     out = labels.copy()
     for value in label_values:
-        mask = labels == value
-        if not mask.any():
-            continue
-        # Work inside the bounding box: labelling a 512x512x600 volume costs seconds otherwise.
-        box = ndimage.find_objects(mask.astype(np.uint8))[0]
-        keep = largest_component(mask[box])
-        region = out[box]
-        region[mask[box] & ~keep] = 0
+        keep_largest_component_inplace(out, value)
     return out
+
+
+def keep_largest_component_inplace(labels: np.ndarray, value: int) -> np.ndarray:
+    """Voxels of ``value`` outside its largest component become background (in place)."""
+    box = _bounding_box(labels == value)
+    if box is None:
+        return labels
+    # Work inside the bounding box: labelling a 512x512x600 volume costs seconds otherwise.
+    region = labels[box]
+    mask = region == value
+    region[mask & ~largest_component(mask)] = 0
+    return labels
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -48,19 +53,24 @@ def remove_small_objects(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    return boxes[0] if boxes else None
+    """The smallest box holding every True voxel (None when there is none), without a full-size copy."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def remove_small_components(labels: np.ndarray, value: int, min_voxels: int) -> np.ndarray:
     """Set the 26-connected components of ``value`` smaller than ``min_voxels`` to background (in place)."""
-    mask = labels == value
-    box = _bounding_box(mask)
-    if box is None or min_voxels <= 1:
+    box = _bounding_box(labels == value) if min_voxels > 1 else None
+    if box is None:
         return labels
-    keep = remove_small_objects(mask[box], min_voxels)
     region = labels[box]
-    region[mask[box] & ~keep] = 0
+    mask = region == value
+    region[mask & ~remove_small_objects(mask, min_voxels)] = 0
     return labels
 
 
@@ -69,33 +79,33 @@ def fill_label_holes(labels: np.ndarray, value: int) -> np.ndarray:
 
     Only background changes: a tumour label inside the liver is kept.
     """
-    mask = labels == value
-    box = _bounding_box(mask)
+    box = _bounding_box(labels == value)
     if box is None:
         return labels
     # Inside the bounding box is enough: a region enclosed by the mask cannot reach past the box.
     region = labels[box]
-    filled = fill_holes(mask[box])
-    region[filled & (region == 0)] = value
+    region[fill_holes(region == value) & (region == 0)] = value
     return labels
 
 
 def postprocess_labels(labels: np.ndarray, label_names: tuple[str, ...] | list[str], voxel_volume_ml: float, *,
                        largest_component: tuple[str, ...] = (), fill_holes: tuple[str, ...] = (),
-                       min_object_ml: dict[str, float] | None = None) -> np.ndarray:
+                       min_object_ml: dict[str, float] | None = None, copy: bool = True) -> np.ndarray:
     """The run's post-processing (``infer`` config), label by label, in this order:
 
     1. remove components smaller than ``min_object_ml[name]`` mL,
     2. keep the largest component of each label in ``largest_component``,
     3. fill holes of each label in ``fill_holes`` (background only).
+
+    ``copy=False`` changes ``labels`` in place (no second full-size array).
     """
     names = list(label_names)
-    out = np.array(labels, copy=True)
+    out = np.array(labels, copy=True) if copy else labels
     for name, size_ml in (min_object_ml or {}).items():
         min_voxels = int(np.ceil(size_ml / voxel_volume_ml)) if voxel_volume_ml > 0 else 0
         remove_small_components(out, names.index(name), min_voxels)
-    if largest_component:
-        out = keep_largest_component(out, [names.index(name) for name in largest_component])
+    for name in largest_component:
+        keep_largest_component_inplace(out, names.index(name))
     for name in fill_holes:
         fill_label_holes(out, names.index(name))
     return out
