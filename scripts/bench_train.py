@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Patches per second of liverseg's training loop against a plain MONAI-tutorial loop, in one run.
 
-    python scripts/bench_train.py [--config configs/demo_3d.yaml] [--iters 10] [--epochs 3]
-                                  [--repeats 2] [--threads 2] [--device cpu|cuda] [--workers 0]
+    python scripts/bench_train.py [--config configs/demo_3d.yaml] [--iters 10] [--epochs 6]
+                                  [--threads 2] [--device cpu|cuda] [--workers 0]
 
 Same network (``build_model`` from the config), patch size, batch size, Dice-CE loss, AdamW, data
 (synthetic phantoms written by ``liverseg.phantoms``) and the same MONAI transforms; what differs
@@ -17,9 +17,10 @@ is the loop around them:
   ``iters x batch`` patches per epoch, ``for batch in loader: zero_grad, forward, loss, backward,
   step, loss.item()``; on CUDA with ``torch.autocast`` + ``GradScaler`` as the tutorial's AMP variant.
 
-Each repeat runs liverseg then the tutorial loop for ``epochs + 1`` epochs; the first epoch of each
-is warm-up and dropped. Medians over the remaining epochs of all repeats, and their ratio, are
-printed. On CUDA the GPU utilisation (``nvidia-smi``, sampled every 0.2 s) is reported too.
+The two loops alternate epoch by epoch (liverseg epoch k, tutorial epoch k, ...; liverseg resumes
+its run exactly for each epoch, its set-up and validation untimed), so load from other processes
+hits both alike; the first epoch of each is warm-up and dropped. Medians over the timed epochs and
+their ratio are printed. On CUDA the GPU utilisation (``nvidia-smi``, sampled every 0.2 s) is reported too.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,15 +86,18 @@ class GpuUtilisation:
         return statistics.mean(self.samples) if self.samples else None
 
 
-def liverseg_loop(cfg, run_dir: Path, device: str, workers: int) -> list[float]:
-    """Seconds per epoch of liverseg's own training loop."""
-    train(cfg, run_dir, device=device, workers=workers, progress=False)
+def liverseg_epoch(cfg, run_dir: Path, epoch: int, device: str, workers: int) -> float:
+    """Seconds of epoch ``epoch`` of liverseg's own training loop: ``train`` to ``epoch`` epochs,
+    resuming the run (exactly) from the previous call, so the two loops can alternate epoch by epoch."""
+    cfg = replace(cfg, train=replace(cfg.train, epochs=epoch))
+    train(cfg, run_dir, device=device, workers=workers, progress=False, resume=epoch > 1)
     with (run_dir / "metrics.csv").open(newline="") as handle:
-        return [float(row["epoch_seconds"]) for row in csv.DictReader(handle)]
+        return float(list(csv.DictReader(handle))[-1]["epoch_seconds"])
 
 
-def monai_tutorial_loop(cfg, items: list[dict], device: torch.device, workers: int) -> list[float]:
-    """Seconds per epoch of the MONAI-tutorial loop on the same model, data and transforms."""
+def monai_tutorial_epochs(cfg, items: list[dict], device: torch.device, workers: int):
+    """Seconds per epoch of the MONAI-tutorial loop on the same model, data and transforms (a generator:
+    one epoch per ``next``)."""
     t = cfg.train
     torch.manual_seed(t.seed)
     deterministic = [s for s in cached_transforms(cfg) if not isinstance(s, CompactCased)]
@@ -107,8 +112,7 @@ def monai_tutorial_loop(cfg, items: list[dict], device: torch.device, workers: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     use_amp = device.type == "cuda" and t.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    seconds = []
-    for _ in range(t.epochs):
+    while True:
         model.train()
         start = time.perf_counter()
         epoch_loss = 0.0
@@ -122,16 +126,14 @@ def monai_tutorial_loop(cfg, items: list[dict], device: torch.device, workers: i
             scaler.step(optimizer)
             scaler.update()
             epoch_loss += loss.item()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        yield time.perf_counter() - start
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo_3d.yaml"))
     parser.add_argument("--iters", type=int, default=10, help="iterations per epoch")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loop and repeat (+1 warm-up)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=6, help="timed epochs per loop (+1 warm-up each)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0)
@@ -144,21 +146,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         manifest = write_phantom_manifest(Path(tmp) / "data", {"train": range(args.cases), "val": [50]})
         cfg = load_config(args.config, [f"data.manifest={manifest}", f"train.iters_per_epoch={args.iters}",
-                                        f"train.epochs={args.epochs + 1}", "train.val_every=1000",
+                                        "train.val_every=1000", "train.checkpoint_minutes=0",
                                         "train.max_minutes=0", "train.auto_plan=false"])
         loaded = load_training_manifest(cfg)
         items = case_dicts(loaded.split("train"), "train", loaded)
         patches = cfg.train.iters_per_epoch * cfg.train.batch_size
         ours, theirs, util_ours, util_theirs = [], [], [], []
-        for repeat in range(args.repeats):
+        tutorial = monai_tutorial_epochs(cfg, items, device, args.workers)
+        for epoch in range(1, args.epochs + 2):  # epoch 1 of each loop is warm-up
             with GpuUtilisation(device) as gpu:
-                ours += liverseg_loop(cfg, Path(tmp) / f"run{repeat}", args.device, args.workers)[1:]
+                ours.append(liverseg_epoch(cfg, Path(tmp) / "run", epoch, args.device, args.workers))
             util_ours.append(gpu.mean)
             with GpuUtilisation(device) as gpu:
-                theirs += monai_tutorial_loop(cfg, items, device, args.workers)[1:]
+                theirs.append(next(tutorial))
             util_theirs.append(gpu.mean)
-            print(f"repeat {repeat + 1}: liverseg {[round(patches / s, 2) for s in ours[-args.epochs:]]} patches/s, "
-                  f"MONAI tutorial {[round(patches / s, 2) for s in theirs[-args.epochs:]]} patches/s", flush=True)
+            print(f"epoch {epoch}{' (warm-up)' if epoch == 1 else ''}: liverseg {patches / ours[-1]:.2f} patches/s, "
+                  f"MONAI tutorial {patches / theirs[-1]:.2f} patches/s", flush=True)
+        ours, theirs, util_ours, util_theirs = ours[1:], theirs[1:], util_ours[1:], util_theirs[1:]
 
     ours_rate = statistics.median(patches / s for s in ours)
     theirs_rate = statistics.median(patches / s for s in theirs)
