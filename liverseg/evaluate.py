@@ -25,6 +25,7 @@ import numpy as np
 from . import metrics
 from .errors import GeometryError, InputError
 from .io import case_name, is_image_file, read_volume
+from .io.labels import read_label
 from .io.photos import check_same_size, is_photo_file, read_mask, read_photo, read_probability_png
 from .preprocess import canonical_ornt, remap_labels, to_canonical
 
@@ -63,6 +64,9 @@ class EvalCase:
     reference: Path
     image: Path | None = None
     fov: Path | None = None
+    # how the reference is stored (manifest label_format / structures; see liverseg.io.labels)
+    label_format: str = "volume"
+    structures: dict | None = None
 
 
 # ----------------------------------------------------------------------------- pairing
@@ -106,7 +110,8 @@ def manifest_cases(pred: Path, manifest, split: str) -> list[EvalCase]:
         if case.case_id not in predictions:
             raise InputError(f"{pred}: no prediction for case {case.case_id} of split {split!r}; run liverseg "
                              f"predict --manifest {manifest.path} --split {split} -o {pred}")
-        cases.append(EvalCase(case.case_id, predictions[case.case_id], case.label, case.image, case.fov))
+        cases.append(EvalCase(case.case_id, predictions[case.case_id], case.label, case.image, case.fov,
+                              case.label_format, dict(case.structures)))
     return cases
 
 
@@ -203,7 +208,12 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
 
 
 def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled) -> list[CaseResult]:
-    prediction, reference = read_volume(case.prediction), read_volume(case.reference)
+    prediction = read_volume(case.prediction)
+    image = read_volume(case.image) if case.image is not None and (qc_dir is not None or case.label_format != "volume") else None
+    if case.label_format != "volume":  # DICOM mask folders, PNG slices, DICOM SEG: placed on the image's grid
+        reference = read_label(case.reference, image, case.label_format, case.structures)
+    else:
+        reference = read_volume(case.reference)
     if not prediction.same_grid(reference, atol_mm=1e-3):
         raise GeometryError(
             f"case {case.case}: prediction {case.prediction} (shape {prediction.shape}, spacing "
@@ -217,7 +227,6 @@ def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, poo
                              spacing, "mm", tolerance, None, None)
                for v in _values(pred_labels, ref_labels, label_names)]
     if qc_dir is not None:
-        image = read_volume(case.image) if case.image is not None else None
         if image is not None and not image.same_grid(reference, atol_mm=1e-3):
             image = None  # a QC picture over the wrong grid would mislead; fall back to the reference
         _write_volume_qc(Path(qc_dir) / f"{case.case}.png", pred_labels, ref_labels, reference.affine_ras, image)

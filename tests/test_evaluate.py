@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -152,3 +153,32 @@ def test_pooled_auc_ranks_pixels_of_all_cases_together(tmp_path):
     with written["summary"].open() as handle:
         rows = {r["metric"]: r for r in csv.DictReader(handle)}
     assert float(rows["auc_pooled"]["mean"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_manifest_references_in_png_slices_are_placed_on_the_image_grid(tmp_path):
+    """A CHAOS-style reference (one PNG per DICOM file): evaluate reads it through io.labels, on the image grid."""
+    from dicom_factory import write_series
+
+    from liverseg.io import read_volume
+
+    stored = np.random.default_rng(0).integers(0, 2000, (4, 12, 10)).astype(np.uint16)
+    case = tmp_path / "CT" / "1"
+    write_series(case / "DICOM_anon", stored, names=[f"i{k:04d}.dcm" for k in range(4)])
+    (case / "Ground").mkdir()
+    for k in range(4):
+        mask = np.zeros((12, 10), np.uint8)
+        mask[2:6, 3:7] = 255 * (k % 2)
+        Image.fromarray(mask).save(case / "Ground" / f"liver_GT_{k:03d}.png")
+    image = read_volume(case / "DICOM_anon")
+    from liverseg.io.labels import read_label
+
+    truth = read_label(case / "Ground", image, "png_slices", {"liver": 1})
+    assert truth.array.sum() == 2 * 16
+    write_volume(truth, tmp_path / "pred" / "c1" / "segmentation.nii.gz")
+    manifest = {"name": "chaos-like", "labels": {"background": 0, "liver": 1}, "label_format": "png_slices",
+                "structures": {"liver": 1},
+                "cases": [{"id": "c1", "image": "CT/1/DICOM_anon", "label": "CT/1/Ground"}], "splits": {"test": ["c1"]}}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    [result] = evaluate(tmp_path / "pred", None, {1: "liver"}, manifest=load_manifest(tmp_path / "m.json"),
+                        split="test", qc_dir=tmp_path / "qc")
+    assert result.dice == 1.0 and result.ref_voxels == 32 and (tmp_path / "qc" / "c1.png").is_file()
