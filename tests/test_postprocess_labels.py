@@ -55,3 +55,19 @@ def test_config_names_unknown_labels_and_bad_sizes():
         ExperimentConfig(data=data, infer=InferConfig(min_object_ml={"tumour": -1.0})).validate()
     with pytest.raises(ConfigError, match="infer.tta_flip_axes"):
         ExperimentConfig(data=data, infer=InferConfig(tta_flip_axes=(0, 3))).validate()
+
+
+def test_more_components_than_uint16_holds_still_works():
+    mask = np.zeros((82, 82, 82), dtype=bool)
+    mask[::2, ::2, ::2] = True  # 41^3 = 68921 isolated voxels
+    mask[:4, :4, :4] = True     # and one 64-voxel block
+    from liverseg.postprocess import largest_component, remove_small_objects
+
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))  # int32: the reference
+    assert count > 65535
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    np.testing.assert_array_equal(largest_component(mask), components == sizes.argmax())
+    np.testing.assert_array_equal(remove_small_objects(mask, 2), components == sizes.argmax())
