@@ -58,6 +58,9 @@ class PreprocessConfig:
     # (scikit-image's equalize_adapthist at this clip limit; 0 = off), as vessel-segmentation
     # pipelines do to even out uneven illumination.
     photo_clahe: float = 0.0
+    # data.modality=photo, a case without a field-of-view mask: pixels brighter than this (0-255, any
+    # channel) form its field of view (a fundus photograph's lit disc); 0 = the whole image.
+    photo_fov_threshold: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ class ExperimentConfig:
         if self.preprocess.photo_color not in PHOTO_CHANNELS:
             raise ConfigError(f"preprocess.photo_color={self.preprocess.photo_color!r}: use "
                               f"{', '.join(PHOTO_CHANNELS)}")
+        if not 0 <= self.preprocess.photo_fov_threshold < 255:
+            raise ConfigError(f"preprocess.photo_fov_threshold={self.preprocess.photo_fov_threshold}: a grey "
+                              "level in 0..254 (0 = the whole image is the field of view)")
         if not 0.0 <= self.preprocess.photo_clahe <= 1.0:
             raise ConfigError(f"preprocess.photo_clahe={self.preprocess.photo_clahe}: a clip limit in [0, 1] "
                               "(0 = off; 0.01 is scikit-image's default)")

@@ -24,6 +24,7 @@ from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import TrainedModel, load_model, predict_volume, resolve_device
 from .io import case_name, check_input, is_image_file, read_volume, write_label_map
+from .io.photos import is_photo_file
 from .io.volume import Volume
 from .manifest import Case, load_manifest
 
@@ -61,14 +62,24 @@ class BatchResult:
 def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
     """One case per input; a folder holding image files (or only sub-folders) is a folder of inputs.
 
+    Photographs (PNG/JPEG/TIFF/GIF/BMP, for photo models) are one case each, named by their stem; a
+    folder holding photographs and no volumes is a folder of them.
+
     A folder with NIfTI/NRRD/MHA files in it gives one case per file; a folder holding only folders
     gives one case per sub-folder (each a DICOM series); any other folder is one DICOM series.
     """
     cases = []
     for raw in inputs:
         path = Path(raw)
+        if is_photo_file(path):  # 2D photographs (for photo models): the case is the file's stem
+            cases.append(Case(path.stem, path, None))
+            continue
         if path.is_dir():
             children = sorted(path.iterdir())
+            photos = [c for c in children if c.is_file() and is_photo_file(c)]
+            if photos and not any(is_image_file(c) for c in children):
+                cases += [Case(c.stem, c, None) for c in photos]
+                continue
             images = [c for c in children if is_image_file(c)]
             folders = [c for c in children if c.is_dir() and not c.name.startswith(".")]
             files = [c for c in children if c.is_file() and not c.name.startswith(".")]

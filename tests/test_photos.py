@@ -264,7 +264,8 @@ def test_train_predict_evaluate_photos_through_the_cli(photo_dataset, tmp_path, 
                  "--set", "model.slices_2d=1", "--set", "train.patch_size=[32, 32]",
                  "--set", "train.epochs=4", "--set", "train.iters_per_epoch=10", "--set", "train.lr=0.01",
                  "--set", "train.val_every=4", "--set", "infer.roi_size=[32, 32]",
-                 "--set", "infer.largest_component=[]", "--set", "train.aug_affine_prob=0"])
+                 "--set", "infer.largest_component=[]", "--set", "train.aug_affine_prob=0",
+                 "--set", "preprocess.photo_fov_threshold=10"])
     assert code == 0
     out = tmp_path / "pred"
     assert main(["predict", "--manifest", str(manifest), "--split", "test", "-o", str(out), "--model", str(run),
@@ -275,6 +276,18 @@ def test_train_predict_evaluate_photos_through_the_cli(photo_dataset, tmp_path, 
         probability = Image.open(out / case / "probability.png")
         assert probability.mode.startswith("I") and probability.size == (48, 48)
         assert np.asarray(Image.open(out / case / "overlay.png")).shape == (48, 48, 3)
+    # plain photographs (a file, and a folder of them) predict too, named by their stems
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "a.jpg").write_bytes((photo_dataset / "img5.jpg").read_bytes())
+    assert main(["predict", str(photo_dataset / "img4.jpg"), str(loose), "-o", str(tmp_path / "plain"),
+                 "--model", str(run), "-q"]) == 0
+    assert (tmp_path / "plain" / "img4" / "mask.png").is_file() and (tmp_path / "plain" / "a" / "overlay.png").is_file()
+    # without its FOV mask the field of view comes from preprocess.photo_fov_threshold: the dark corners
+    # stay background, and the mask is close to the one predicted with the true FOV mask
+    plain_mask = np.asarray(Image.open(tmp_path / "plain" / "img4" / "mask.png"))
+    assert not plain_mask[:4, :4].any() and not plain_mask[-4:, -4:].any()
+    assert np.mean(plain_mask == np.asarray(Image.open(out / "img4" / "mask.png"))) > 0.8
     capsys.readouterr()
     assert main(["evaluate", str(out), "--manifest", str(manifest), "--split", "test"]) == 0
     printed = capsys.readouterr().out
@@ -330,3 +343,10 @@ def test_loss_kinds():
     assert float(SegmentationLoss("ce")(logits, targets)) == pytest.approx(math.log1p(math.exp(-8.0)), rel=1e-4)
     with pytest.raises(ValueError, match="unknown loss"):
         SegmentationLoss("focal")
+
+
+def test_automatic_fov_finds_the_lit_disc():
+    rgb, _, fov = _vessel_photo(np.random.default_rng(1))
+    from liverseg.photos import automatic_fov
+
+    assert np.mean(automatic_fov(rgb, 10) == fov) > 0.99
