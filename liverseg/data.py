@@ -60,6 +60,8 @@ def case_dicts(cases: list[Case], split: str, manifest: Manifest, need_labels: b
         item = {"id": case.case_id, "image": str(case.image), "label": str(case.label) if case.label else None}
         if case.fov is not None:  # photographs only; CT items keep their keys (the disk cache hashes them)
             item["fov"] = str(case.fov)
+        if case.label_format != "volume":  # labels stored as DICOM mask folders, PNG slices or DICOM SEG
+            item["label_format"], item["structures"] = case.label_format, dict(case.structures)
         items.append(item)
     if not items:
         raise InputError(f"{manifest.path}: split {split!r} is empty")

@@ -19,6 +19,7 @@ from monai.transforms import (FgBgToIndicesd, MapTransform, Rand2DElasticd, Rand
 from .config import ExperimentConfig
 from .errors import GeometryError, InputError
 from .io import read_volume
+from .io.labels import read_label
 from .preprocess import preprocess_image, preprocess_label, remap_labels, standardize_ct
 
 
@@ -41,15 +42,13 @@ class LoadCased(MapTransform):
         image = standardize_ct(image, p.hu_window, p.intensity_mean_hu, p.intensity_std_hu)
         out: dict[str, Any] = {"id": data["id"], "image": image[None]}
         if data.get("label"):
-            label_volume = read_volume(data["label"])
-            if not image_volume.same_grid(label_volume, atol_mm=1e-3):
-                raise GeometryError(
-                    f"case {data['id']}: label {data['label']} (shape {label_volume.shape}, spacing "
-                    f"{np.round(label_volume.spacing_mm, 4).tolist()}, origin "
-                    f"{np.round(label_volume.affine_ras[:3, 3], 3).tolist()}) is not on the image grid "
-                    f"(shape {image_volume.shape}, spacing {np.round(image_volume.spacing_mm, 4).tolist()}, "
-                    f"origin {np.round(image_volume.affine_ras[:3, 3], 3).tolist()}); resample the label "
-                    "onto the image grid with nearest-neighbour interpolation")
+            # NIfTI/NRRD/MHA maps, DICOM mask folders, PNG slices or DICOM SEG, placed on the image's grid
+            # (exactly, or refused with both grids printed)
+            try:
+                label_volume = read_label(data["label"], image_volume, data.get("label_format", "volume"),
+                                          data.get("structures"))
+            except GeometryError as exc:
+                raise GeometryError(f"case {data['id']}: {exc}") from None
             try:
                 label_array = remap_labels(label_volume.array, cfg.data.label_remap)
             except ValueError as exc:

@@ -325,7 +325,7 @@ def test_train_with_a_label_off_its_image_grid_names_the_case(tmp_path, capfd):
 
     image = make_volume((12, 10, 8), (2.0, 2.0, 3.0), np.eye(3), (0.0, 0.0, 0.0))
     image.array[:] = np.random.default_rng(0).normal(0, 50, image.shape)
-    label = make_volume((12, 10, 9), (2.0, 2.0, 3.0), np.eye(3), (0.0, 0.0, 0.0))
+    label = make_volume((12, 10, 9), (2.0, 2.0, 2.5), np.eye(3), (0.0, 0.0, 0.0))  # slices do not line up
     write_volume(image, tmp_path / "img.nii.gz", dtype=np.int16)
     write_volume(label, tmp_path / "lab.nii.gz", dtype=np.uint8)
     assert read_volume(tmp_path / "lab.nii.gz").shape == (12, 10, 9)
@@ -338,7 +338,8 @@ def test_train_with_a_label_off_its_image_grid_names_the_case(tmp_path, capfd):
     assert code == 2
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("liverseg train: error: case c1: label") and "not on the image grid" in last
+    assert last.startswith("liverseg train: error: case c1: ") and "lab.nii.gz" in last
+    assert "not on the image grid" in last and "spacing" in last
     assert not run.exists(), "a run that failed before its first checkpoint must not leave its folder"
 
 
