@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import ExperimentConfig, load_config, save_config, to_dict
-from .errors import ConfigError, InputError
+from .config import ExperimentConfig, load_config, save_config
+from .errors import ConfigError, GeometryError, InputError
 from .io import read_volume
+from .io.labels import read_label
 from .io.volume import spacing_from_affine
 from .preprocess import canonical_affine, canonical_ornt, remap_labels
 
@@ -59,10 +60,11 @@ def fingerprint(items: list[dict], cfg: ExperimentConfig, progress: bool = False
         spacings.append([float(s) for s in spacing])
         shapes.append(shape)
         if item.get("label"):
-            label = remap_labels(read_volume(item["label"]).array, cfg.data.label_remap)
-            if label.shape != image.array.shape:
-                raise InputError(f"case {item['id']}: label {item['label']} shape {label.shape} differs from the "
-                                 f"image's {image.array.shape}; resample it onto the image grid")
+            try:  # any label format, placed exactly on the image grid (or refused with both grids)
+                placed = read_label(item["label"], image, item.get("label_format", "volume"), item.get("structures"))
+            except GeometryError as exc:
+                raise GeometryError(f"case {item['id']}: {exc}") from None
+            label = remap_labels(placed.array, cfg.data.label_remap)
             values = np.asarray(image.array)[label > 0]
             if values.size:
                 take = rng.choice(values.size, size=min(SAMPLES_PER_CASE, values.size), replace=False)
