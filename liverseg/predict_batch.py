@@ -60,13 +60,14 @@ class BatchResult:
 # ----------------------------------------------------------------------------- which cases
 
 def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
-    """One case per input; a folder holding image files (or only sub-folders) is a folder of inputs.
+    """One case per input; a folder holding image files is a folder of inputs.
 
     Photographs (PNG/JPEG/TIFF/GIF/BMP, for photo models) are one case each, named by their stem; a
     folder holding photographs and no volumes is a folder of them.
 
-    A folder with NIfTI/NRRD/MHA files in it gives one case per file; a folder holding only folders
-    gives one case per sub-folder (each a DICOM series); any other folder is one DICOM series.
+    A folder with NIfTI/NRRD/MHA files directly in it gives one case per file. Any other folder is one
+    DICOM input (searched recursively, as ``read_volume`` does), so a nested PACS export keeps working;
+    give several series folders as several inputs (``series_root/*``).
     """
     cases = []
     for raw in inputs:
@@ -81,13 +82,8 @@ def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
                 cases += [Case(c.stem, c, None) for c in photos]
                 continue
             images = [c for c in children if is_image_file(c)]
-            folders = [c for c in children if c.is_dir() and not c.name.startswith(".")]
-            files = [c for c in children if c.is_file() and not c.name.startswith(".")]
             if images:
                 cases += [Case(case_name(c), c, None) for c in images]
-                continue
-            if folders and not files:
-                cases += [Case(case_name(c), c, None) for c in folders]
                 continue
         cases.append(Case(case_name(path), path, None))
     return cases
