@@ -232,6 +232,23 @@ def test_dicom_seg_empty_prediction_and_wrong_grid(tmp_path):
     assert not (tmp_path / "bad.dcm").exists()
 
 
+def test_dicom_seg_from_a_series_without_patient_and_study_attributes(tmp_path):
+    """Anonymised or synthetic series may lack the type-2 attributes a SEG copies (PatientBirthDate, ...)."""
+    files = write_ct_series(tmp_path / "ct", (16, 16), 4, (1.0, 1.0), 3.0, (1, 0, 0), (0, 1, 0), (0.0, 0.0, 0.0))
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        for tag in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "StudyDate", "StudyTime"):
+            delattr(ds, tag)
+        ds.save_as(f)
+    image = read_volume(tmp_path / "ct")
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:9, 3:12, 1:3] = 1
+    path = write_dicom_seg(image.with_array(labels), files, ("background", "liver"), tmp_path / "seg.dcm")
+    seg, by_uid = _readback(path, files)
+    assert seg.PatientBirthDate == "" and seg.PatientID == "P1"
+    assert sum(int(frame.sum()) for frame in by_uid.values()) == int(labels.sum())
+
+
 @pytest.mark.slow
 def test_dicom_seg_round_trip_real_jpeg2000_series(tmp_path):
     """Real, anonymised (no Series/Frame of Reference UID, blank SOP UIDs) JPEG 2000 series."""

@@ -392,17 +392,23 @@ def _source_datasets(source: Any, labels: Volume) -> list[Any]:
     return datasets
 
 
+# Patient/study attributes a SEG copies from its source (type 2 there: present, possibly empty).
+# Anonymised or synthetic series often lack them entirely.
+TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                "StudyDate", "StudyTime")
+
+
 def _complete_uids(datasets: list[Any]) -> list[Any]:
     """Copies of anonymised source headers with the identifiers a SEG must reference filled in.
 
-    Anonymisers sometimes blank SOP Class/Instance UID (the file meta still has them) or drop the
-    Series, Study or Frame of Reference UID. The SOP UIDs are taken from the file meta; missing series-
+    Anonymisers sometimes blank SOP Class/Instance UID (the file meta still has them), drop the
+    Series, Study or Frame of Reference UID, or drop type-2 patient/study attributes (added empty). The SOP UIDs are taken from the file meta; missing series-
     level UIDs are derived deterministically from the instances, so every output of one series agrees.
     """
     from pydicom.uid import generate_uid
 
     needed = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
-    if all(ds.get(tag) for ds in datasets for tag in needed):
+    if all(ds.get(tag) for ds in datasets for tag in needed) and all(tag in ds for ds in datasets for tag in TYPE2_COPIED):
         return datasets
     import copy
 
@@ -420,6 +426,10 @@ def _complete_uids(datasets: list[Any]) -> list[Any]:
                                      "its file meta; a DICOM SEG cannot reference it")
                 setattr(ds, tag, value)
                 filled.add(tag)
+        for tag in TYPE2_COPIED:  # type 2: must be present, may be empty; highdicom copies them unconditionally
+            if tag not in ds:
+                setattr(ds, tag, "")
+                filled.add(tag)
         completed.append(ds)
     instances = sorted(str(ds.SOPInstanceUID) for ds in completed)
     for tag in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
@@ -431,7 +441,7 @@ def _complete_uids(datasets: list[Any]) -> list[Any]:
             filled.add(tag)
     if filled:
         log.warning("DICOM SEG: the source series lacks %s; filled in (SOP UIDs from the file meta, series-level "
-                    "UIDs derived from the instance UIDs)", ", ".join(sorted(filled)))
+                    "UIDs derived from the instance UIDs, patient/study attributes empty)", ", ".join(sorted(filled)))
     return completed
 
 
