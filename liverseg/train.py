@@ -235,7 +235,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
         seconds = time.perf_counter() - started
         log.info("%s", summary(run_dir, rows, cfg.data.labels, best_epoch=best_epoch, best_metric=best_metric,
                                seconds=seconds, iterations=step - first_step,
-                               patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world))
+                               patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world,
+                               inputs="CT" if cfg.data.modality == "ct" else "PHOTO"))
     dist_utils.barrier(ctx)
     return run_dir / "best.pt"
 

@@ -159,8 +159,8 @@ class TensorBoard:
 # ----------------------------------------------------------------------------- summary
 
 def summary(run_dir: Path, rows: list[dict], labels: Sequence[str], *, best_epoch: int, best_metric: float,
-            seconds: float, iterations: int, patches: int, world: int) -> str:
-    """A one-screen account of the run."""
+            seconds: float, iterations: int, patches: int, world: int, inputs: str = "CT") -> str:
+    """A one-screen account of the run; ``inputs`` names what predict takes (CT or PHOTO)."""
     lines = [f"training summary: {run_dir}",
              f"  epochs {len(rows)}, steps {int(_number(rows[-1]['step'])) if rows else 0}"
              f" ({world} process{'es' if world > 1 else ''})"]
@@ -178,7 +178,7 @@ def summary(run_dir: Path, rows: list[dict], labels: Sequence[str], *, best_epoc
         lines.append(f"  last validation (epoch {last['epoch']}): {per_label}")
         lines.append(f"  best validation mean Dice {best_metric:.4f} at epoch {best_epoch} -> best.pt")
     lines.append("  files: config.yaml, best.pt, last.pt, metrics.csv, training_curves.png, train.log")
-    lines.append(f"  predict: liverseg predict CT -o OUT --model {run_dir}")
+    lines.append(f"  predict: liverseg predict {inputs} -o OUT --model {run_dir}")
     return "\n".join(lines)
 
 
