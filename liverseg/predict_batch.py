@@ -222,7 +222,8 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     (DICOM SEG, DICOM input only), ``report.json`` (volumes, HU statistics, geometry, runtime, model)
     and ``preview.png`` (unless ``options.preview`` is off).
     """
-    from .io.outputs import write_color_table, write_dicom_seg, write_seg_nrrd
+    from .io.dicom_seg import write_dicom_seg
+    from .io.outputs import write_color_table, write_seg_nrrd
     from .report import case_report, write_preview_png, write_report
 
     names = list(bundle.cfg.data.labels)

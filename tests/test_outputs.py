@@ -17,12 +17,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from liverseg.errors import GeometryError, InputError
 from liverseg.io import read_volume, write_label_map
 from liverseg.io.images import sitk_to_volume
-from liverseg.io.outputs import (
-    label_colors,
-    write_color_table,
-    write_dicom_seg,
-    write_seg_nrrd,
-)
+from liverseg.io.dicom_seg import write_dicom_seg
+from liverseg.io.outputs import label_colors, write_color_table, write_seg_nrrd
 from liverseg.io.volume import LPS_TO_RAS, Volume
 
 NAMES = ("background", "liver", "tumour", "spleen")

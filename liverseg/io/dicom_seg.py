@@ -1,0 +1,228 @@
+"""DICOM SEG output (highdicom): one BINARY segment per label present, frames aligned voxel by voxel
+with the source CT slices, SNOMED codes and colours from ``outputs``.
+
+The other outputs (NIfTI label map, Slicer .seg.nrrd, colour table) are in ``outputs.py``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GeometryError, InputError
+from .outputs import _check_labels, _codes, _resolve_colors, atomic_path
+from .volume import LPS_TO_RAS, Volume
+
+log = logging.getLogger(__name__)
+
+
+def _source_datasets(source: Any, labels: Volume) -> list[Any]:
+    """pydicom datasets (headers only) of the source series: a folder, a list of files or datasets.
+
+    For a folder, the slice files recorded by the DICOM reader (``labels.meta['slice_files']``) are
+    used when present; otherwise the series is discovered again (``labels.meta['series_uid']``).
+    """
+    import pydicom
+
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not folder.exists():
+            raise InputError(f"{folder}: DICOM SEG needs the source DICOM series (a folder or its files)")
+        if labels.meta.get("slice_files"):
+            files: list[Any] = list(labels.meta["slice_files"])
+        elif labels.meta.get("corrections"):
+            raise GeometryError(f"{folder}: the series was read with corrections ({'; '.join(labels.meta['corrections'])}), "
+                                "so its voxel grid is not the grid of the source slices; a DICOM SEG must follow "
+                                "the source slices, write segmentation.nii.gz / .seg.nrrd instead")
+        else:
+            from .dicom import choose_series
+            files = list(choose_series(folder, labels.meta.get("series_uid")).files)
+    else:
+        files = list(source)
+    if not files:
+        raise InputError("DICOM SEG needs the source series' files; got an empty list")
+    datasets = []
+    for item in files:
+        if isinstance(item, pydicom.Dataset):
+            datasets.append(item)
+            continue
+        try:
+            datasets.append(pydicom.dcmread(str(item), stop_before_pixels=True))
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise InputError(f"{item}: cannot be read as a DICOM file ({exc})") from None
+    for ds in datasets:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{getattr(ds, 'filename', 'a source file')}: is a multi-frame image; liverseg writes "
+                             "DICOM SEG only for series of single-frame slices")
+    datasets = _complete_uids(datasets)
+    series = {str(ds.SeriesInstanceUID) for ds in datasets}
+    if len(series) != 1:
+        raise InputError(f"DICOM SEG source files belong to {len(series)} series ({', '.join(sorted(series))}); "
+                         "give the files of the one series that was segmented")
+    expected = labels.meta.get("series_uid")
+    if expected and expected not in series:
+        raise InputError(f"DICOM SEG source series {next(iter(series))} is not the segmented series {expected}")
+    return datasets
+
+
+# Patient/study attributes a SEG copies from its source (type 2 there: present, possibly empty).
+# Anonymised or synthetic series often lack them entirely.
+TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                "StudyDate", "StudyTime")
+
+
+def _complete_uids(datasets: list[Any]) -> list[Any]:
+    """Copies of anonymised source headers with the identifiers a SEG must reference filled in.
+
+    Anonymisers sometimes blank SOP Class/Instance UID (the file meta still has them), drop the
+    Series, Study or Frame of Reference UID, or drop type-2 patient/study attributes (added empty). The SOP UIDs are taken from the file meta; missing series-
+    level UIDs are derived deterministically from the instances, so every output of one series agrees.
+    """
+    from pydicom.uid import generate_uid
+
+    needed = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+    if all(ds.get(tag) for ds in datasets for tag in needed) and all(tag in ds for ds in datasets for tag in TYPE2_COPIED):
+        return datasets
+    import copy
+
+    completed = []
+    filled: set[str] = set()
+    for ds in datasets:
+        ds = copy.copy(ds)  # shallow: only top-level elements are replaced below
+        meta = getattr(ds, "file_meta", None)
+        for tag, meta_tag in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                              ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not ds.get(tag):
+                value = meta.get(meta_tag) if meta is not None else None
+                if not value:
+                    raise InputError(f"{getattr(ds, 'filename', 'a source file')}: has no {tag}, in the dataset or "
+                                     "its file meta; a DICOM SEG cannot reference it")
+                setattr(ds, tag, value)
+                filled.add(tag)
+        for tag in TYPE2_COPIED:  # type 2: must be present, may be empty; highdicom copies them unconditionally
+            if tag not in ds:
+                setattr(ds, tag, "")
+                filled.add(tag)
+        completed.append(ds)
+    instances = sorted(str(ds.SOPInstanceUID) for ds in completed)
+    for tag in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        present = {str(ds.get(tag)) for ds in completed if ds.get(tag)}
+        if any(not ds.get(tag) for ds in completed) and len(present) <= 1:
+            value = present.pop() if present else generate_uid(entropy_srcs=[tag, *instances])
+            for ds in completed:
+                setattr(ds, tag, value)
+            filled.add(tag)
+    if filled:
+        log.warning("DICOM SEG: the source series lacks %s; filled in (SOP UIDs from the file meta, series-level "
+                    "UIDs derived from the instance UIDs, patient/study attributes empty)", ", ".join(sorted(filled)))
+    return completed
+
+
+def _frame_indices(ds: Any, labels: Volume, tolerance_voxel: float = 0.1) -> tuple[np.ndarray, ...]:
+    """Voxel indices (i, j, k arrays of shape rows x columns) of every pixel of source slice ``ds``."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    position = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+    orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    # DICOM: pixel (r, c) lies at position + c * col_spacing * row_dir + r * row_spacing * col_dir (LPS).
+    corners_rc = np.array([[0, 0], [0, cols - 1], [rows - 1, 0], [rows - 1, cols - 1]], dtype=np.float64)
+    lps = (position[None, :] + corners_rc[:, 1:2] * col_spacing * orientation[None, :3]
+           + corners_rc[:, 0:1] * row_spacing * orientation[None, 3:])
+    lps_h = np.concatenate([lps, np.ones((4, 1))], axis=1)
+    ras_to_ijk = np.linalg.inv(labels.affine_ras)
+    ijk = (ras_to_ijk @ LPS_TO_RAS @ lps_h.T).T[:, :3]
+    rounded = np.round(ijk)
+    name = getattr(ds, "filename", None) or ds.get("SOPInstanceUID", "?")
+    if np.abs(ijk - rounded).max() > tolerance_voxel:
+        raise GeometryError(f"source slice {name} does not lie on the label map's voxel grid (off by "
+                            f"{np.abs(ijk - rounded).max():.3f} voxel); the labels must be on the exact "
+                            "grid of the DICOM series they refer to")
+    origin = rounded[0]
+    step_c = (rounded[1] - origin) / max(cols - 1, 1)
+    step_r = (rounded[2] - origin) / max(rows - 1, 1)
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    indices = tuple(np.rint(origin[a] + r * step_r[a] + c * step_c[a]).astype(np.intp) for a in range(3))
+    for a in range(3):
+        if indices[a].min() < 0 or indices[a].max() >= labels.shape[a]:
+            raise GeometryError(f"source slice {name} reaches outside the label map's grid {labels.shape} "
+                                f"(axis {a}: {indices[a].min()}..{indices[a].max()})")
+    return indices
+
+
+def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str], path: str | Path,
+                    colors: dict[str, Any] | None = None, *, model_id: str = "liverseg",
+                    series_description: str = "liverseg segmentation", series_number: int = 300) -> Path:
+    """Write a DICOM SEG (BINARY) of ``labels`` referencing the source CT series.
+
+    ``source_dicom`` is the series' folder (the series is chosen as ``read_volume`` did, by
+    ``labels.meta['series_uid']`` when set), a list of its files, or a list of pydicom datasets.
+    ``labels`` must be on the grid ``read_volume`` gave for that series. Each source slice becomes a
+    frame (frames without any segment are omitted); every foreground label present in ``labels`` is
+    one segment, numbered 1, 2, ... in label-value order and named after its label. When no
+    foreground label is present, all of them are written as empty segments so the file stays valid.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    from .. import __version__
+
+    path = Path(path)
+    _check_labels(labels, label_names, path)
+    datasets = _source_datasets(source_dicom, labels)
+    rgb = _resolve_colors(label_names, colors)
+
+    frames = np.stack([labels.array[_frame_indices(ds, labels)] for ds in datasets]).astype(np.int64)
+    counts = np.bincount(labels.array.ravel().astype(np.int64), minlength=len(label_names))
+    present = [v for v in range(1, len(label_names)) if counts[v] > 0]
+    all_empty = not present
+    if all_empty:
+        present = list(range(1, len(label_names)))
+    lut = np.zeros(len(label_names), dtype=np.uint8)
+    for number, value in enumerate(present, start=1):
+        lut[value] = number
+    pixel_array = lut[frames]
+
+    algorithm = hd.AlgorithmIdentificationSequence(name=model_id[:64], version=__version__,
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    descriptions = []
+    for number, value in enumerate(present, start=1):
+        name = label_names[value]
+        (cat_code, cat_meaning), (type_code, type_meaning) = _codes(name)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name[:64],
+            segmented_property_category=Code(cat_code, "SCT", cat_meaning),
+            segmented_property_type=Code(type_code, "SCT", type_meaning),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"label {value}: {name}"[:64],
+            tracking_uid=hd.UID(),
+            display_color=hd.color.CIELabColor.from_rgb(*rgb[name]),
+        ))
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="liverseg",
+        manufacturer_model_name=model_id[:64],
+        software_versions=f"liverseg {__version__}",
+        device_serial_number="0",
+        series_description=series_description[:64],
+        content_label="LIVERSEG",
+        content_description=f"{model_id} automatic segmentation"[:64],
+        omit_empty_frames=not all_empty,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    with atomic_path(path) as tmp:
+        seg.save_as(str(tmp))
+    return path
