@@ -26,42 +26,20 @@ import SimpleITK as sitk
 from liverseg.io import dicom as dicom_io
 from liverseg.io import read_volume
 from liverseg.io.images import sitk_to_volume
+from liverseg.phantoms.dicom import write_series
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example" / "dicom_series_jpeg2000"
 
 
 def write_synthetic(folder: Path, n_slices: int) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = generate_uid()
+    """A 512x512 body-ellipse series, file names in reverse slice order without suffix (as PACS exports)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:512, :512]
     body = ((yy - 256) ** 2 / 200 ** 2 + (xx - 256) ** 2 / 230 ** 2) < 1
-    for k in range(n_slices):
-        pixels = np.where(body, 1024 + 40 + rng.normal(0, 20, (512, 512)), 0).astype(np.uint16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), series_uid, generate_uid()
-        ds.Modality, ds.SeriesDescription, ds.ImageType = "CT", "synthetic bench", ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [-250.0, -250.0, -300.0 + 2.5 * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [0.9765625, 0.9765625]
-        ds.SliceThickness = 2.5
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = 512
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = pixels.tobytes()
-        # file names in reverse slice order, without suffix, as PACS exports often are
-        ds.save_as(folder / f"IM{n_slices - k:05d}", enforce_file_format=True)
+    volume = np.stack([np.where(body, 1024 + 40 + rng.normal(0, 20, (512, 512)), 0).astype(np.uint16)
+                       for _ in range(n_slices)])
+    write_series(folder, volume, origin=(-250.0, -250.0, -300.0), spacing=(0.9765625, 0.9765625), slice_mm=2.5,
+                 names=[f"IM{n_slices - k:05d}" for k in range(n_slices)], description="synthetic bench")
     return folder
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_factory import ct_dataset, multiframe_dataset, save, write_series
+from liverseg.phantoms.dicom import ct_dataset, multiframe_dataset, save, write_series
 from pydicom.uid import JPEGLSLossless, RLELossless, generate_uid
 
 from liverseg.cli import main

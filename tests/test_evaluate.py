@@ -157,7 +157,7 @@ def test_pooled_auc_ranks_pixels_of_all_cases_together(tmp_path):
 
 def test_manifest_references_in_png_slices_are_placed_on_the_image_grid(tmp_path):
     """A CHAOS-style reference (one PNG per DICOM file): evaluate reads it through io.labels, on the image grid."""
-    from dicom_factory import write_series
+    from liverseg.phantoms.dicom import write_series
 
     from liverseg.io import read_volume
 

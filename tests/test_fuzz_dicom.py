@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import write_series
+from liverseg.phantoms.dicom import write_series
 
 from liverseg.cli import main
 from liverseg.errors import LiversegError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import write_series
+from liverseg.phantoms.dicom import write_series
 from PIL import Image
 
 from liverseg.errors import GeometryError, InputError

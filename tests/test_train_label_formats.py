@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from dicom_factory import write_series
+from liverseg.phantoms.dicom import write_series
 from PIL import Image
 
 from liverseg.cli import main

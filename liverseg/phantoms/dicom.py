@@ -1,4 +1,5 @@
-"""Synthetic DICOM CT slices written with pydicom, for the DICOM ingestion tests."""
+"""Synthetic DICOM CT series written with pydicom: single-frame slices (any orientation, positions,
+file names, rescale, tilt, localizers) and enhanced multi-frame CT, for tests and benchmarks."""
 from __future__ import annotations
 
 from pathlib import Path
