@@ -26,6 +26,8 @@ TRAIN_SEEDS = tuple(range(0, 12))
 VAL_SEEDS = (12, 13)
 TEST_SEEDS = (100, 101, 102, 103)
 MARKER = ".liverseg-demo"
+# Loads CT + segmentation with names and colours from 3D Slicer's Python console (source checkouts).
+SLICER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slicer_load.py"
 
 
 def demo_config_path() -> Path:
@@ -75,18 +77,20 @@ def run_demo(out: Path, minutes: float = 10.0, device: str | None = None, thread
     csv_path = write_csv(results, out / "evaluation.csv")
     mean_dice = statistics.mean(r.dice for r in results)
     print(format_table(results))
-    first_image, first_segmentation = test_images[0].resolve(), predictions[0].resolve()
+    first_image, first_case = test_images[0].resolve(), predictions[0].parent.resolve()
     print(f"\nMean liver Dice on {len(results)} held-out phantoms: {mean_dice:.4f}")
     print(f"Total demo time: {(time.perf_counter() - started) / 60:.1f} min")
-    print(f"\nOutputs:\n  model run folder : {run_dir} (config.yaml, best.pt, last.pt, metrics.csv, train.log)"
-          f"\n  segmentations    : {prediction_dir}/<case>/segmentation.nii.gz"
+    print(f"\nOutputs:\n  model run folder : {run_dir} (config.yaml, best.pt, last.pt, metrics.csv, train.log, "
+          "training_curves.png)"
+          f"\n  per case         : {prediction_dir}/<case>/ (segmentation.nii.gz, segmentation.seg.nrrd, labels.ctbl, "
+          "report.json, preview.png)"
           f"\n  evaluation       : {csv_path}")
     print("\nOpen one in 3D Slicer: File > Add Data, choose\n"
-          f"  {first_image}\n  {first_segmentation}\n"
-          "and tick 'LabelMap' for the second file; the liver overlays the CT exactly.\n"
-          "Or from Slicer's Python console:\n"
-          f"  slicer.util.loadVolume(r'{first_image}')\n"
-          f"  slicer.util.loadSegmentation(r'{first_segmentation}')")
+          f"  {first_image}\n  {first_case / 'segmentation.seg.nrrd'}\n"
+          "(the liver segment keeps its name and colour and overlays the CT exactly)")
+    if SLICER_SCRIPT.is_file():
+        print("or in Slicer's Python console:\n"
+              f"  exec(open(r'{SLICER_SCRIPT}').read()); load_case(r'{first_case}', ct=r'{first_image}')")
     print(f"\nSegment your own CT: liverseg predict CT_FOLDER_OR_FILE -o OUT --model {run_dir}")
     if mean_dice < 0.9:
         print("warning: mean Dice below 0.90; if training stopped at the --minutes cap, this machine is "
