@@ -195,6 +195,7 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
         p_in, r_in = p[region], r[region]
     else:
         p_in, r_in = p, r
+    surface = metrics.surface_metrics(p, r, spacing, tolerance)  # one set of distance transforms for all three
     auc = float("nan")
     if probability is not None and r_in.any() and not r_in.all():
         auc = metrics.roc_auc(probability, r, region)
@@ -202,7 +203,7 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
         case, value, name,
         metrics.dice(p_in, r_in), metrics.iou(p_in, r_in), metrics.precision(p_in, r_in), metrics.recall(p_in, r_in),
         metrics.specificity(p_in, r_in), metrics.accuracy(p_in, r_in),
-        metrics.hd95(p, r, spacing), metrics.assd(p, r, spacing), metrics.surface_dice(p, r, spacing, tolerance),
+        surface["hd95"], surface["assd"], surface["surface_dice"],
         metrics.relative_volume_error(p_in, r_in), auc,
         int(np.count_nonzero(p_in)), int(np.count_nonzero(r_in)), unit)
 

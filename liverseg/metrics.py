@@ -67,7 +67,7 @@ from scipy.stats import rankdata
 __all__ = [
     "accuracy", "assd", "confusion_matrix", "dice", "f1", "hd95", "iou", "per_label", "precision",
     "recall", "relative_volume_error", "roc_auc", "sensitivity", "specificity", "surface_dice",
-    "surface_distances",
+    "surface_distances", "surface_metrics",
 ]
 
 
@@ -240,13 +240,29 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray,
     return to_ref[pred_surface], to_pred[ref_surface]
 
 
-def _empty_case(pred, ref, both: float, one: float) -> float | None:
-    has_pred, has_ref = bool(np.any(pred)), bool(np.any(ref))
+def surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
+                    tolerance_mm: float = 0.0) -> dict[str, float]:
+    """``hd95``, ``assd`` and ``surface_dice`` (at ``tolerance_mm``) from one surface-distance computation.
+
+    The values equal the three functions below (which call this); use it when more than one is needed,
+    since the distance transforms dominate the cost on large volumes. Empty masks: both empty ->
+    0.0, 0.0, 1.0; exactly one empty -> inf, inf, 0.0. ``tolerance_mm`` must be finite and >= 0.
+    """
+    pred, ref = _pair(pred, ref)
+    _spacing(spacing_mm, pred.ndim)
+    tolerance = float(tolerance_mm)
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm!r}")
+    has_pred, has_ref = bool(pred.any()), bool(ref.any())
     if not has_pred and not has_ref:
-        return both
+        return {"hd95": 0.0, "assd": 0.0, "surface_dice": 1.0}
     if has_pred != has_ref:
-        return one
-    return None
+        return {"hd95": float("inf"), "assd": float("inf"), "surface_dice": 0.0}
+    forward, backward = surface_distances(pred, ref, spacing_mm)
+    within = int(np.count_nonzero(forward <= tolerance)) + int(np.count_nonzero(backward <= tolerance))
+    return {"hd95": float(max(np.percentile(forward, 95), np.percentile(backward, 95))),
+            "assd": float(np.concatenate([forward, backward]).mean()),
+            "surface_dice": within / (forward.size + backward.size)}
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> float:
@@ -256,13 +272,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> floa
     (linear interpolation), as MONAI ``compute_hausdorff_distance(percentile=95)``. Both masks empty:
     0.0; exactly one empty: inf.
     """
-    pred, ref = _pair(pred, ref)
-    _spacing(spacing_mm, pred.ndim)
-    special = _empty_case(pred, ref, 0.0, float("inf"))
-    if special is not None:
-        return special
-    forward, backward = surface_distances(pred, ref, spacing_mm)
-    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+    return surface_metrics(pred, ref, spacing_mm)["hd95"]
 
 
 def assd(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> float:
@@ -271,13 +281,7 @@ def assd(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> floa
     Pooled means each surface voxel of either mask counts once (MONAI
     ``compute_average_surface_distance(symmetric=True)``). Both masks empty: 0.0; exactly one: inf.
     """
-    pred, ref = _pair(pred, ref)
-    _spacing(spacing_mm, pred.ndim)
-    special = _empty_case(pred, ref, 0.0, float("inf"))
-    if special is not None:
-        return special
-    forward, backward = surface_distances(pred, ref, spacing_mm)
-    return float(np.concatenate([forward, backward]).mean())
+    return surface_metrics(pred, ref, spacing_mm)["assd"]
 
 
 def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], tolerance_mm: float) -> float:
@@ -287,17 +291,7 @@ def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
     mask's surface, counted per voxel (MONAI ``compute_surface_dice`` with ``use_subvoxels=False``).
     Both masks empty: 1.0; exactly one empty: 0.0. ``tolerance_mm`` must be finite and >= 0.
     """
-    pred, ref = _pair(pred, ref)
-    _spacing(spacing_mm, pred.ndim)
-    tolerance = float(tolerance_mm)
-    if not np.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm!r}")
-    special = _empty_case(pred, ref, 1.0, 0.0)
-    if special is not None:
-        return special
-    forward, backward = surface_distances(pred, ref, spacing_mm)
-    within = int(np.count_nonzero(forward <= tolerance)) + int(np.count_nonzero(backward <= tolerance))
-    return within / (forward.size + backward.size)
+    return surface_metrics(pred, ref, spacing_mm, tolerance_mm)["surface_dice"]
 
 
 # ----------------------------------------------------------------------------- ROC AUC

@@ -99,7 +99,7 @@ def load_photo_case(item: dict, cfg: ExperimentConfig) -> dict:
     """A manifest item {id, image, label, fov} -> tensors: image (C, H, W), label (1, H, W), fov (H, W)."""
     p = cfg.preprocess
     rgb, image, fov = load_photo(item["image"], item.get("fov"), p.photo_color, p.photo_clahe, p.photo_fov_threshold)
-    case = {"id": item["id"], "image": torch.from_numpy(image), "fov": torch.from_numpy(fov), "rgb": rgb}
+    case = {"id": item["id"], "image": torch.from_numpy(image), "fov": torch.from_numpy(fov)}
     if item.get("label"):
         label = read_mask(item["label"], len(cfg.data.labels))
         check_same_size(rgb, label, item["image"], item["label"])

@@ -373,3 +373,20 @@ def test_confusion_matrix_rejects_labels_outside_range():
         m.confusion_matrix(np.array([0.5, 1.0]), np.array([0, 1]), 3)
     with pytest.raises(ValueError, match="n_classes"):
         m.confusion_matrix(np.array([0, 1]), np.array([0, 1]), 0)
+
+
+def test_surface_metrics_equals_the_three_functions_in_one_pass():
+    rng = np.random.default_rng(11)
+    spacing = (1.5, 0.7, 3.0)
+    for _ in range(5):
+        pred, ref = rng.random((14, 12, 9)) < 0.3, rng.random((14, 12, 9)) < 0.3
+        both = m.surface_metrics(pred, ref, spacing, 2.0)
+        assert both == {"hd95": m.hd95(pred, ref, spacing), "assd": m.assd(pred, ref, spacing),
+                        "surface_dice": m.surface_dice(pred, ref, spacing, 2.0)}
+    empty = np.zeros((4, 4, 4), bool)
+    full = np.ones((4, 4, 4), bool)
+    assert m.surface_metrics(empty, empty, spacing) == {"hd95": 0.0, "assd": 0.0, "surface_dice": 1.0}
+    assert m.surface_metrics(full, empty, spacing) == {"hd95": float("inf"), "assd": float("inf"),
+                                                             "surface_dice": 0.0}
+    with pytest.raises(ValueError, match="tolerance_mm"):
+        m.surface_metrics(full, full, spacing, -1.0)
