@@ -80,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = PredictOptions(device=args.device, threads=args.threads, progress=not args.quiet,
                              overwrite=args.overwrite, skip_existing=args.skip_existing, series=args.series,
                              allow_gaps=args.allow_gaps, memory_gb=args.memory_gb, overrides=tuple(args.set),
-                             preview=not args.no_preview)
+                             preview=not args.no_preview, backend=args.backend)
     result = predict_cases(cases, args.output, args.model, options)
     for case_dir in result.case_dirs.values():
         print(case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir)
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-        p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads (PyTorch or ONNX Runtime)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model from a config into a run folder")
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
                    help="override an inference setting of the run, e.g. --set infer.tta_flip_axes=[0,1,2]")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="for a run folder: its model.onnx with ONNX Runtime, or the checkpoint with PyTorch "
+                        "(auto: ONNX on a CPU when model.onnx is current, else PyTorch)")
     runtime(p)
     p.set_defaults(func=cmd_predict)
 

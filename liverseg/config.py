@@ -130,6 +130,10 @@ class TrainConfig:
     # Plan spacing, intensity normalisation, patch and batch size from the training data when a run
     # starts (CT only; see `liverseg plan`); the planned values are saved in the run's config.yaml.
     auto_plan: bool = True
+    # At the end of a CT run, also write model.onnx beside the checkpoints (needs the onnx extra):
+    # `liverseg predict` on a CPU then runs it with ONNX Runtime and never imports PyTorch, measured
+    # 2x faster per case than the checkpoint (scripts/bench_predict.py).
+    export_onnx: bool = True
     plan_memory_gb: float = 8.0  # accelerator memory the planned patch x batch should fit
 
 

@@ -21,14 +21,18 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
 import yaml
 
 from . import __version__
 from .config import ExperimentConfig, config_from_yaml_text, to_dict
 from .errors import ConfigError, InputError
-from .infer import TrainedModel, file_digest, load_trained_model
+from .infer import TrainedModel, file_digest, find_checkpoint, load_trained_model, resolve_device
+
+if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
+    import torch
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 ONNX_OPSET = 17
@@ -39,8 +43,10 @@ def size_divisor(cfg: ExperimentConfig) -> int:
     return int(np.prod(cfg.model.strides)) if cfg.model.strides else 1
 
 
-def example_input(cfg: ExperimentConfig) -> torch.Tensor:
+def example_input(cfg: ExperimentConfig) -> "torch.Tensor":
     """A (1, C, *tile) input: the sliding-window tile padded to the network's size divisor."""
+    import torch
+
     divisor = size_divisor(cfg)
     tile = [-(-r // divisor) * divisor for r in cfg.infer.roi_size]
     channels = cfg.model.slices_2d if cfg.model.spatial_dims == 2 else 1  # models.input_channels
@@ -49,14 +55,22 @@ def example_input(cfg: ExperimentConfig) -> torch.Tensor:
 
 def _meta(trained: TrainedModel) -> dict:
     return {"model_id": trained.model_id, "size_divisor": size_divisor(trained.cfg),
-            "epoch": trained.epoch, "liverseg_version": __version__}
+            "epoch": trained.epoch, "liverseg_version": __version__,
+            "checkpoint_sha256": file_digest(trained.checkpoint_path, 64)}
 
 
 def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> Path:
     """Write the run's model as ``fmt`` (onnx | torchscript) to ``out`` (default: inside the run); atomic."""
+    import torch
+
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
-    trained = load_trained_model(run_dir, torch.device("cpu"))
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401  (the exporter needs it; say so before the slow part)
+        except ImportError:
+            raise InputError("--format onnx needs the onnx package: pip install 'liverseg[onnx]'") from None
+    trained = load_trained_model(run_dir, "cpu")
     if trained.cfg.data.modality != "ct":
         raise InputError(f"{run_dir}: export supports CT runs (data.modality=ct), this run is "
                          f"data.modality={trained.cfg.data.modality}; predict with --model {run_dir}")
@@ -86,8 +100,9 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     return out
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, config_text: str, meta: dict, path: Path) -> None:
+def _export_onnx(model: "torch.nn.Module", example: "torch.Tensor", config_text: str, meta: dict, path: Path) -> None:
     import onnx
+    import torch
 
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -99,7 +114,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, config_text: str
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in (("liverseg.config", config_text), ("liverseg.size_divisor", str(meta["size_divisor"])),
                        ("liverseg.model_id", meta["model_id"]), ("liverseg.version", meta["liverseg_version"]),
-                       ("liverseg.epoch", str(meta["epoch"]))):
+                       ("liverseg.epoch", str(meta["epoch"])),
+                       ("liverseg.checkpoint_sha256", meta["checkpoint_sha256"])):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
@@ -116,8 +132,30 @@ def find_exported(folder: Path) -> Path | None:
     return onnx_files[0] if len(onnx_files) == 1 else None
 
 
+def current_onnx_export(run_dir: Path) -> tuple[Path | None, str]:
+    """The run folder's ``model.onnx`` when ONNX Runtime can run it, else (None, why not).
+
+    Whether it was exported from the folder's current checkpoint is checked after loading
+    (``TrainedModel.meta["liverseg.checkpoint_sha256"]``, see ``is_current_export``).
+    """
+    import importlib.util
+
+    path = Path(run_dir) / FORMATS["onnx"]
+    if not path.is_file():
+        return None, f"there is no {path.name} in it"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None, "onnxruntime is not installed (pip install 'liverseg[onnx]')"
+    return path, ""
+
+
+def is_current_export(trained: TrainedModel, run_dir: Path) -> bool:
+    """Whether an exported model was written from ``run_dir``'s current checkpoint."""
+    recorded = trained.meta.get("liverseg.checkpoint_sha256") or trained.meta.get("checkpoint_sha256")
+    return bool(recorded) and recorded == file_digest(find_checkpoint(Path(run_dir)), 64)
+
+
 class OnnxNetwork:
-    """Calls an ONNX Runtime session like liverseg's models: (N, C, *any) tensor -> logits (N, K, *same).
+    """Calls an ONNX Runtime session like liverseg's models: (N, C, *any) array -> logits (N, K, *same).
 
     Inputs are zero-padded at the far end of each axis to multiples of ``divisor`` and the logits
     cropped back, as ``models.SizeAdapter`` does (not imported here: ONNX prediction needs no MONAI).
@@ -128,14 +166,12 @@ class OnnxNetwork:
         self.divisor = divisor
         self.input_name = session.get_inputs()[0].name
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
         spatial = tuple(batch.shape[2:])
-        padding: list[int] = []
-        for s in reversed(spatial):  # F.pad lists the last axis first
-            padding += [0, (-s) % self.divisor]
-        padded = torch.nn.functional.pad(batch, padding) if any(padding) else batch
-        array = np.ascontiguousarray(padded.detach().cpu().numpy(), dtype=np.float32)
-        logits = torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        padding = [(0, 0), (0, 0)] + [(0, (-s) % self.divisor) for s in spatial]
+        array = np.pad(batch, padding) if any(p for _, p in padding) else np.ascontiguousarray(batch)
+        logits = self.session.run(None, {self.input_name: array})[0]
         return logits[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
 
@@ -146,10 +182,15 @@ def _config_from_text(text: str, path: Path) -> ExperimentConfig:
         raise InputError(f"{path}: embedded liverseg config is invalid ({exc})") from None
 
 
-def load_exported(path: str | Path, device: torch.device, threads: int | None = None) -> TrainedModel:
+def load_exported(path: str | Path, device: Any = None, threads: int | None = None) -> TrainedModel:
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, device, threads)
+    import torch
+
+    device = resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     extra = {"liverseg/config.yaml": "", "liverseg/meta.json": ""}
     try:
         with warnings.catch_warnings():
@@ -167,22 +208,40 @@ def load_exported(path: str | Path, device: torch.device, threads: int | None = 
     module.eval()
     model = SizeAdapter(module, int(meta.get("size_divisor", size_divisor(cfg)))).eval()
     model_id = f"{path.name} sha256:{file_digest(path)} (from {meta.get('model_id', '?')})"
-    return TrainedModel(cfg, model, path, int(meta.get("epoch", 0)), "torchscript", model_id, meta)
+    return TrainedModel(cfg, model, path, int(meta.get("epoch", 0)), "torchscript", model_id, meta, device)
 
 
-def _load_onnx(path: Path, device: torch.device, threads: int | None) -> TrainedModel:
+def _onnx_providers(device: Any, available: list[str]) -> tuple[list, str]:
+    """ONNX Runtime execution providers for a device name (auto | cpu | cuda | cuda:N), and the device."""
+    name = str(device if device is not None else "auto")
+    has_cuda = "CUDAExecutionProvider" in available
+    if name == "cpu" or (name == "auto" and not has_cuda):
+        return ["CPUExecutionProvider"], "cpu"
+    if name == "auto":
+        name = "cuda"
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise InputError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N")
+    if not has_cuda:
+        raise InputError(f"--device {name}: this onnxruntime has no CUDA provider (providers: "
+                         f"{', '.join(available)}); pip install onnxruntime-gpu, or use --device cpu, or "
+                         "predict from the run folder with --backend torch")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"], name
+
+
+def _load_onnx(path: Path, device: Any, threads: int | None) -> TrainedModel:
     try:
         import onnxruntime as ort
     except ImportError:
         raise InputError(f"{path}: ONNX models need onnxruntime: pip install 'liverseg[onnx]'") from None
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    providers, device_name = _onnx_providers(device, ort.get_available_providers())
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default, one per physical core
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -195,7 +254,8 @@ def _load_onnx(path: Path, device: torch.device, threads: int | None) -> Trained
     model_id = f"{path.name} sha256:{file_digest(path)} (from {props.get('liverseg.model_id', '?')})"
     meta = {k: v for k, v in props.items() if k != "liverseg.config"}
     return TrainedModel(cfg, OnnxNetwork(session, divisor), path, int(props.get("liverseg.epoch", 0)), "onnx",
-                        model_id, meta)
+                        model_id, meta, device_name)
 
 
-__all__ = ["export_model", "load_exported", "find_exported", "OnnxNetwork", "example_input", "FORMATS"]
+__all__ = ["export_model", "load_exported", "find_exported", "current_onnx_export", "is_current_export",
+           "OnnxNetwork", "example_input", "FORMATS"]

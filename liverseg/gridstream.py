@@ -1,22 +1,21 @@
-"""Bounded-memory versions of the two big resampling steps of prediction, slab by slab.
+"""Bounded-memory versions of the two big resampling steps of prediction, slab by slab, in numpy.
 
 ``preprocess.preprocess_image`` and ``preprocess.probabilities_to_labels`` hold whole volumes in
 float32 (a 512x512x1000 CT is 1 GB per copy, and the inverse needs two full-resolution float arrays).
 The functions here compute the same numbers (equal up to float rounding; tests compare them) while
 holding only a slab of ``chunk`` output slices along the canonical last (S) axis at a time:
 
-* linear interpolation with ``align_corners=False`` is separable: in-plane bilinear per slice, then a
-  two-slice blend along S with torch's source-index rule ``src = (dst + 0.5) * in / out - 0.5``
-  (clamped at 0);
+* linear interpolation with ``align_corners=False`` is separable: a two-sample blend along each axis
+  in turn, with torch's source-index rule ``src = (dst + 0.5) * in / out - 0.5`` (clamped at 0);
 * the anti-aliasing Gaussian is separable too, and a slab read with a margin of the filter's radius
   (scipy's ``truncate=4``) gives exactly the full-volume result inside it.
+
+Plain numpy (no torch), so that prediction from an exported ONNX model starts without importing
+PyTorch, which is two of the few seconds a small CT takes end to end.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from .io.volume import Volume
 from .preprocess import GridRecord, plan_grid, to_canonical
@@ -36,26 +35,44 @@ def linear_source(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return lo, hi, (src - lo).astype(np.float32)
 
 
-def _blend_slices(slab: torch.Tensor, lo: np.ndarray, hi: np.ndarray, w: np.ndarray, first: int) -> torch.Tensor:
-    """Linear blend along the last axis of ``slab`` (whose slice 0 is source slice ``first``)."""
-    weight = torch.from_numpy(w)
-    low = slab[..., torch.from_numpy(lo - first)]
-    high = slab[..., torch.from_numpy(hi - first)]
-    return low + (high - low) * weight
+def _blend(array: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``array`` sampled along ``axis`` at ``lo + w * (hi - lo)`` (linear, float32)."""
+    low = np.take(array, lo, axis=axis)
+    high = np.take(array, hi, axis=axis)
+    shape = [1] * array.ndim
+    shape[axis] = len(w)
+    high -= low
+    high *= w.reshape(shape)
+    low += high
+    return low
 
 
-def _resize_inplane(slab: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of the two leading spatial axes of a (C, X, Y, n) float tensor."""
-    if tuple(slab.shape[1:3]) == tuple(size):
-        return slab
-    moved = slab.permute(3, 0, 1, 2)  # (n, C, X, Y)
-    out = F.interpolate(moved, size=size, mode="bilinear", align_corners=False)
-    return out.permute(1, 2, 3, 0)
+def resize_linear(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Linear resize of one axis of a float32 array to ``size`` samples (torch's rule, see above)."""
+    if array.shape[axis] == size:
+        return array
+    return _blend(array, axis, *linear_source(array.shape[axis], size))
+
+
+def _resize_slab(slab: np.ndarray, size: tuple[int, int], lo: np.ndarray, hi: np.ndarray,
+                 w: np.ndarray) -> np.ndarray:
+    """Resize the last three axes of ``slab``: in-plane to ``size``, along S by the (lo, hi, w) blend.
+
+    Whichever order touches fewer voxels: S first when the slab loses slices, in-plane first else.
+    """
+    x, y, z = slab.ndim - 3, slab.ndim - 2, slab.ndim - 1
+    if len(w) < slab.shape[z]:
+        slab = _blend(slab, z, lo, hi, w)
+        return resize_linear(resize_linear(slab, x, size[0]), y, size[1])
+    slab = resize_linear(resize_linear(slab, x, size[0]), y, size[1])
+    return _blend(slab, z, lo, hi, w)
 
 
 def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, float],
-                             hu_window: tuple[float, float], chunk: int = 32) -> tuple[torch.Tensor, GridRecord]:
-    """``preprocess.preprocess_image`` computed ``chunk`` network-grid slices at a time."""
+                             hu_window: tuple[float, float], chunk: int = 32) -> tuple[np.ndarray, GridRecord]:
+    """``preprocess.preprocess_image`` computed ``chunk`` network-grid slices at a time (float32 array)."""
+    from scipy import ndimage
+
     record = plan_grid(volume, spacing_mm)
     canonical = to_canonical(volume.array, record.ornt)
     (nx, ny, nz), (tx, ty, tz) = record.canonical_shape, record.target_shape
@@ -64,7 +81,7 @@ def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, flo
     radius_z = int(_TRUNCATE * sigma[2] + 0.5) if sigma[2] > 0 else 0
     low, high = float(hu_window[0]), float(hu_window[1])
     lo, hi, w = linear_source(nz, tz)
-    out = torch.empty((tx, ty, tz), dtype=torch.float32)
+    out = np.empty((tx, ty, tz), dtype=np.float32)
     for z0 in range(0, tz, max(1, chunk)):
         z1 = min(tz, z0 + max(1, chunk))
         need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
@@ -75,19 +92,19 @@ def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, flo
         slab /= (high - low)
         if any(s > 0 for s in sigma):
             slab = ndimage.gaussian_filter(slab, sigma=sigma, mode="nearest", truncate=_TRUNCATE)
-        tensor = torch.from_numpy(slab[:, :, need_lo - a: need_hi - a])[None]
-        tensor = _resize_inplane(tensor, (tx, ty))
-        out[:, :, z0:z1] = _blend_slices(tensor, lo[z0:z1], hi[z0:z1], w[z0:z1], need_lo)[0]
+        out[:, :, z0:z1] = _resize_slab(slab[:, :, need_lo - a: need_hi - a], (tx, ty),
+                                        lo[z0:z1] - need_lo, hi[z0:z1] - need_lo, w[z0:z1])
     return out, record
 
 
-def probabilities_to_labels_chunked(probabilities: torch.Tensor, record: GridRecord,
+def probabilities_to_labels_chunked(probabilities: np.ndarray, record: GridRecord,
                                     chunk: int = 32) -> np.ndarray:
     """``preprocess.probabilities_to_labels`` computed ``chunk`` input-grid slices at a time.
 
     ``probabilities`` (K, X', Y', Z') may be float16 (it is converted slab by slab). Ties go to the
     lower class, as there.
     """
+    probabilities = np.asarray(probabilities)
     nx, ny, nz = record.canonical_shape
     tz = record.target_shape[2]
     lo, hi, w = linear_source(tz, nz)
@@ -96,11 +113,10 @@ def probabilities_to_labels_chunked(probabilities: torch.Tensor, record: GridRec
     for z0 in range(0, nz, max(1, chunk)):
         z1 = min(nz, z0 + max(1, chunk))
         need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
-        slab = probabilities[..., need_lo:need_hi].float()
-        slab = _resize_inplane(slab, (nx, ny))
-        blended = _blend_slices(slab, lo[z0:z1], hi[z0:z1], w[z0:z1], need_lo)
-        canonical[:, :, z0:z1] = torch.argmax(blended, dim=0).to(torch.uint8).numpy()
+        slab = probabilities[..., need_lo:need_hi].astype(np.float32)
+        slab = _resize_slab(slab, (nx, ny), lo[z0:z1] - need_lo, hi[z0:z1] - need_lo, w[z0:z1])
+        canonical[:, :, z0:z1] = np.argmax(slab, axis=0).astype(np.uint8)
     return labels
 
 
-__all__ = ["linear_source", "preprocess_image_chunked", "probabilities_to_labels_chunked"]
+__all__ = ["linear_source", "resize_linear", "preprocess_image_chunked", "probabilities_to_labels_chunked"]

@@ -212,13 +212,13 @@ def photo_validation_cases(cfg: ExperimentConfig, items: list[dict]) -> list[dic
 
 # ----------------------------------------------------------------------------- prediction
 
-def photo_probabilities(model: torch.nn.Module, image: torch.Tensor, cfg: ExperimentConfig,
-                        device: torch.device, progress: bool = False) -> torch.Tensor:
-    """Class probabilities (K, H, W) for a standardised photograph (C, H, W); flip TTA per ``infer.tta_flip_axes``."""
+def photo_probabilities(model: torch.nn.Module, image: torch.Tensor | np.ndarray, cfg: ExperimentConfig,
+                        device: torch.device, progress: bool = False) -> np.ndarray:
+    """Class probabilities (K, H, W) float32 for a standardised photograph (C, H, W); flip TTA per
+    ``infer.tta_flip_axes``."""
     predictor = softmax_predictor(model, device, cfg.infer.tta_flip_axes)
     return sliding_window(image, predictor, cfg.infer.roi_size, overlap=cfg.infer.overlap,
-                          batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend, device=device,
-                          progress=progress)
+                          batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend, progress=progress)
 
 
 def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str | Path,
@@ -231,7 +231,7 @@ def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str
     rgb, image, fov = load_photo(image_path, fov_path, p.photo_color, p.photo_clahe, p.photo_fov_threshold)
     model.eval()
     with torch.inference_mode():
-        probabilities = photo_probabilities(model, torch.from_numpy(image), cfg, device).numpy()
+        probabilities = photo_probabilities(model, image, cfg, device)
     probabilities[:, ~fov] = 0.0
     probabilities[0, ~fov] = 1.0
     labels = probabilities.argmax(0).astype(np.uint8)

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from typing import Any
+
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
-from .infer import TrainedModel, load_model, predict_volume, resolve_device
+from .infer import TrainedModel, load_model, predict_volume
 from .io import case_name, check_input, is_image_file, read_volume, write_label_map
 from .io.photos import is_photo_file
 from .io.volume import Volume
@@ -47,6 +48,7 @@ class PredictOptions:
     memory_gb: float | None = None
     overrides: tuple[str, ...] = ()  # infer.KEY=VALUE
     preview: bool = True
+    backend: str = "auto"  # auto | torch | onnx: see infer.load_model
 
 
 @dataclass
@@ -108,11 +110,8 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
     header or DICOM series, clashing case names, and case folders that already exist (kept unless
     ``overwrite``; ``skip_existing`` leaves them and predicts the rest).
     """
-    if options.threads is not None:
-        if options.threads < 1:
-            raise InputError(f"--threads {options.threads}: must be at least 1")
-        torch.set_num_threads(options.threads)
-    device = resolve_device(options.device)
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f"--threads {options.threads}: must be at least 1")
     cases = list(cases)
     if not cases:
         raise InputError("no input given: pass DICOM folders or NIfTI/NRRD/MHA files, a folder of them, "
@@ -125,7 +124,8 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
     if duplicates:
         raise InputError(f"several inputs share the case name(s) {', '.join(duplicates)}; their outputs "
                          "would overwrite each other: predict them into separate -o folders")
-    bundle = load_model(model, device, options.threads)
+    bundle = load_model(model, options.device, options.threads, options.backend)
+    device = bundle.device
     if options.overrides:
         bundle = replace(bundle, cfg=_infer_overrides(bundle.cfg, options.overrides))
     if bundle.cfg.data.modality == "ct":
@@ -168,7 +168,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
 
 
 def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions,
-                 device: torch.device, progress: bool = False) -> Path:
+                 device: Any, progress: bool = False) -> Path:
     """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / case.case_id
@@ -201,7 +201,7 @@ def _commit(work: Path, final: Path, overwrite: bool) -> None:
 
 
 def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
-                    device: torch.device, progress: bool = False) -> list[Path]:
+                    device: Any, progress: bool = False) -> list[Path]:
     """Read, segment and write one CT case into ``case_dir``; returns the files written."""
     cfg = bundle.cfg
     start = time.perf_counter()

@@ -13,14 +13,14 @@ forward and inverse resampling use the same map in opposite directions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from nibabel.orientations import io_orientation
-from scipy import ndimage
 
-from .io.volume import Volume, spacing_from_affine
+from .io.volume import Volume, axis_orientation, spacing_from_affine
+
+if TYPE_CHECKING:  # torch is imported inside the functions that use it: ONNX prediction runs without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class GridRecord:
 
 def canonical_ornt(affine: np.ndarray) -> np.ndarray:
     """For each array axis, the RAS axis it points closest to and whether it runs backwards."""
-    return io_orientation(np.asarray(affine, dtype=np.float64)).astype(int)
+    return axis_orientation(affine)
 
 
 def to_canonical(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
@@ -102,6 +102,10 @@ def resample(array: np.ndarray | torch.Tensor, new_shape: tuple[int, int, int], 
     voxels, as scikit-image does) so noise does not alias. Labels: nearest neighbour, centre-aligned
     ("nearest-exact": torch's plain "nearest" is shifted by half a voxel).
     """
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
     tensor = torch.as_tensor(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
     squeeze = tensor.ndim == 3
     if squeeze:
@@ -124,6 +128,8 @@ def resample(array: np.ndarray | torch.Tensor, new_shape: tuple[int, int, int], 
 
 def normalize_ct(array: np.ndarray | torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:
     """Clip to the HU window and scale it to [0, 1]."""
+    import torch
+
     low, high = float(hu_window[0]), float(hu_window[1])
     tensor = torch.as_tensor(array).float()
     return ((tensor.clamp(low, high) - low) / (high - low)).contiguous()
@@ -182,6 +188,8 @@ def preprocess_image(volume: Volume, spacing_mm: tuple[float, float, float],
 
 def preprocess_label(label: Volume, record: GridRecord) -> torch.Tensor:
     """A label map on the input grid -> the network grid (nearest neighbour)."""
+    import torch
+
     canonical = np.ascontiguousarray(to_canonical(label.array, record.ornt))
     return resample(torch.from_numpy(canonical.astype(np.int16)), record.target_shape, labels=True)
 
@@ -193,6 +201,8 @@ def probabilities_to_labels(probabilities: torch.Tensor, record: GridRecord) -> 
     running maximum: smoother boundaries than resampling labels, and memory for two full-resolution
     float arrays instead of C.
     """
+    import torch
+
     best = None
     labels = None
     for c in range(probabilities.shape[0]):
@@ -209,6 +219,8 @@ def probabilities_to_labels(probabilities: torch.Tensor, record: GridRecord) -> 
 
 def labels_to_original(labels: np.ndarray | torch.Tensor, record: GridRecord) -> np.ndarray:
     """A label map on the network grid -> the input grid (nearest neighbour)."""
+    import torch
+
     canonical = resample(torch.as_tensor(np.asarray(labels)), record.canonical_shape, labels=True)
     return np.ascontiguousarray(from_canonical(canonical.numpy(), record.ornt))
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import GeometryError
 from .io.outputs import atomic_path, label_colors, write_text_atomic
-from .io.volume import Volume, lps_from_affine
+from .io.volume import Volume, axis_codes, axis_orientation, lps_from_affine
 
 PERCENTILES = (5, 25, 50, 75, 95)
 # The centroid that places the preview slices is computed on a strided view of about this many voxels.
@@ -43,8 +43,6 @@ def _check_grid(image: Volume, labels: Volume) -> None:
 
 def geometry(volume: Volume) -> dict[str, Any]:
     """The grid of a volume in the words of Slicer/ITK (LPS) and nibabel/MONAI (RAS)."""
-    import nibabel as nib
-
     spacing, origin, direction = lps_from_affine(volume.affine_ras)
     return {
         "shape": list(volume.shape),
@@ -52,7 +50,7 @@ def geometry(volume: Volume) -> dict[str, Any]:
         "origin_lps_mm": [float(o) for o in origin],
         "direction_lps": [list(map(float, direction[r * 3:(r + 1) * 3])) for r in range(3)],
         "affine_ras": [[float(v) for v in row] for row in volume.affine_ras],
-        "orientation": "".join(nib.aff2axcodes(volume.affine_ras)),
+        "orientation": axis_codes(volume.affine_ras),
         "voxel_volume_ml": volume.voxel_volume_ml,
     }
 
@@ -309,14 +307,13 @@ def write_preview_png(image: Volume, labels: Volume, path: str | Path, label_nam
     panels (the largest field of view spans ``panel_px`` pixels). For an oblique grid the views are
     along the voxel axes closest to the patient axes.
     """
-    from nibabel.orientations import io_orientation
     from PIL import Image, ImageDraw, ImageFont
 
     _check_grid(image, labels)
     names = list(label_names)
     rgb_of = label_colors(names)
     rgb_of.update({k: tuple(int(c) for c in v) for k, v in (colors or {}).items()})
-    ornt = io_orientation(image.affine_ras)
+    ornt = axis_orientation(image.affine_ras)
     spacing = image.spacing_mm
     centre = _centre_voxel(labels.array)
 

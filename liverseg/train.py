@@ -237,8 +237,29 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
                                seconds=seconds, iterations=step - first_step,
                                patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world,
                                inputs="CT" if cfg.data.modality == "ct" else "PHOTO"))
+        if t.export_onnx and cfg.data.modality == "ct":
+            export_for_prediction(run_dir)
     dist_utils.barrier(ctx)
     return run_dir / "best.pt"
+
+
+def export_for_prediction(run_dir: Path) -> Path | None:
+    """Write ``run_dir/model.onnx`` for fast CPU prediction; a failure is logged, never fatal."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        log.info("model.onnx not written: pip install 'liverseg[onnx]' for ONNX Runtime prediction")
+        return None
+    from .export import export_model
+
+    try:
+        path = export_model(run_dir, "onnx")
+    except Exception as exc:  # the exporter raises many types; the run itself is complete either way
+        log.warning("model.onnx not written (%s: %s); liverseg predict will use the checkpoint",
+                    type(exc).__name__, " ".join(str(exc).split())[:300])
+        return None
+    log.info("wrote %s (liverseg predict uses it on a CPU; --backend torch for the checkpoint)", path)
+    return path
 
 
 def _epoch_line(row: dict) -> str:
@@ -263,7 +284,7 @@ def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch
                 probabilities = photo_probabilities(model, case["image"], cfg, device)
             else:
                 probabilities = network_probabilities(model, case["image"][0], cfg, device)
-            predicted = probabilities.argmax(0).numpy()
+            predicted = np.asarray(probabilities).argmax(0)
             reference = case["label"][0].numpy()
             for index, name in enumerate(cfg.data.labels[1:], start=1):
                 per_label[name].append(dice(predicted == index, reference == index))

@@ -5,7 +5,12 @@
     python scripts/bench_predict.py --manifest M.json --split test [--model RUN_DIR]   # + Dice vs labels
     python scripts/bench_predict.py --large-only --model RUN_DIR                        # 512x512x1000 memory
 
-Every pipeline runs as a separate process, alternately (liverseg, liverseg-onnx, reference, liverseg,
+Pipelines: ``liverseg`` is ``liverseg predict --model RUN`` as a user runs it (the run folder holds the
+``model.onnx`` that ``liverseg train`` writes at the end, so on a CPU it predicts with ONNX Runtime and
+never imports PyTorch); ``liverseg-torch`` is the same with ``--backend torch`` (the checkpoint through
+PyTorch). The run given with ``--model`` is copied and exported inside the bench's temporary folder.
+
+Every pipeline runs as a separate process, alternately (liverseg, liverseg-torch, reference, liverseg,
 ...), so machine noise hits all alike; each process's wall time and peak RSS (from wait4) are recorded
 and medians and ratios printed. The reference is ``../shared/bench/monai_reference.py`` (override with
 ``--reference``): a MONAI residual U-Net (16..256 channels, 4 strides, 2 residual units, batch norm) at
@@ -104,6 +109,18 @@ def reference_weights(run_dir: Path, workdir: Path) -> Path | None:
     return path
 
 
+def copy_run(model: Path, dest: Path, export_onnx: bool) -> Path:
+    """The run's config and checkpoints in ``dest``, with a fresh ``model.onnx`` when ``export_onnx``."""
+    dest.mkdir(parents=True)
+    for name in ("config.yaml", "best.pt", "last.pt"):
+        if (model / name).is_file():
+            shutil.copy2(model / name, dest / name)
+    if export_onnx:
+        subprocess.run([sys.executable, "-m", "liverseg", "export", str(dest), "--format", "onnx"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return dest
+
+
 def dice_of(prediction: Path, label: Path) -> float:
     import SimpleITK as sitk
 
@@ -151,7 +168,8 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="reference pipeline script")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                         help="an extra liverseg pipeline, e.g. 'nocoarse=--set infer.coarse_to_fine=false'")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the exported ONNX pipeline")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="do not export model.onnx: the liverseg pipeline then predicts with PyTorch")
     parser.add_argument("--no-reference", action="store_true", help="liverseg pipelines only")
     parser.add_argument("--large", action="store_true", help="also the synthetic 512x512x1000 memory check")
     parser.add_argument("--large-only", action="store_true", help="only the 512x512x1000 memory check")
@@ -176,12 +194,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="liverseg-bench-") as tmp:
         workdir = Path(tmp)
         model = args.model or train_reference_model(workdir, args.threads, args.train_minutes)
-        pipelines: dict[str, list[str]] = {"liverseg": ["--model", str(model)]}
+        run = copy_run(model, workdir / "run", export_onnx=not args.no_onnx)
+        pipelines: dict[str, list[str]] = {"liverseg": ["--model", str(run)]}
         if not args.no_onnx:
-            onnx_path = workdir / "exported" / "model.onnx"
-            subprocess.run([sys.executable, "-m", "liverseg", "export", str(model), "--format", "onnx", "-o",
-                            str(onnx_path)], check=True, stdout=subprocess.DEVNULL)
-            pipelines["liverseg-onnx"] = ["--model", str(onnx_path)]
+            pipelines["liverseg-torch"] = ["--model", str(run), "--backend", "torch"]
         for item in args.variant:
             name, _, extra = item.partition("=")
             pipelines[name] = ["--model", str(model), *extra.split()]

@@ -63,3 +63,65 @@ def test_a_foreign_file_is_refused_with_one_line(tmp_path):
     torch.save({"not": "a model"}, bogus)
     with pytest.raises(InputError, match="weights.pt: is neither a run folder nor a model written by"):
         load_exported(bogus, torch.device("cpu"))
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, dest))
+
+
+def test_a_run_folder_with_a_current_model_onnx_predicts_with_onnx_runtime_on_a_cpu(run_and_input, tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    from liverseg.infer import load_model
+    from liverseg.train import export_for_prediction
+
+    run = _copy_run(run_and_input[0], tmp_path / "run")
+    assert load_model(run, "cpu").backend == "torch"  # nothing exported yet
+    with pytest.raises(InputError, match="--backend onnx, but there is no model.onnx"):
+        load_model(run, "cpu", backend="onnx")
+    assert export_for_prediction(run) == run / "model.onnx"  # what train does at the end of a CT run
+    assert load_model(run, "cpu").backend == "onnx"
+    assert load_model(run, "cpu", backend="torch").backend == "torch"
+    # A checkpoint written after the export (a resumed run): the stale ONNX file is not used.
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    checkpoint["epoch"] = 3
+    torch.save(checkpoint, run / "best.pt")
+    with caplog.at_level("INFO", logger="liverseg"):
+        assert load_model(run, "cpu").backend == "torch"
+    assert "exported from another checkpoint than best.pt" in caplog.text
+    with pytest.raises(InputError, match="another checkpoint"):
+        load_model(run, "cpu", backend="onnx")
+
+
+def test_onnx_prediction_never_imports_torch_or_monai(run_and_input, tmp_path):
+    """Start-up time: PyTorch's import alone is about as long as a small CT's whole prediction."""
+    pytest.importorskip("onnxruntime")
+    import subprocess
+    import sys
+
+    run, image = run_and_input
+    exported = tmp_path / "model.onnx"
+    assert main(["export", str(run), "--format", "onnx", "-o", str(exported)]) == 0
+    code = ("import sys; from liverseg.cli import main; "
+            f"rc = main(['predict', {str(image)!r}, '-o', {str(tmp_path / 'out')!r}, '--model', {str(exported)!r}, "
+            "'--device', 'cpu', '-q', '--threads', '1']); "
+            "heavy = sorted(m for m in ('torch', 'monai', 'nibabel') if m in sys.modules); "
+            "print('imported:', heavy); sys.exit(rc or (3 if heavy else 0))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "out" / "ct" / "segmentation.seg.nrrd").is_file()
+
+
+def test_onnx_device_names_are_checked_without_torch():
+    from liverseg.export import _onnx_providers
+
+    assert _onnx_providers("cpu", ["CPUExecutionProvider"]) == (["CPUExecutionProvider"], "cpu")
+    assert _onnx_providers(None, ["CPUExecutionProvider"])[1] == "cpu"
+    providers, device = _onnx_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert device == "cuda" and providers[0][0] == "CUDAExecutionProvider"
+    assert _onnx_providers("cuda:1", ["CUDAExecutionProvider"])[0][0] == ("CUDAExecutionProvider", {"device_id": 1})
+    with pytest.raises(InputError, match="no CUDA provider"):
+        _onnx_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(InputError, match="not a device name"):
+        _onnx_providers("tpu", ["CPUExecutionProvider"])

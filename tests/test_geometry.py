@@ -282,3 +282,27 @@ def test_tiny_nifti_fixture_reads_back_with_its_lps_geometry(nifti_file):
     itk = sitk.ReadImage(str(nifti_file))
     np.testing.assert_allclose(itk.GetDirection(), (1, 0, 0, 0, 1, 0, 0, 0, 1), atol=1e-6)  # identity in LPS
     np.testing.assert_allclose(itk.GetOrigin(), (-10.0, 5.0, 3.0), atol=1e-5)
+
+
+def test_axis_orientation_agrees_with_nibabel_on_permuted_flipped_oblique_and_sheared_affines():
+    """liverseg's own io_orientation (no nibabel import at prediction start-up) gives nibabel's answer."""
+    from liverseg.io.volume import axis_codes, axis_orientation
+
+    rng = np.random.default_rng(0)
+    affines = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            affine = np.eye(4)
+            affine[:3, :3] = np.eye(3)[:, perm] * np.asarray(signs) * rng.uniform(0.3, 5.0, 3)
+            affines.append(affine)
+    for _ in range(200):  # oblique, anisotropic and slightly sheared
+        affine = np.eye(4)
+        affine[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0] @ np.diag(rng.uniform(0.3, 5.0, 3))
+        affine[:3, :3] += rng.normal(0, 0.05, (3, 3))
+        affine[:3, 3] = rng.normal(0, 100, 3)
+        affines.append(affine)
+    affines.append(np.diag([1.0, 1.0, 1.0, 1.0]) @ np.array(  # 45 degrees: a tie broken in axis order
+        [[np.sqrt(0.5), -np.sqrt(0.5), 0, 0], [np.sqrt(0.5), np.sqrt(0.5), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    for affine in affines:
+        np.testing.assert_array_equal(axis_orientation(affine), nib.orientations.io_orientation(affine).astype(int))
+        assert axis_codes(affine) == "".join(nib.aff2axcodes(affine))

@@ -29,9 +29,10 @@ def test_chunked_resampling_equals_the_whole_volume_functions(shape, spacing, di
     image, record2 = preprocess_image_chunked(volume, (1.5, 1.5, 2.0), (-200, 300), chunk=chunk)
     assert record2.target_shape == record.target_shape
     np.testing.assert_allclose(record2.target_affine, record.target_affine)
-    torch.testing.assert_close(image, expected, atol=2e-6, rtol=0)
+    assert isinstance(image, np.ndarray) and image.dtype == np.float32
+    np.testing.assert_allclose(image, expected.numpy(), atol=2e-6, rtol=0)
     probabilities = torch.softmax(torch.randn((3, *image.shape), generator=torch.Generator().manual_seed(1)), 0)
-    labels = probabilities_to_labels_chunked(probabilities, record, chunk=chunk)
+    labels = probabilities_to_labels_chunked(probabilities.numpy(), record, chunk=chunk)
     np.testing.assert_array_equal(labels, probabilities_to_labels(probabilities, record))
     assert labels.shape == shape and labels.dtype == np.uint8
 
@@ -46,14 +47,34 @@ def test_linear_source_matches_torch_interpolate():
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.float16, 4e-3)])
+def test_linear_resize_of_an_axis_matches_torch_bilinear():
+    from liverseg.gridstream import resize_linear
+
+    array = torch.rand((2, 17, 9, 3), generator=torch.Generator().manual_seed(2))
+    for size in ((7, 20), (17, 9), (40, 4)):
+        expected = torch.nn.functional.interpolate(array.permute(3, 0, 1, 2), size=size, mode="bilinear",
+                                                   align_corners=False).permute(1, 2, 3, 0)
+        got = resize_linear(resize_linear(array.numpy(), 1, size[0]), 2, size[1])
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-6, rtol=0)
+
+
+def test_average_pool_matches_torch_avg_pool3d_with_ceil_mode():
+    from liverseg.infer import average_pool
+
+    image = torch.rand((13, 8, 7), generator=torch.Generator().manual_seed(6))
+    for factor in (2, 3):
+        expected = torch.nn.functional.avg_pool3d(image[None, None], factor, factor, ceil_mode=True)[0, 0]
+        np.testing.assert_allclose(average_pool(image.numpy(), factor), expected.numpy(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-5), (np.float16, 4e-3)])
 def test_streaming_window_stores_the_requested_precision(dtype, atol):
-    image = torch.rand((1, 30, 21, 40), generator=torch.Generator().manual_seed(3))
-    out = sliding_window(image, lambda x: torch.cat([x, 1 - x], 1), (8, 8, 8), overlap=0.5, batch_size=3,
+    image = np.random.default_rng(3).random((1, 30, 21, 40), dtype=np.float32)
+    out = sliding_window(image, lambda x: np.concatenate([x, 1 - x], 1), (8, 8, 8), overlap=0.5, batch_size=3,
                          out_dtype=dtype)
     assert out.dtype == dtype and tuple(out.shape) == (2, 30, 21, 40)
-    torch.testing.assert_close(out[0].float(), image[0], atol=atol, rtol=0)
-    torch.testing.assert_close(out[1].float(), 1 - image[0], atol=atol, rtol=0)
+    np.testing.assert_allclose(out[0].astype(np.float32), image[0], atol=atol, rtol=0)
+    np.testing.assert_allclose(out[1].astype(np.float32), 1 - image[0], atol=atol, rtol=0)
 
 
 class _BrightIsLiver(torch.nn.Module):
@@ -111,27 +132,27 @@ def test_flip_tta_averages_every_flip_combination():
 
     def model(x):  # not flip-equivariant: the output depends on the position along axis 0
         calls.append(x.shape)
-        ramp = torch.linspace(0, 1, x.shape[2]).reshape(1, 1, -1, 1, 1)
-        return torch.cat([x * 0, ramp.expand_as(x) * 4], dim=1)
+        ramp = np.linspace(0, 1, x.shape[2], dtype=np.float32).reshape(1, 1, -1, 1, 1)
+        return np.concatenate([x * 0, np.broadcast_to(ramp, x.shape) * 4], axis=1)
 
-    batch = torch.zeros((2, 1, 6, 5, 4))
-    plain = softmax_predictor(model, torch.device("cpu"))(batch)
-    tta = softmax_predictor(model, torch.device("cpu"), flip_axes=(0, 1))(batch)
+    batch = np.zeros((2, 1, 6, 5, 4), dtype=np.float32)
+    plain = softmax_predictor(model, "cpu")(batch)
+    tta = softmax_predictor(model, "cpu", flip_axes=(0, 1))(batch)
     assert len(calls) == 1 + 4
     # Averaging the flip along axis 0 makes the result symmetric along it.
-    torch.testing.assert_close(tta, tta.flip(2))
-    assert not torch.allclose(plain, plain.flip(2))
+    np.testing.assert_allclose(tta, np.flip(tta, 2), atol=1e-6)
+    assert not np.allclose(plain, np.flip(plain, 2))
 
 
 def test_memory_plan_uses_float16_for_a_large_volume_and_thin_slabs_for_a_small_budget():
     cfg = _cfg()
     small = make_volume((64, 64, 32), (2.0, 2.0, 2.0), dtype=np.int16)
-    assert plan_memory(small, cfg, None).probability_dtype == torch.float32
+    assert plan_memory(small, cfg, None).probability_dtype == np.float32
     # 512x512x1200 at 1 mm -> 39 M network voxels x 2 classes: 315 MB as float32, above the default 256 MB.
     large = make_volume((512, 512, 1200), (1.0, 1.0, 1.0), array=np.empty((512, 512, 1200), dtype=np.uint8))
     plan = plan_memory(large, cfg, None)
-    assert plan.probability_dtype == torch.float16 and 1 <= plan.chunk_slices <= 64
-    assert plan_memory(large, cfg, 4.0).probability_dtype == torch.float32  # 315 MB <= 4 GB / 8
+    assert plan.probability_dtype == np.float16 and 1 <= plan.chunk_slices <= 64
+    assert plan_memory(large, cfg, 4.0).probability_dtype == np.float32  # 315 MB <= 4 GB / 8
     assert plan_memory(large, cfg, 0.05).chunk_slices < plan.chunk_slices
 
 

@@ -92,3 +92,33 @@ def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     """Apply an affine to an (..., 3) array of voxel coordinates."""
     ijk = np.asarray(ijk, dtype=np.float64)
     return ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def axis_orientation(affine: np.ndarray) -> np.ndarray:
+    """For each voxel axis: (the RAS axis it runs closest to, +1 or -1), as an int (3, 2) array.
+
+    nibabel's ``io_orientation`` algorithm (polar decomposition; then, voxel axes taken from the most
+    to the least clearly aligned, each gets the largest remaining entry of its column), written out
+    here because importing nibabel costs half a second of every ``liverseg predict`` start;
+    ``tests/test_geometry.py`` checks both agree.
+    """
+    rzs = np.asarray(affine, dtype=np.float64)[:3, :3]
+    zooms = np.sqrt((rzs * rzs).sum(axis=0))
+    zooms[zooms == 0] = 1.0
+    u, s, vt = np.linalg.svd(rzs / zooms, full_matrices=False)
+    keep = s > s.max() * 3 * np.finfo(s.dtype).eps
+    rotation = u[:, keep] @ vt[keep]
+    ornt = np.zeros((3, 2), dtype=int)
+    for axis in np.argsort(np.min(-(rotation ** 2), axis=0), kind="stable"):
+        column = rotation[:, axis]
+        if np.allclose(column, 0):
+            raise ValueError(f"affine {np.round(affine, 4).tolist()} is degenerate: voxel axis {axis} has no direction")
+        target = int(np.argmax(np.abs(column)))
+        ornt[axis] = (target, -1 if column[target] < 0 else 1)
+        rotation[target, :] = 0.0  # each RAS axis is taken once
+    return ornt
+
+
+def axis_codes(affine: np.ndarray) -> str:
+    """The patient direction each voxel axis runs towards, e.g. 'RAS' or 'LPS' (nibabel's aff2axcodes)."""
+    return "".join(("LR", "PA", "IS")[int(k)][1 if sign > 0 else 0] for k, sign in axis_orientation(affine))
