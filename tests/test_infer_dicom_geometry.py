@@ -85,3 +85,59 @@ def test_512x512x119_dicom_series_keeps_its_geometry_exactly(tmp_path):
         np.testing.assert_allclose(written.GetDirection(), reference.GetDirection(), rtol=0, atol=1e-6)
     assert {p.name for p in (out / "ct_series").iterdir()} >= {
         "segmentation.nii.gz", "segmentation.seg.nrrd", "labels.ctbl", "segmentation.dcm", "report.json"}
+
+
+@pytest.mark.slow
+def test_512x512x119_dicom_outputs_agree_seg_nrrd_dicom_seg_and_report(tmp_path, monkeypatch):
+    """The per-case outputs of a DICOM input describe one and the same mask: the .seg.nrrd read by pynrrd
+    (segment metadata, extent), the DICOM SEG read back by highdicom (frame by source slice), and
+    report.json (volume = voxel count x voxel volume). The network is replaced by a fixed ellipsoid
+    mask so the outputs are checked on a mask with a shape, not an empty one."""
+    nrrd = pytest.importorskip("nrrd")
+    hd = pytest.importorskip("highdicom")
+    import json
+
+    cfg = load_config(REPO / "configs" / "smoke_3d.yaml")
+    run = tmp_path / "run"
+    run.mkdir()
+    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epoch": 0}, run / "best.pt")
+    series = tmp_path / "ct_series"
+    write_ct_series(series)
+    ii, jj, kk = np.ogrid[:512, :512, :119]
+    mask = (((ii - 300) / 90.0) ** 2 + ((jj - 240) / 70.0) ** 2 + ((kk - 60) / 30.0) ** 2 <= 1).astype(np.uint8)
+    seen_shapes = []
+
+    def ellipsoid(model, volume, cfg, device, progress=False, memory_gb=None):
+        seen_shapes.append(volume.shape)
+        return mask.copy()
+
+    monkeypatch.setattr("liverseg.predict_batch.predict_volume", ellipsoid)
+    out = tmp_path / "out"
+    assert main(["predict", str(series), "-o", str(out), "--model", str(run), "--device", "cpu", "-q",
+                 "--no-preview"]) == 0
+    assert seen_shapes == [(512, 512, 119)]
+    case = out / "ct_series"
+    nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "segmentation.nii.gz"))).transpose(2, 1, 0)
+    np.testing.assert_array_equal(nifti, mask)
+
+    data, header = nrrd.read(str(case / "segmentation.seg.nrrd"))
+    np.testing.assert_array_equal(data, mask)
+    assert header["Segment0_Name"] == "liver" and header["Segment0_LabelValue"] == "1"
+    box = [(int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))).min()),
+            int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))).max())) for axis in range(3)]
+    assert [int(v) for v in header["Segment0_Extent"].split()] == [v for pair in box for v in pair]
+    assert len(header["Segment0_Color"].split()) == 3
+
+    seg = hd.seg.segread(str(case / "segmentation.dcm"))
+    files = sorted(series.iterdir())
+    uids = [str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in files]
+    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    for k, frame in enumerate(frames):  # file k holds slice k (written along the normal, IM0000 first)
+        np.testing.assert_array_equal(frame, mask[:, :, k].T, err_msg=f"slice {k}")
+
+    report = json.loads((case / "report.json").read_text())
+    liver = report["labels"]["liver"]
+    assert liver["voxel_count"] == int(mask.sum())
+    assert liver["volume_ml"] == pytest.approx(mask.sum() * 0.74 * 0.74 * 2.5 / 1000.0, rel=1e-6)
+    assert report["geometry"]["shape"] == [512, 512, 119]
