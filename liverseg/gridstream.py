@@ -75,7 +75,7 @@ def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, flo
 
     record = plan_grid(volume, spacing_mm)
     canonical = to_canonical(volume.array, record.ornt)
-    (nx, ny, nz), (tx, ty, tz) = record.canonical_shape, record.target_shape
+    nz, (tx, ty, tz) = record.canonical_shape[2], record.target_shape
     factors = [n / t for n, t in zip(record.canonical_shape, record.target_shape)]
     sigma = [max(0.0, (f - 1.0) / 2.0) if f > 1.0 else 0.0 for f in factors]
     radius_z = int(_TRUNCATE * sigma[2] + 0.5) if sigma[2] > 0 else 0

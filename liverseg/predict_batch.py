@@ -14,9 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
-
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -25,6 +23,7 @@ from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import TrainedModel, load_model, predict_volume
 from .io import case_name, check_input, is_image_file, read_volume, write_label_map
+from .io.outputs import label_voxel_counts
 from .io.photos import is_photo_file
 from .io.volume import Volume
 from .manifest import Case, load_manifest
@@ -267,7 +266,7 @@ def _infer_overrides(cfg, overrides: Sequence[str]):
 
 
 def _label_summary(labels: np.ndarray, volume: Volume, names: Sequence[str]) -> str:
-    counts = np.bincount(labels.ravel(), minlength=len(names))
+    counts = label_voxel_counts(labels, len(names))
     return ", ".join(f"{name} {counts[i] * volume.voxel_volume_ml:.1f} mL" for i, name in enumerate(names) if i > 0)
 
 

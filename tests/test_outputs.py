@@ -323,3 +323,14 @@ def test_slicer_script_resolves_a_case_folder(tmp_path):
         ns["resolve_case"](case)
     with pytest.raises(FileNotFoundError, match="no such case"):
         ns["resolve_case"](tmp_path / "nope")
+
+
+def test_label_voxel_counts_equal_bincount_for_any_layout_and_dtype():
+    from liverseg.io.outputs import label_voxel_counts
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, (9, 8, 7)).astype(np.uint8)
+    for array in (labels, np.asfortranarray(labels), labels.transpose(2, 0, 1), labels[::2]):
+        np.testing.assert_array_equal(label_voxel_counts(array, 5), np.bincount(array.ravel(), minlength=5))
+    np.testing.assert_array_equal(label_voxel_counts(labels > 2, 2), [int((labels <= 2).sum()), int((labels > 2).sum())])
+    np.testing.assert_array_equal(label_voxel_counts(np.zeros((3, 3, 3), np.uint8), 3), [27, 0, 0])

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeometryError, InputError
-from .outputs import _check_labels, _codes, _resolve_colors, atomic_path
+from .outputs import _check_labels, _codes, _resolve_colors, atomic_path, label_voxel_counts
 from .volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,10 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     datasets = _source_datasets(source_dicom, labels)
     rgb = _resolve_colors(label_names, colors)
 
-    frames = np.stack([labels.array[_frame_indices(ds, labels)] for ds in datasets]).astype(np.int64)
-    counts = np.bincount(labels.array.ravel().astype(np.int64), minlength=len(label_names))
+    frames = np.stack([labels.array[_frame_indices(ds, labels)] for ds in datasets])  # label values as stored
+    if frames.dtype == bool:
+        frames = frames.view(np.uint8)  # indices into the lookup table below, not a boolean mask
+    counts = label_voxel_counts(labels.array, len(label_names))
     present = [v for v in range(1, len(label_names)) if counts[v] > 0]
     all_empty = not present
     if all_empty:

@@ -158,6 +158,18 @@ def _too_close(color: RGB, used: list[RGB], min_distance: float = 40.0) -> bool:
     return any(float(np.linalg.norm(np.subtract(color, u))) < min_distance for u in used)
 
 
+def label_voxel_counts(array: np.ndarray, n_labels: int) -> np.ndarray:
+    """Voxels per label value (at least ``n_labels`` entries) without a wide copy of the volume.
+
+    ``np.bincount`` of a whole uint8 volume converts it to int64 first: 2 GB for a 512x512x1000 label
+    map. Only the foreground is converted here (plus a one-byte-per-voxel mask).
+    """
+    foreground = array[array != 0]
+    counts = np.bincount(foreground.astype(np.intp, copy=False), minlength=n_labels)
+    counts[0] = array.size - foreground.size
+    return counts
+
+
 def label_colors(label_names: Sequence[str]) -> dict[str, RGB]:
     """Display colour (0-255 RGB) of every label name, background black.
 
