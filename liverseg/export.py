@@ -4,7 +4,9 @@ The resolved config (labels, preprocessing spacing and HU window, inference sett
 the file, so ``liverseg predict --model model.onnx`` needs nothing else:
 
 * ONNX: ``metadata_props`` ``liverseg.config`` (YAML), ``liverseg.size_divisor`` (inputs are padded
-  to multiples of it), ``liverseg.model_id``, ``liverseg.version``, ``liverseg.epoch``.
+  to multiples of it), ``liverseg.model_id``, ``liverseg.version``, ``liverseg.epoch``,
+  ``liverseg.checkpoint_sha256`` (so a run folder's ``model.onnx`` is used only while it matches the
+  folder's checkpoint; see ``infer.load_model``).
 * TorchScript: extra files ``liverseg/config.yaml`` and ``liverseg/meta.json`` inside the archive.
 
 The network is exported without liverseg's size adapter, with dynamic batch and spatial axes; the
@@ -20,7 +22,6 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
