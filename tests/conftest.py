@@ -68,6 +68,24 @@ def ellipsoid_mask(shape, affine, centre, radii_mm) -> np.ndarray:
     return q <= 1.0
 
 
+def sop_instance_uid(path) -> str:
+    """A DICOM file's SOPInstanceUID (from the file meta when the dataset's own is blank)."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    return str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID)
+
+
+def read_dicom_seg_frames(seg_path: Path, files) -> tuple[object, dict[str, np.ndarray]]:
+    """A DICOM SEG read back by highdicom: (the dataset, {source SOPInstanceUID: label frame})."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(seg_path))
+    uids = [sop_instance_uid(f) for f in files]
+    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    return seg, dict(zip(uids, frames))
+
+
 def dice_of(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = a.sum() + b.sum()

@@ -1,8 +1,12 @@
 """End to end on the real CT samples in ../shared/data: train on LiTS case 117, predict the
-TotalSegmentator example (JPEG 2000 DICOM series and 3 mm NIfTI) and a pyradiomics NRRD, and check that
-every label map has exactly the input's geometry as SimpleITK reads it."""
+TotalSegmentator example (JPEG 2000 DICOM series and 3 mm NIfTI) and a pyradiomics NRRD with the
+checkpoint (PyTorch) and with the exported model.onnx (ONNX Runtime), and check that every output of
+every case has exactly the input's geometry as SimpleITK reads it and describes the same mask: the
+NIfTI label map, the .seg.nrrd as pynrrd reads it (segment metadata), the DICOM SEG as highdicom
+reads it back, and the report's volumes (voxel count x voxel volume)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import read_dicom_seg_frames
 from liverseg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,21 +62,55 @@ def lits_run(tmp_path_factory) -> Path:
                  "--set", f"data.manifest={manifest}", "--set", f"data.root={LITS}",
                  "--set", "data.label_remap={2: 1}", "-q"])
     assert code == 0
+    if importlib.util.find_spec("onnxruntime") is not None:  # what train writes unless export_onnx is off
+        assert main(["export", str(run_dir), "--format", "onnx"]) == 0
     return run_dir
 
 
+BACKENDS = ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("input_path", [DICOM_SERIES, CT_3MM, LUNG_NRRD], ids=["dicom_jpeg2000", "nifti_3mm", "nrrd"])
-def test_predict_keeps_input_geometry(lits_run: Path, tmp_path: Path, input_path: Path) -> None:
+def test_predict_keeps_input_geometry(lits_run: Path, tmp_path: Path, input_path: Path, backend: str) -> None:
     if not input_path.exists():
         pytest.skip(f"{input_path} not present")
     out = tmp_path / "out"
-    assert main(["predict", str(input_path), "-o", str(out), "--model", str(lits_run), "-q"]) == 0
-    case = input_path.name.replace(".nii.gz", "").replace(".nrrd", "")
-    written = sitk.ReadImage(str(out / case / "segmentation.nii.gz"))
+    assert main(["predict", str(input_path), "-o", str(out), "--model", str(lits_run), "--backend", backend,
+                 "--device", "cpu", "-q"]) == 0
+    case_dir = out / input_path.name.replace(".nii.gz", "").replace(".nrrd", "")
+    reference = read_sitk_reference(input_path)
+    written = sitk.ReadImage(str(case_dir / "segmentation.nii.gz"))
     assert written.GetPixelID() == sitk.sitkUInt8
-    assert_same_geometry(written, read_sitk_reference(input_path))
-    labels = sitk.GetArrayFromImage(written)
+    assert_same_geometry(written, reference)
+    labels = sitk.GetArrayFromImage(written)  # (z, y, x)
     assert set(np.unique(labels).tolist()) <= {0, 1}
+
+    # .seg.nrrd: the same voxels on the same grid, with Slicer's segment metadata
+    nrrd = pytest.importorskip("nrrd")
+    data, header = nrrd.read(str(case_dir / "segmentation.seg.nrrd"))
+    np.testing.assert_array_equal(data, labels.transpose(2, 1, 0))
+    assert_same_geometry(sitk.ReadImage(str(case_dir / "segmentation.seg.nrrd")), reference)
+    assert header["Segment0_Name"] == "liver" and header["Segment0_LabelValue"] == "1"
+    assert "Segment0_Extent" in header and "Segment0_Color" in header
+
+    # report.json: volume = voxel count x voxel volume, geometry and backend recorded
+    report = json.loads((case_dir / "report.json").read_text())
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    assert report["extra"]["backend"] == backend
+    assert report["geometry"]["shape"] == list(reference.GetSize())
+    liver = report["labels"].get("liver", {"voxel_count": 0, "volume_ml": 0.0})
+    assert liver["voxel_count"] == int((labels == 1).sum())
+    assert liver["volume_ml"] == pytest.approx(liver["voxel_count"] * voxel_ml, rel=1e-6)
+
+    # DICOM input: segmentation.dcm read back by highdicom gives the same mask, slice by slice
+    if input_path.is_dir():
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(input_path)))
+        _seg, by_uid = read_dicom_seg_frames(case_dir / "segmentation.dcm", files)
+        assert len(by_uid) == len(files) == labels.shape[0]
+        for k, frames in enumerate(by_uid.values()):  # GDCM's file order is the volume's slice order
+            np.testing.assert_array_equal(frames, labels[k], err_msg=f"slice {k}")
 
 
 def test_evaluate_against_totalsegmentator_liver(lits_run: Path, tmp_path: Path, capsys) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED_DATA, make_volume, rotation
+from conftest import SHARED_DATA, make_volume, read_dicom_seg_frames, rotation, sop_instance_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -161,20 +161,6 @@ def write_ct_series(folder: Path, size_cr: tuple[int, int], n_slices: int, pixel
     return paths
 
 
-def _sop_uid(path) -> str:
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    return str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID)
-
-
-def _readback(seg_path: Path, files) -> tuple[object, dict[str, np.ndarray]]:
-    import highdicom as hd
-
-    seg = hd.seg.segread(str(seg_path))
-    uids = [_sop_uid(f) for f in files]
-    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
-    return seg, dict(zip(uids, frames))
-
-
 def test_dicom_seg_round_trip_oblique_series(tmp_path):
     import highdicom as hd
 
@@ -190,7 +176,7 @@ def test_dicom_seg_round_trip_oblique_series(tmp_path):
     path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", NAMES, tmp_path / "out" / "seg.dcm")
     assert sorted(p.name for p in path.parent.iterdir()) == ["seg.dcm"]
 
-    seg, by_uid = _readback(path, files)
+    seg, by_uid = read_dicom_seg_frames(path, files)
     described = {d.segment_number: d for d in seg.SegmentSequence}
     assert sorted(described) == [1, 2]
     assert described[1].SegmentLabel == "liver" and described[2].SegmentLabel == "tumour"
@@ -217,7 +203,7 @@ def test_dicom_seg_empty_prediction_and_wrong_grid(tmp_path):
     image = read_volume(tmp_path / "ct")
     empty = image.with_array(np.zeros(image.shape, np.uint8))
     path = write_dicom_seg(empty, files, ("background", "liver"), tmp_path / "empty.dcm")
-    seg, by_uid = _readback(path, files)
+    seg, by_uid = read_dicom_seg_frames(path, files)
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver"]
     assert all(not frame.any() for frame in by_uid.values())
 
@@ -240,8 +226,25 @@ def test_dicom_seg_from_a_series_without_patient_and_study_attributes(tmp_path):
     labels = np.zeros(image.shape, np.uint8)
     labels[2:9, 3:12, 1:3] = 1
     path = write_dicom_seg(image.with_array(labels), files, ("background", "liver"), tmp_path / "seg.dcm")
-    seg, by_uid = _readback(path, files)
+    seg, by_uid = read_dicom_seg_frames(path, files)
     assert seg.PatientBirthDate == "" and seg.PatientID == "P1"
+    assert sum(int(frame.sum()) for frame in by_uid.values()) == int(labels.sum())
+
+
+def test_dicom_seg_of_a_series_read_without_series_instance_uid(tmp_path):
+    """The reader names such a series by a placeholder; the SEG writer derives a UID and must not refuse
+    the series for not matching the placeholder (found on the real anonymised JPEG 2000 sample)."""
+    files = write_ct_series(tmp_path / "ct", (16, 16), 4, (1.0, 1.0), 3.0, (1, 0, 0), (0, 1, 0), (0.0, 0.0, 0.0))
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        del ds.SeriesInstanceUID
+        ds.save_as(f)
+    image = read_volume(tmp_path / "ct")
+    assert "SeriesInstanceUID" in image.meta["series_uid"]  # the placeholder, not a UID
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:9, 3:12, 1:3] = 1
+    path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", ("background", "liver"), tmp_path / "seg.dcm")
+    _seg, by_uid = read_dicom_seg_frames(path, files)
     assert sum(int(frame.sum()) for frame in by_uid.values()) == int(labels.sum())
 
 
@@ -260,9 +263,9 @@ def test_dicom_seg_round_trip_real_jpeg2000_series(tmp_path):
     labels[image.array > 150] = 2                          # bone-ish: "tumour" stand-in
     labels[200:330, 150:300, 3:15] = 1
     path = write_dicom_seg(image.with_array(labels), files, NAMES, tmp_path / "seg.dcm")
-    _seg, by_uid = _readback(path, files)
+    _seg, by_uid = read_dicom_seg_frames(path, files)
     for k, f in enumerate(files):  # GDCM's order is the volume's k order
-        np.testing.assert_array_equal(by_uid[_sop_uid(f)], labels[:, :, k].T, err_msg=f"slice {k}")
+        np.testing.assert_array_equal(by_uid[sop_instance_uid(f)], labels[:, :, k].T, err_msg=f"slice {k}")
 
 
 # ----------------------------------------------------------------------------- scripts/slicer_load.py
