@@ -7,8 +7,8 @@ loop over cases (outputs, failures, atomic case folders) lives in ``predict_batc
 Everything between reading the CT and writing the labels is numpy: a network is any callable from a
 float32 batch (N, C, *tile) to logits (N, K, *tile). PyTorch modules are wrapped (``TorchNetwork``,
 the only place here that imports torch); an ONNX Runtime session is called directly, so prediction
-from an exported model never imports PyTorch (about 2.5 s of start-up on a laptop, as much as the
-whole prediction of a small CT).
+from an exported model never imports PyTorch (2.5 s of start-up on the 2-core development machine,
+as much as the whole prediction of a small CT).
 
 Memory on a large CT (512x512x1000) stays bounded: the image is resampled to the network grid slab by
 slab (``gridstream``), the sliding window keeps a rolling float32 buffer one tile deep and stores the
@@ -181,6 +181,8 @@ def sliding_window(image: Any, predictor: Predictor, roi_size: Sequence[int], *,
         batch_tiles = tiles[first: first + batch_size]
         batch = np.stack([image[(slice(None), *tile)] for tile in batch_tiles]).astype(np.float32, copy=False)
         result = np.asarray(predictor(batch), dtype=np.float32)
+        if not result.flags.writeable:  # weighted in place below
+            result = result.copy()
         if output is None:
             output = np.empty((result.shape[1], *padded_shape), dtype=out_dtype)
             buffer = np.zeros((result.shape[1], *inner, depth), dtype=np.float32)
