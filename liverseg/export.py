@@ -150,8 +150,8 @@ def current_onnx_export(run_dir: Path) -> tuple[Path | None, str]:
 
 
 def is_current_export(trained: TrainedModel, run_dir: Path) -> bool:
-    """Whether an exported model was written from ``run_dir``'s current checkpoint."""
-    recorded = trained.meta.get("liverseg.checkpoint_sha256") or trained.meta.get("checkpoint_sha256")
+    """Whether an exported ONNX model was written from ``run_dir``'s current checkpoint."""
+    recorded = trained.meta.get("liverseg.checkpoint_sha256")
     return bool(recorded) and recorded == file_digest(find_checkpoint(Path(run_dir)), 64)
 
 
@@ -235,8 +235,6 @@ def _load_onnx(path: Path, device: Any, threads: int | None) -> TrainedModel:
         import onnxruntime as ort
     except ImportError:
         raise InputError(f"{path}: ONNX models need onnxruntime: pip install 'liverseg[onnx]'") from None
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads {threads}: must be at least 1")
     providers, device_name = _onnx_providers(device, ort.get_available_providers())
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default, one per physical core

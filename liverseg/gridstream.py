@@ -1,9 +1,10 @@
-"""Bounded-memory versions of the two big resampling steps of prediction, slab by slab, in numpy.
+"""The two big resampling steps of prediction, slab by slab, in numpy: CT -> network grid, and the
+class probabilities back onto the input grid (trilinear, then the argmax).
 
-``preprocess.preprocess_image`` and ``preprocess.probabilities_to_labels`` hold whole volumes in
-float32 (a 512x512x1000 CT is 1 GB per copy, and the inverse needs two full-resolution float arrays).
-The functions here compute the same numbers (equal up to float rounding; tests compare them) while
-holding only a slab of ``chunk`` output slices along the canonical last (S) axis at a time:
+Whole-volume float32 copies would cost 1 GB each on a 512x512x1000 CT. The functions here compute
+the numbers of whole-volume trilinear interpolation (training's ``preprocess.preprocess_image``;
+torch's ``interpolate`` for the way back; tests compare both, up to float rounding) while holding
+only a slab of ``chunk`` output slices along the canonical last (S) axis at a time:
 
 * linear interpolation with ``align_corners=False`` is separable: a two-sample blend along each axis
   in turn, with torch's source-index rule ``src = (dst + 0.5) * in / out - 0.5`` (clamped at 0);
@@ -99,10 +100,12 @@ def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, flo
 
 def probabilities_to_labels_chunked(probabilities: np.ndarray, record: GridRecord,
                                     chunk: int = 32) -> np.ndarray:
-    """``preprocess.probabilities_to_labels`` computed ``chunk`` input-grid slices at a time.
+    """Class probabilities (K, X', Y', Z') on the network grid -> uint8 labels on the input grid,
+    ``chunk`` input-grid slices at a time.
 
-    ``probabilities`` (K, X', Y', Z') may be float16 (it is converted slab by slab). Ties go to the
-    lower class, as there.
+    Probabilities, not labels, are resampled back (trilinear) before the argmax: smoother boundaries
+    on a finer input grid. ``probabilities`` may be float16 (converted slab by slab). Ties go to the
+    lower class.
     """
     probabilities = np.asarray(probabilities)
     nx, ny, nz = record.canonical_shape

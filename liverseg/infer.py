@@ -17,7 +17,6 @@ back to the input grid (trilinear, before the argmax) slab by slab.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -422,11 +421,10 @@ def find_checkpoint(run_dir: Path) -> Path:
 
 
 def file_digest(path: Path, length: int = 12) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
+    """The first ``length`` hex digits of the file's sha256 (model ids, export provenance)."""
+    from .download import file_hash
+
+    return file_hash(path, "sha256")[:length]
 
 
 def read_checkpoint(run_dir: str | Path) -> tuple[Path, dict, ExperimentConfig]:

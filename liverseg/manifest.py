@@ -24,7 +24,6 @@ liverseg manifest with fixed folds: ``msd`` (Task03_Liver), ``lits``, ``ircadb``
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .download import file_hash
 from .io.images import strip_image_suffix
+from .io.labels import LABEL_FORMATS, natural_key
 from .photo_manifests import PHOTO_IMPORTERS
 
-MSD_FOLDS = 5
 N_FOLDS = 5
-LABEL_FORMATS = ("volume", "masks_dicom", "png_slices", "dicom_seg")
 
 
 @dataclass(frozen=True)
@@ -141,20 +140,15 @@ def _from_msd(data: dict, path: Path, base: Path) -> Manifest:
             raise InputError(f"{path}: training entry #{index} needs 'image' and 'label', got {entry!r}")
         case_id = strip_image_suffix(Path(entry["image"]).name)
         cases[case_id] = Case(case_id, base / entry["image"], base / entry["label"])
-    splits = {k: tuple(v) for k, v in fold_splits(list(cases), MSD_FOLDS).items()}
+    splits = {k: tuple(v) for k, v in fold_splits(list(cases), N_FOLDS).items()}
     labels = {str(name): int(value) for value, name in (data.get("labels") or {}).items() if str(value).isdigit()}
     return Manifest(str(data.get("name", path.stem)), path, cases, splits, labels)
-
-
-def _natural_key(text: str) -> tuple:
-    """liver_2 before liver_10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def fold_splits(case_ids: list[str], n_folds: int = N_FOLDS) -> dict[str, list[str]]:
     """Fixed folds by position in natural id order (case i -> fold i % n): ``fold0``..``fold{n-1}``,
     ``train_fold{k}`` (every other fold), ``train``/``val`` (= fold 0 held out) and ``all``."""
-    ordered = sorted(case_ids, key=_natural_key)
+    ordered = sorted(case_ids, key=natural_key)
     folds = {f"fold{k}": [c for i, c in enumerate(ordered) if i % n_folds == k] for k in range(n_folds)}
     splits: dict[str, list[str]] = dict(folds)
     for k in range(n_folds):
@@ -215,7 +209,7 @@ def import_msd(root: Path) -> dict:
         if not label.is_file():
             raise InputError(f"{root}: {image.name} has no label labelsTr/{image.name}")
         cases.append({"id": strip_image_suffix(image.name), "image": _rel(image, root), "label": _rel(label, root)})
-    cases.sort(key=lambda c: _natural_key(c["id"]))
+    cases.sort(key=lambda c: natural_key(c["id"]))
     return {"name": "msd_task03_liver",
             "source": "http://medicaldecathlon.com/ (Task03_Liver.tar; mirror used by MONAI and `liverseg download "
                       "msd_liver`: https://msd-for-monai.s3-us-west-2.amazonaws.com/Task03_Liver.tar)",
@@ -239,7 +233,7 @@ def import_lits(root: Path) -> dict:
         if label is None:
             raise InputError(f"{root}: {_rel(volume, root)} has no segmentation-{number}.nii")
         cases.append({"id": f"lits{int(number):03d}", "image": _rel(volume, root), "label": _rel(label, root)})
-    cases.sort(key=lambda c: _natural_key(c["id"]))
+    cases.sort(key=lambda c: natural_key(c["id"]))
     return {"name": "lits",
             "source": "https://competitions.codalab.org/competitions/17094 (LiTS training batches 1 and 2)",
             "labels": {"background": 0, "liver": 1, "tumour": 2},
@@ -255,7 +249,7 @@ def import_ircadb(root: Path) -> dict:
     """3D-IRCADb-01: 3Dircadb1.N/PATIENT_DICOM/ (image) + 3Dircadb1.N/MASKS_DICOM/<structure>/ (masks),
     with the per-patient zip files already extracted."""
     root = Path(root)
-    patients = sorted((p for p in root.glob("**/PATIENT_DICOM") if p.is_dir()), key=lambda p: _natural_key(str(p)))
+    patients = sorted((p for p in root.glob("**/PATIENT_DICOM") if p.is_dir()), key=lambda p: natural_key(str(p)))
     _need(root, patients, "<patient>/PATIENT_DICOM folders (extract each patient's PATIENT_DICOM.zip and "
                           "MASKS_DICOM.zip first)")
     cases = []
@@ -279,7 +273,7 @@ def import_chaos(root: Path) -> dict:
     """CHAOS CT training set: <...>/CT/<n>/DICOM_anon/*.dcm + <...>/CT/<n>/Ground/liver_GT_*.png."""
     root = Path(root)
     folders = sorted((p.parent for p in root.glob("**/DICOM_anon") if (p.parent / "Ground").is_dir()
-                      and "CT" in p.parent.parts[len(root.parts) - 1:]), key=lambda p: _natural_key(p.name))
+                      and "CT" in p.parent.parts[len(root.parts) - 1:]), key=lambda p: natural_key(p.name))
     _need(root, folders, "CT/<n>/DICOM_anon + Ground folders")
     cases = [{"id": f"chaos_ct{int(p.name):02d}" if p.name.isdigit() else p.name,
               "image": _rel(p / "DICOM_anon", root), "label": _rel(p / "Ground", root)} for p in folders]
@@ -301,12 +295,8 @@ IMPORTERS: dict[str, Callable[[Path], dict]] = {
 }
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_of(path: Path) -> str:
+    return file_hash(path, "sha256")
 
 
 def import_manifest(kind: str, root: str | Path, output: str | Path, *, sha256: bool = False) -> Path:

@@ -238,18 +238,17 @@ def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str
     return rgb, labels, probabilities, fov
 
 
-def predict_photo_case(bundle, case, case_dir: str | Path, device: torch.device | None = None) -> list[Path]:
+def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
     """Segment one photograph into ``case_dir``: mask.png, probability[_<label>].png, overlay.png.
 
-    ``bundle`` is a loaded run (``infer.TrainedModel``: cfg, model); ``case`` a ``manifest.Case``.
+    ``bundle`` is a loaded run (``infer.TrainedModel``: cfg, model, device); ``case`` a ``manifest.Case``.
     mask.png holds 0/255 for two-class tasks and class indices otherwise; the probability maps are
     16-bit (0..65535) so metrics such as ROC AUC can be computed from them without losing precision.
     """
     from .report import draw_contours, save_png
 
-    cfg, model = bundle.cfg, bundle.model
-    device = device or next(model.parameters()).device
-    rgb, labels, probabilities, _ = predict_photo(model, cfg, case.image, case.fov, device)
+    cfg = bundle.cfg
+    rgb, labels, probabilities, _ = predict_photo(bundle.model, cfg, case.image, case.fov, bundle.device)
     case_dir = Path(case_dir)
     names = cfg.data.labels
     mask = labels * 255 if len(names) == 2 else labels

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -109,8 +109,6 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
     header or DICOM series, clashing case names, and case folders that already exist (kept unless
     ``overwrite``; ``skip_existing`` leaves them and predicts the rest).
     """
-    if options.threads is not None and options.threads < 1:
-        raise InputError(f"--threads {options.threads}: must be at least 1")
     cases = list(cases)
     if not cases:
         raise InputError("no input given: pass DICOM folders or NIfTI/NRRD/MHA files, a folder of them, "
@@ -124,14 +122,13 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
         raise InputError(f"several inputs share the case name(s) {', '.join(duplicates)}; their outputs "
                          "would overwrite each other: predict them into separate -o folders")
     bundle = load_model(model, options.device, options.threads, options.backend)
-    device = bundle.device
     if options.overrides:
         bundle = replace(bundle, cfg=_infer_overrides(bundle.cfg, options.overrides))
     if bundle.cfg.data.modality == "ct":
         problems = []
         for case in cases:
             try:
-                check_input(case.image, **_series_kwargs(options))
+                check_input(case.image, series=options.series, allow_gaps=options.allow_gaps)
             except LiversegError as exc:
                 problems.append(str(exc))
         if problems:
@@ -153,7 +150,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
     for case in bar:
         bar.set_postfix_str(case.case_id, refresh=False)
         try:
-            case_dir = predict_case(bundle, case, out_dir, options, device, progress=options.progress and single)
+            case_dir = predict_case(bundle, case, out_dir, options, progress=options.progress and single)
         except (LiversegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             result.failed.append((case.case_id, reason))
@@ -167,7 +164,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
 
 
 def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions,
-                 device: Any, progress: bool = False) -> Path:
+                 progress: bool = False) -> Path:
     """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / case.case_id
@@ -178,7 +175,7 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
 
             predict_photo_case(bundle, case, work)
         else:
-            predict_ct_case(bundle, case, work, options, device, progress)
+            predict_ct_case(bundle, case, work, options, progress)
         _commit(work, final, options.overwrite)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -200,12 +197,12 @@ def _commit(work: Path, final: Path, overwrite: bool) -> None:
 
 
 def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
-                    device: Any, progress: bool = False) -> list[Path]:
+                    progress: bool = False) -> list[Path]:
     """Read, segment and write one CT case into ``case_dir``; returns the files written."""
     cfg = bundle.cfg
     start = time.perf_counter()
-    volume = read_volume(case.image, **_series_kwargs(options))
-    labels = predict_volume(bundle.model, volume, cfg, device, progress=progress, memory_gb=options.memory_gb)
+    volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
+    labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress, memory_gb=options.memory_gb)
     runtime_s = time.perf_counter() - start
     written = [write_label_map(labels, volume, case_dir / SEGMENTATION)]
     written += write_case_outputs(bundle, case, volume, labels, case_dir, runtime_s, options)
@@ -242,16 +239,6 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     if options.preview:
         written.append(write_preview_png(volume, label_volume, case_dir / "preview.png", names))
     return written
-
-
-def _series_kwargs(options: PredictOptions) -> dict:
-    """Only the DICOM options actually given (older ``read_volume`` versions lack the keywords)."""
-    kwargs: dict = {}
-    if options.series is not None:
-        kwargs["series"] = options.series
-    if options.allow_gaps:
-        kwargs["allow_gaps"] = True
-    return kwargs
 
 
 def _infer_overrides(cfg, overrides: Sequence[str]):

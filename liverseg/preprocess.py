@@ -194,37 +194,6 @@ def preprocess_label(label: Volume, record: GridRecord) -> torch.Tensor:
     return resample(torch.from_numpy(canonical.astype(np.int16)), record.target_shape, labels=True)
 
 
-def probabilities_to_labels(probabilities: torch.Tensor, record: GridRecord) -> np.ndarray:
-    """Class probabilities (C, X', Y', Z') on the network grid -> uint8 labels on the input grid.
-
-    Probabilities are resampled back (trilinear) before the argmax, class by class, keeping only a
-    running maximum: smoother boundaries than resampling labels, and memory for two full-resolution
-    float arrays instead of C.
-    """
-    import torch
-
-    best = None
-    labels = None
-    for c in range(probabilities.shape[0]):
-        prob = resample(probabilities[c], record.canonical_shape, labels=False, anti_alias=False)
-        if best is None:
-            best, labels = prob, torch.zeros(prob.shape, dtype=torch.uint8)
-            continue
-        better = prob > best
-        labels[better] = c
-        best = torch.maximum(best, prob)
-    assert labels is not None
-    return np.ascontiguousarray(from_canonical(labels.numpy(), record.ornt))
-
-
-def labels_to_original(labels: np.ndarray | torch.Tensor, record: GridRecord) -> np.ndarray:
-    """A label map on the network grid -> the input grid (nearest neighbour)."""
-    import torch
-
-    canonical = resample(torch.as_tensor(np.asarray(labels)), record.canonical_shape, labels=True)
-    return np.ascontiguousarray(from_canonical(canonical.numpy(), record.ornt))
-
-
 def original_affine_from_record(record: GridRecord) -> np.ndarray:
     """Recompute the input affine from the canonical one (used by tests to prove invertibility)."""
     ornt = record.ornt

@@ -86,7 +86,8 @@ def test_corrupted_files_are_skipped_or_refused_never_crash(good_series, tmp_pat
             check_input(folder)
             volume = read_volume(folder)
         except LiversegError as exc:
-            assert "\n" not in str(exc).strip() or str(folder) in str(exc)
+            assert "\n" not in str(exc).strip(), str(exc)  # one line
+            assert str(folder) in str(exc), str(exc)  # naming the input (or a file in it)
             outcomes["refused"] += 1
         else:
             outcomes["read"] += 1

@@ -15,8 +15,8 @@ import torch
 from liverseg.errors import GeometryError
 from liverseg.io import read_volume, write_label_map, write_volume
 from liverseg.io.volume import LPS_TO_RAS, spacing_from_affine, voxel_to_world
-from liverseg.preprocess import (labels_to_original, original_affine_from_record, plan_grid,
-                                 preprocess_label, probabilities_to_labels, resample, to_canonical)
+from liverseg.gridstream import probabilities_to_labels_chunked
+from liverseg.preprocess import original_affine_from_record, plan_grid, preprocess_label, resample, to_canonical
 
 from conftest import dice_of, make_volume, permutation, rotation, world_centre, world_coords
 
@@ -72,11 +72,8 @@ def test_plan_grid_gives_back_the_input_affine_and_shape(geometry):
     np.testing.assert_allclose(original_affine_from_record(record), volume.affine_ras, atol=1e-5, rtol=0)
     assert record.original_shape == volume.shape
 
-    back = labels_to_original(np.zeros(record.target_shape, dtype=np.uint8), record)
-    assert back.shape == volume.shape
-
-    probabilities = torch.softmax(torch.randn((2, *record.target_shape)), dim=0)
-    labels = probabilities_to_labels(probabilities, record)
+    probabilities = torch.softmax(torch.randn((2, *record.target_shape)), dim=0).numpy()
+    labels = probabilities_to_labels_chunked(probabilities, record)
     assert labels.shape == volume.shape
     assert labels.dtype == np.uint8
 
@@ -138,6 +135,10 @@ def test_target_affine_places_resampled_values_where_they_belong(geometry):
 
 # ----------------------------------------------------------------------------- labels there and back
 
+def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    return (np.arange(classes).reshape(-1, 1, 1, 1) == labels[None]).astype(np.float32)
+
+
 @CASES
 def test_label_round_trip_is_exact_at_the_input_spacing(geometry):
     volume = _volume(geometry)
@@ -149,7 +150,7 @@ def test_label_round_trip_is_exact_at_the_input_spacing(geometry):
 
     on_network = preprocess_label(volume.with_array(labels), record)
     assert tuple(on_network.shape) == record.target_shape
-    back = labels_to_original(on_network, record)
+    back = probabilities_to_labels_chunked(_one_hot(on_network.numpy(), 3), record)  # prediction's way back
     assert back.shape == volume.shape
     np.testing.assert_array_equal(back, labels)
 
@@ -168,14 +169,8 @@ def test_label_round_trip_is_close_after_resampling(geometry):
     for value in (1, 2):
         assert dice_of(on_network == value, expected_network == value) > 0.85, value
 
-    back = labels_to_original(on_network, record)
-    assert back.shape == volume.shape
-    for value in (1, 2):
-        assert dice_of(back == value, labels == value) > 0.9, value
-
-    # Probabilities mapped back before the argmax land in the same place.
-    one_hot = torch.nn.functional.one_hot(torch.as_tensor(on_network).long(), 3).permute(3, 0, 1, 2).float()
-    from_probabilities = probabilities_to_labels(one_hot, record)
+    # Probabilities mapped back before the argmax (prediction's way back) land in the same place.
+    from_probabilities = probabilities_to_labels_chunked(_one_hot(on_network, 3), record)
     assert from_probabilities.shape == volume.shape
     for value in (1, 2):
         assert dice_of(from_probabilities == value, labels == value) > 0.9, value

@@ -232,15 +232,15 @@ def test_dicom_seg_from_a_series_without_patient_and_study_attributes(tmp_path):
 
 
 def test_dicom_seg_of_a_series_read_without_series_instance_uid(tmp_path):
-    """The reader names such a series by a placeholder; the SEG writer derives a UID and must not refuse
-    the series for not matching the placeholder (found on the real anonymised JPEG 2000 sample)."""
+    """The SEG writer derives a UID for such a series and must not refuse it for not matching what the
+    reader recorded (found on the real anonymised JPEG 2000 sample)."""
     files = write_ct_series(tmp_path / "ct", (16, 16), 4, (1.0, 1.0), 3.0, (1, 0, 0), (0, 1, 0), (0.0, 0.0, 0.0))
     for f in files:
         ds = pydicom.dcmread(str(f))
         del ds.SeriesInstanceUID
         ds.save_as(f)
     image = read_volume(tmp_path / "ct")
-    assert "SeriesInstanceUID" in image.meta["series_uid"]  # the placeholder, not a UID
+    assert image.meta["series_uid"] is None  # no UID recorded, not a made-up one
     labels = np.zeros(image.shape, np.uint8)
     labels[2:9, 3:12, 1:3] = 1
     path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", ("background", "liver"), tmp_path / "seg.dcm")

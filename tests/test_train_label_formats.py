@@ -41,3 +41,11 @@ def test_train_on_png_slice_labels_through_a_manifest(tmp_path, capsys):
     # the validation Dice is computed against the PNG labels: a value, not an empty field
     row = dict(zip(header[0].split(","), header[1].split(",")))
     assert 0.0 <= float(row["val_dice_liver"]) <= 1.0
+    # ... and the label training read is the PNG masks, voxel for voxel on the image grid
+    from liverseg.io import read_volume
+    from liverseg.io.labels import read_label
+    from liverseg.manifest import load_manifest
+
+    case = load_manifest(tmp_path / "m.json").split("train")[0]
+    label = read_label(case.label, read_volume(case.image), case.label_format, case.structures)
+    np.testing.assert_array_equal(label.array == 1, block.transpose(2, 1, 0))  # (k, row, col) -> (i=col, j=row, k)

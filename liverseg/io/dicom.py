@@ -27,14 +27,14 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from .volume import Volume
+from .volume import Volume, affine_from_lps, axis_codes
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ class Frame:
     cols: int
     slope: float
     intercept: float
-    sop_uid: str
 
     @property
     def normal(self) -> np.ndarray:
@@ -82,14 +81,18 @@ class Frame:
 
 @dataclass(eq=False)
 class SeriesInfo:
-    series_uid: str
+    series_uid: str                 # "" when the files have none (anonymised exports): see ``label``
     frames: list[Frame]
     modality: str = ""
     description: str = ""
     transfer_syntax: str = ""
     part: str = ""                  # "" or "2/3" when one UID holds several orientations/sizes
     localizers: int = 0             # LOCALIZER images excluded from this series
-    datasets: dict[Path, Any] = field(default_factory=dict, repr=False)  # full datasets (read path only)
+
+    @property
+    def label(self) -> str:
+        """The series UID, or for files without one a name for them (one such series per folder)."""
+        return self.series_uid or f"(no SeriesInstanceUID: {self.folder})"
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -110,18 +113,10 @@ class SeriesInfo:
         return (f.pixel_spacing[1], f.pixel_spacing[0], dz)
 
     def orientation(self) -> str:
+        """Three letters naming where each voxel axis points, e.g. 'LPS' for axial CT."""
         f = self.frames[0]
-        return orientation_code(np.stack([f.row_dir, f.col_dir, f.normal], axis=1))
-
-
-def orientation_code(direction_lps: np.ndarray) -> str:
-    """Three letters naming where each voxel axis points (LPS letters), e.g. 'LPS' for axial CT."""
-    letters = (("L", "R"), ("P", "A"), ("S", "I"))
-    code = ""
-    for axis in np.asarray(direction_lps).T:
-        k = int(np.argmax(np.abs(axis)))
-        code += letters[k][0 if axis[k] > 0 else 1]
-    return code
+        direction = np.stack([f.row_dir, f.col_dir, f.normal], axis=1)
+        return axis_codes(affine_from_lps((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,7 +155,13 @@ def _item(ds: Any, frame: int, sequence: str) -> Any:
     return None
 
 
-def _frames_from_dataset(ds: Any, path: Path, need_pixels: bool) -> list[Frame]:
+def _rescale(item: Any) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a dataset or functional-group item; absent means 1 and 0."""
+    slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
+    return float(1 if slope is None else slope), float(0 if intercept is None else intercept)
+
+
+def _frames_from_dataset(ds: Any, path: Path) -> list[Frame]:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop_class in _NON_IMAGE_SOP_CLASSES:
         raise _Skip(_NON_IMAGE_SOP_CLASSES[sop_class])
@@ -171,9 +172,6 @@ def _frames_from_dataset(ds: Any, path: Path, need_pixels: bool) -> list[Frame]:
         raise _Skip(f"implausible matrix size {rows}x{cols}")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise _Skip("colour image (SamplesPerPixel != 1)")
-    if need_pixels and "PixelData" not in ds:
-        raise _Skip("missing PixelData")
-    uid = str(ds.get("SOPInstanceUID", ""))
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames < 1:
         raise _Skip(f"NumberOfFrames {n_frames}")
@@ -186,24 +184,22 @@ def _frames_from_dataset(ds: Any, path: Path, need_pixels: bool) -> list[Frame]:
                 raise _Skip(f"frame {k + 1} lacks PlanePosition/PlaneOrientation/PixelMeasures functional groups")
             row, col = _orientation(_floats(ori_item.get("ImageOrientationPatient"), 6, "ImageOrientationPatient"))
             spacing = _floats(meas.get("PixelSpacing"), 2, "PixelSpacing")
-            slope = float(trans.get("RescaleSlope", 1) if trans is not None else ds.get("RescaleSlope", 1) or 1)
-            intercept = float(trans.get("RescaleIntercept", 0) if trans is not None else ds.get("RescaleIntercept", 0) or 0)
+            slope, intercept = _rescale(trans if trans is not None else ds)
             frames.append(Frame(path, k, _floats(pos_item.get("ImagePositionPatient"), 3, "ImagePositionPatient"),
-                                row, col, (float(spacing[0]), float(spacing[1])), rows, cols, slope, intercept, uid))
+                                row, col, (float(spacing[0]), float(spacing[1])), rows, cols, slope, intercept))
     else:
         row, col = _orientation(_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient"))
         spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
-        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") is not None else 1)
-        intercept = float(ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept") is not None else 0)
+        slope, intercept = _rescale(ds)
         frames = [Frame(path, 0, _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient"), row, col,
-                        (float(spacing[0]), float(spacing[1])), rows, cols, slope, intercept, uid)]
+                        (float(spacing[0]), float(spacing[1])), rows, cols, slope, intercept)]
     for f in frames:
         if min(f.pixel_spacing) <= 0 or not np.isfinite([f.slope, f.intercept]).all() or f.slope == 0:
             raise _Skip(f"PixelSpacing {f.pixel_spacing} or RescaleSlope/Intercept {f.slope}/{f.intercept} invalid")
     return frames
 
 
-def _read_file(path: Path, need_pixels: bool) -> tuple[Any, list[Frame]] | None:
+def _read_file(path: Path) -> tuple[Any, list[Frame]] | None:
     """Parse one file; None (with a warning for files that looked like DICOM) when it is unusable."""
     import pydicom
 
@@ -211,8 +207,8 @@ def _read_file(path: Path, need_pixels: bool) -> tuple[Any, list[Frame]] | None:
     if name.startswith(".") or name.endswith(_NOT_DICOM_SUFFIXES):
         return None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not need_pixels)
-        frames = _frames_from_dataset(ds, path, need_pixels)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        frames = _frames_from_dataset(ds, path)
     except _Skip as exc:
         reason = str(exc)
         if reason in _NON_IMAGE_SOP_CLASSES.values():
@@ -243,11 +239,10 @@ def _all_files(path: Path) -> list[Path]:
     return files
 
 
-def _map(function, items: list, threads: int | None = None) -> list:
-    threads = THREADS if threads is None else threads
-    if threads <= 1 or len(items) < 8:
+def _map(function, items: list) -> list:
+    if THREADS <= 1 or len(items) < 8:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
         return list(pool.map(function, items))
 
 
@@ -255,11 +250,12 @@ def ds_folder(result: tuple[Any, list[Frame]]) -> str:
     return str(result[1][0].path.parent)
 
 
-def find_series(path: Path, *, read_pixels: bool = False) -> list[SeriesInfo]:
+def find_series(path: Path) -> list[SeriesInfo]:
     """Every image series in ``path`` (a folder, searched recursively, or one file), in the order
-    ``liverseg inspect`` shows them: CT first, then most slices first."""
+    ``liverseg inspect`` shows them: CT first, then most slices first. Headers only: the pixels of
+    the one series used are read when it is loaded (``dicom_assembly.load_series``)."""
     path = Path(path)
-    results = _map(lambda p: _read_file(p, read_pixels), _all_files(path))
+    results = _map(_read_file, _all_files(path))
     groups: dict[tuple, SeriesInfo] = {}
     localizers: dict[str, int] = {}
     for result in results:
@@ -267,14 +263,15 @@ def find_series(path: Path, *, read_pixels: bool = False) -> list[SeriesInfo]:
             continue
         ds, frames = result
         # anonymised exports sometimes drop the UID: such files form one series per folder
-        uid = str(ds.get("SeriesInstanceUID") or f"(no SeriesInstanceUID: {ds_folder(result)})")
+        uid = str(ds.get("SeriesInstanceUID") or "")
+        group = uid or f"(no SeriesInstanceUID: {ds_folder(result)})"
         image_type = [str(v).upper() for v in (ds.get("ImageType") or [])] if not isinstance(ds.get("ImageType"), str) \
             else [str(ds.ImageType).upper()]
         if "LOCALIZER" in image_type:
-            localizers[uid] = localizers.get(uid, 0) + 1
+            localizers[group] = localizers.get(group, 0) + 1
             continue
         for frame in frames:
-            key = (uid, tuple(np.round(np.concatenate([frame.row_dir, frame.col_dir]), 3)), frame.rows, frame.cols,
+            key = (group, tuple(np.round(np.concatenate([frame.row_dir, frame.col_dir]), 3)), frame.rows, frame.cols,
                    tuple(np.round(frame.pixel_spacing, 4)))
             info = groups.get(key)
             if info is None:
@@ -282,29 +279,27 @@ def find_series(path: Path, *, read_pixels: bool = False) -> list[SeriesInfo]:
                     uid, [], str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or ""),
                     str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""))
             info.frames.append(frame)
-            if read_pixels:
-                info.datasets[frame.path] = ds
     series = list(groups.values())
     by_uid: dict[str, list[SeriesInfo]] = {}
     for info in series:
-        by_uid.setdefault(info.series_uid, []).append(info)
-        info.localizers = localizers.get(info.series_uid, 0)
+        by_uid.setdefault(info.label, []).append(info)
+        info.localizers = localizers.get(info.label, 0)
     for parts in by_uid.values():
         if len(parts) > 1:
             parts.sort(key=lambda s: -s.n_slices)
             for i, part in enumerate(parts):
                 part.part = f"{i + 1}/{len(parts)}"
-    series.sort(key=lambda s: (s.modality.upper() != "CT", -s.n_slices, s.series_uid, s.part))
+    series.sort(key=lambda s: (s.modality.upper() != "CT", -s.n_slices, s.label, s.part))
     return series
 
 
-def choose_series(path: Path, series: str | int | None = None, *, read_pixels: bool = False) -> SeriesInfo:
+def choose_series(path: Path, series: str | int | None = None) -> SeriesInfo:
     """The requested series (UID or 0-based index from ``liverseg inspect``), or by default the CT
     series with the most slices (with a message when there was a choice)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    found = find_series(path, read_pixels=read_pixels)
+    found = find_series(path)
     if not found:
         raise InputError(f"{path}: no readable DICOM image series found in this folder or below it; give a "
                          "folder of DICOM slice files or a NIfTI/NRRD/MHA file")
@@ -317,16 +312,16 @@ def choose_series(path: Path, series: str | int | None = None, *, read_pixels: b
     elif series is not None:
         matching = [s for s in found if s.series_uid == str(series).strip()]
         if not matching:
-            known = ", ".join(s.series_uid for s in found[:10])
+            known = ", ".join(s.label for s in found[:10])
             raise InputError(f"{path}: no series with UID {series}; found: {known} (run `liverseg inspect {path}`)")
         chosen = matching[0]
     else:
         chosen = found[0]
         if len(found) > 1:
             log.warning("%s: %d DICOM series found; using %s (%d slices, in %s); pick another with --series "
-                        "(see `liverseg inspect`)", path, len(found), chosen.series_uid, chosen.n_slices, chosen.folder)
+                        "(see `liverseg inspect`)", path, len(found), chosen.label, chosen.n_slices, chosen.folder)
     if chosen.n_slices < 2:
-        raise InputError(f"{path}: series {chosen.series_uid} has a single slice; liverseg needs a 3D series with "
+        raise InputError(f"{path}: series {chosen.label} has a single slice; liverseg needs a 3D series with "
                          "at least 2 slices")
     return chosen
 
@@ -337,7 +332,7 @@ def read_dicom_series(path: Path, series: str | int | None = None, allow_gaps: b
     from .dicom_assembly import load_series
 
     path = Path(path)
-    chosen = choose_series(path, series, read_pixels=True)
+    chosen = choose_series(path, series)
     return load_series(chosen, path, allow_gaps)
 
 
@@ -379,7 +374,7 @@ def format_series_table(found: list[SeriesInfo]) -> str:
     rows = []
     for i, s in enumerate(found):
         spacing = ", ".join(_fmt(v) for v in s.spacing_mm())
-        uid = s.series_uid + (f" (part {s.part})" if s.part else "")
+        uid = s.label + (f" (part {s.part})" if s.part else "")
         extra = f" +{s.localizers} localizer(s) excluded" if s.localizers else ""
         rows.append((str(i), uid, s.modality, s.description[:28], str(s.n_slices), spacing, s.orientation(),
                      _SYNTAX_NAMES.get(s.transfer_syntax, s.transfer_syntax), f"{len(s.files)}{extra}"))
@@ -396,8 +391,8 @@ def inspect(path: Path) -> str:
     found = find_series(path)
     if not found:
         raise InputError(f"{path}: no readable DICOM image series found in this folder or below it")
-    default = f"default for predict: #0 ({found[0].series_uid}); choose another with --series UID_OR_INDEX"
+    default = f"default for predict: #0 ({found[0].label}); choose another with --series UID_OR_INDEX"
     return format_series_table(found) + "\n" + default
 
 
-__all__ = ["Frame", "SeriesInfo", "check_dicom", "choose_series", "find_series", "format_series_table", "inspect", "is_dicom_file", "orientation_code", "read_dicom_series"]
+__all__ = ["Frame", "SeriesInfo", "check_dicom", "choose_series", "find_series", "format_series_table", "inspect", "is_dicom_file", "read_dicom_series"]

@@ -63,7 +63,7 @@ def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Ser
             slices.append([info.frames[idx]])
             positions.append(float(dist[idx]))
     if len(slices) < 2:
-        raise InputError(f"{source}: series {info.series_uid}: all {info.n_slices} slices lie at the same position "
+        raise InputError(f"{source}: series {info.label}: all {info.n_slices} slices lie at the same position "
                          f"{_fmt(positions[0])} mm along the slice normal; liverseg needs a 3D series")
     pos = np.array(positions)
     steps = np.diff(pos)
@@ -80,7 +80,7 @@ def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Ser
                  f"{steps[k] / median:.1f}x the median spacing {_fmt(median)} mm")
         if not allow_gaps:
             more = f" (and {len(gaps) - 1} more gap(s))" if len(gaps) > 1 else ""
-            raise InputError(f"{source}: series {info.series_uid} has missing slices {where}{more}; export the "
+            raise InputError(f"{source}: series {info.label} has missing slices {where}{more}; export the "
                              "complete series, or pass --allow-gaps to interpolate across the gap")
         notes.append(f"{len(gaps)} gap(s) interpolated (first {where})")
     span = pos[-1] - pos[0]
@@ -212,12 +212,24 @@ def _resample_along_normal(stack: np.ndarray, positions: np.ndarray, target: np.
 
 
 def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Volume:
-    """Decode and assemble one series (found with ``read_pixels=True``) into a Volume."""
+    """Decode and assemble one series (found from the headers by ``dicom.find_series``) into a Volume.
+
+    Only this series' files are read in full (pixels included), in a thread pool.
+    """
+    import pydicom
+
     plan = plan_series(info, source, allow_gaps)
     files = info.files
 
     def decode(path: Path) -> tuple[np.ndarray, bool]:
-        return _decode(path, info.datasets[path])
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # noqa: BLE001 - it parsed a moment ago: changed or damaged since
+            raise InputError(f"{path}: cannot be read again for its pixel data ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:150]})") from None
+        if "PixelData" not in ds:
+            raise InputError(f"{path}: has no pixel data; remove it from the series folder")
+        return _decode(path, ds)
 
     decoded = dict(zip(files, _map(decode, list(files))))
     first = plan.slices[0][0]
@@ -237,7 +249,7 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
             b = other_pixels[other.frame] * (1 if other_done else other.slope) + (0 if other_done else other.intercept)
             if not np.array_equal(a, b):
                 raise InputError(
-                    f"{source}: series {info.series_uid}: {frame.path.name} and {other.path.name} lie at the same "
+                    f"{source}: series {info.label}: {frame.path.name} and {other.path.name} lie at the same "
                     f"position ({_fmt(frame.position @ first.normal)} mm along the slice normal) but hold different "
                     "pixels (two acquisitions mixed in one series?); pick the files of one acquisition into a folder")
     stack = _rescale_into(stack_frames)
@@ -246,7 +258,7 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
     if plan.resampled:
         stack = _resample_along_normal(stack, plan.positions_mm, plan.target_mm)
     for note in plan.notes:
-        log.warning("%s: series %s: %s", source, info.series_uid, note)
+        log.warning("%s: series %s: %s", source, info.label, note)
     dz = float(plan.target_mm[1] - plan.target_mm[0])
     origin = first.position + (plan.target_mm[0] - plan.positions_mm[0]) * first.normal
     direction = np.stack([first.row_dir, first.col_dir, first.normal], axis=1)
@@ -255,11 +267,9 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
     # 512x512x120 series costs longer than decoding it); SimpleITK/NIfTI writers take it back for free
     array = stack.transpose(2, 1, 0)
     exact = not plan.resampled and not plan.tilted
-    meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid, "n_slices": array.shape[2],
-            "modality": info.modality, "corrections": list(plan.notes),
-            "slice_files": [str(g[0].path) for g in plan.slices] if exact else None,
-            "slice_frames": [g[0].frame for g in plan.slices] if exact else None,
-            "sop_instance_uids": [g[0].sop_uid for g in plan.slices] if exact else None}
+    meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid or None,
+            "n_slices": array.shape[2], "modality": info.modality, "corrections": list(plan.notes),
+            "slice_files": [str(g[0].path) for g in plan.slices] if exact else None}
     return Volume(array, affine, meta)
 
 

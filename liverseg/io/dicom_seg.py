@@ -6,7 +6,6 @@ The other outputs (NIfTI label map, Slicer .seg.nrrd, colour table) are in ``out
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,8 @@ def _source_datasets(source: Any, labels: Volume) -> list[Any]:
     if len(series) != 1:
         raise InputError(f"DICOM SEG source files belong to {len(series)} series ({', '.join(sorted(series))}); "
                          "give the files of the one series that was segmented")
-    expected = labels.meta.get("series_uid")
-    # The reader names a series without SeriesInstanceUID by a placeholder (not a UID): nothing to compare.
-    if expected and re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(expected)) and expected not in series:
+    expected = labels.meta.get("series_uid")  # None for a series read without SeriesInstanceUID
+    if expected and expected not in series:
         raise InputError(f"DICOM SEG source series {next(iter(series))} is not the segmented series {expected}")
     return datasets
 

@@ -88,8 +88,9 @@ def place_on_grid(array: np.ndarray, affine_ras: np.ndarray, image: Volume, sour
     return out
 
 
-def _natural_key(text: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
+def natural_key(text: str) -> tuple:
+    """Sort key putting liver_2 before liver_10 (digit runs compare as numbers)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def _structure_value(name: str, structures: dict[str, int]) -> int | None:
@@ -106,7 +107,7 @@ def _read_masks_dicom(folder: Path, image: Volume, structures: dict[str, int]) -
         raise InputError(f"{folder}: masks_dicom labels need a 'structures' map from folder names to label values, "
                          "e.g. {\"liver\": 1, \"livertumor*\": 2}")
     chosen = []
-    for sub in sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name)):
+    for sub in sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
         value = _structure_value(sub.name, structures)
         if value is not None:
             chosen.append((value, sub))
@@ -128,8 +129,8 @@ def _read_png_slices(folder: Path, image: Volume, value: int) -> np.ndarray:
     if not slice_files:
         raise InputError(f"{folder}: PNG slice masks need an image read straight from its DICOM slices (this image "
                          f"was resampled or is not DICOM: {image.meta.get('path')})")
-    pngs = sorted(folder.glob("*.png"), key=lambda p: _natural_key(p.name))
-    by_name = sorted(slice_files, key=lambda f: _natural_key(Path(f).name))
+    pngs = sorted(folder.glob("*.png"), key=lambda p: natural_key(p.name))
+    by_name = sorted(slice_files, key=lambda f: natural_key(Path(f).name))
     if len(pngs) != len(by_name):
         raise InputError(f"{folder}: {len(pngs)} PNG masks for {len(by_name)} DICOM slices in "
                          f"{image.meta.get('path')}; the CHAOS layout has one PNG per DICOM file")
@@ -209,4 +210,4 @@ def read_label(path: str | Path, image: Volume, fmt: str = "volume",
     return image.with_array(array, format="label", label_path=str(path))
 
 
-__all__ = ["LABEL_FORMATS", "describe_grid", "place_on_grid", "read_label"]
+__all__ = ["LABEL_FORMATS", "describe_grid", "natural_key", "place_on_grid", "read_label"]
