@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="disk cache of preprocessed training volumes (keyed by the preprocessing config)")
     p.add_argument("--ram-cache-gb", type=float, default=None,
-                   help="RAM budget for cached training volumes (default: half the available memory)")
+                   help="RAM budget per process for cached training volumes (default: half the available "
+                        "memory, shared among torchrun's processes on the node)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): bitwise-repeatable runs")
     runtime(p)

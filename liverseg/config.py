@@ -6,8 +6,6 @@ This file is the one home of defaults. A run folder stores the fully resolved co
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -15,11 +13,14 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text_atomic
 from .errors import ConfigError
 
 
 # preprocess.photo_color -> input channels of the network
 PHOTO_CHANNELS = {"rgb": 3, "green": 1, "gray": 1}
+
+LOSSES = ("dice_ce", "ce", "dice")  # train.loss; built in losses.py
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,14 @@ class ModelConfig:
     slices_2d: int = 1
     # ma_unet: dilation rates of the 3x3 ASPP branches at the bottleneck (plus a 1x1 branch).
     aspp_dilations: tuple[int, ...] = (3, 5, 7)
+
+    @property
+    def size_divisor(self) -> int:
+        """Network inputs are padded to multiples of this: the product of the down-sampling strides."""
+        divisor = 1
+        for stride in self.strides:
+            divisor *= int(stride)
+        return divisor
 
 
 @dataclass(frozen=True)
@@ -230,7 +239,7 @@ class ExperimentConfig:
         if dims == 3 and self.model.slices_2d != 1:
             raise ConfigError(f"model.slices_2d={self.model.slices_2d} applies to 2D models only; "
                               "set model.spatial_dims=2 or model.slices_2d=1")
-        if self.train.loss not in ("dice_ce", "ce", "dice"):
+        if self.train.loss not in LOSSES:
             raise ConfigError(f"train.loss={self.train.loss!r}: use dice_ce, ce or dice")
         if self.train.schedule not in ("cosine", "poly", "constant"):
             raise ConfigError(f"train.schedule={self.train.schedule!r}: use cosine, poly or constant")
@@ -404,11 +413,7 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(text, path)
 
 
 def config_from_yaml_text(text: str) -> ExperimentConfig:

@@ -70,9 +70,9 @@ def case_dicts(cases: list[Case], split: str, manifest: Manifest, need_labels: b
 
 # ----------------------------------------------------------------------------- deterministic sampling
 
-def sample_seed(seed: int, index: int) -> int:
-    """A 32-bit seed that depends only on (run seed, sample index)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(1)[0])
+def sample_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed that depends only on the run seed and ``keys`` (a sample index; a step, rank, ...)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(1)[0])
 
 
 class StepDataset(torch.utils.data.Dataset):
@@ -80,14 +80,13 @@ class StepDataset(torch.utils.data.Dataset):
     ``(seed, i)``: the case is ``rng(seed, i)``'s choice among the cached cases and the augmentation
     pipeline is re-seeded from the same pair. Returns plain tensors: image float32, label int64."""
 
-    def __init__(self, cases: Sequence[dict], augment: Compose, seed: int, total: int | None = None) -> None:
+    def __init__(self, cases: Sequence[dict], augment: Compose, seed: int) -> None:
         self.cases = cases
         self.augment = augment
         self.seed = int(seed)
-        self.total = total  # only for len(); any index >= 0 is valid
 
-    def __len__(self) -> int:
-        return self.total if self.total is not None else len(self.cases)
+    def __len__(self) -> int:  # only for DataLoader's sake: any index >= 0 is valid
+        return len(self.cases)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         state = np.random.RandomState(sample_seed(self.seed, index))
@@ -163,15 +162,17 @@ class CachedCases(torch.utils.data.Dataset):
 
 
 def default_ram_budget_gb() -> float:
-    """Half of the memory available now (Linux); 4 GB where that cannot be read."""
+    """Half of the memory available now (Linux; 4 GB where that cannot be read), shared among the
+    training processes torchrun started on this node (each caches every case it may draw)."""
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20 / 2
+                    return int(line.split()[1]) / 2**20 / 2 / processes
     except OSError:
         pass
-    return 4.0
+    return 4.0 / processes
 
 
 def cached_cases(cfg: ExperimentConfig, items: list[dict], transforms: Sequence[Callable], *,

@@ -15,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics
+from .atomic import write_text_atomic
 from .errors import GeometryError, InputError
 from .io import case_name, is_image_file, read_volume
 from .io.labels import read_label
@@ -332,15 +331,6 @@ def worst_cases(results: list[CaseResult], count: int = 3) -> dict[str, list[Cas
             for name in sorted({r.name for r in results})}
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.6f}")
@@ -354,7 +344,7 @@ def write_csv(results: list[CaseResult], path: str | Path) -> Path:
     writer.writerow(names)
     for r in results:
         writer.writerow([_fmt(v) for v in asdict(r).values()])
-    return _write_text_atomic(Path(path), buffer.getvalue())
+    return write_text_atomic(buffer.getvalue(), path)
 
 
 def write_summary_csv(results: list[CaseResult], path: str | Path, pooled_auc: dict[str, float] | None = None) -> Path:
@@ -369,7 +359,7 @@ def write_summary_csv(results: list[CaseResult], path: str | Path, pooled_auc: d
                                                 "min", "max"])
     writer.writeheader()
     writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
-    return _write_text_atomic(Path(path), buffer.getvalue())
+    return write_text_atomic(buffer.getvalue(), path)
 
 
 def format_table(results: list[CaseResult]) -> str:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,7 @@ import numpy as np
 import yaml
 
 from . import __version__
+from .atomic import atomic_path
 from .config import ExperimentConfig, config_from_yaml_text, to_dict
 from .errors import ConfigError, InputError
 from .infer import TrainedModel, file_digest, find_checkpoint, load_trained_model, resolve_device
@@ -39,23 +38,19 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 ONNX_OPSET = 17
 
 
-def size_divisor(cfg: ExperimentConfig) -> int:
-    """Inputs are padded to multiples of this (``models.size_divisor``, without importing the models)."""
-    return int(np.prod(cfg.model.strides)) if cfg.model.strides else 1
-
-
 def example_input(cfg: ExperimentConfig) -> "torch.Tensor":
     """A (1, C, *tile) input: the sliding-window tile padded to the network's size divisor."""
     import torch
 
-    divisor = size_divisor(cfg)
+    divisor = cfg.model.size_divisor
     tile = [-(-r // divisor) * divisor for r in cfg.infer.roi_size]
-    channels = cfg.model.slices_2d if cfg.model.spatial_dims == 2 else 1  # models.input_channels
-    return torch.zeros((1, channels, *tile), dtype=torch.float32)
+    from .models import input_channels
+
+    return torch.zeros((1, input_channels(cfg), *tile), dtype=torch.float32)
 
 
 def _meta(trained: TrainedModel) -> dict:
-    return {"model_id": trained.model_id, "size_divisor": size_divisor(trained.cfg),
+    return {"model_id": trained.model_id, "size_divisor": trained.cfg.model.size_divisor,
             "epoch": trained.epoch, "liverseg_version": __version__,
             "checkpoint_sha256": file_digest(trained.checkpoint_path, 64)}
 
@@ -83,21 +78,15 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     example = example_input(trained.cfg)
     config_text = yaml.safe_dump(to_dict(trained.cfg), sort_keys=False)
     meta = _meta(trained)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "onnx":
-            _export_onnx(model, example, config_text, meta, Path(tmp))
+            _export_onnx(model, example, config_text, meta, tmp)
         else:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(model, example)
-                torch.jit.save(traced, tmp, _extra_files={"liverseg/config.yaml": config_text,
-                                                          "liverseg/meta.json": json.dumps(meta)})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                torch.jit.save(traced, str(tmp), _extra_files={"liverseg/config.yaml": config_text,
+                                                               "liverseg/meta.json": json.dumps(meta)})
     return out
 
 
@@ -207,7 +196,7 @@ def load_exported(path: str | Path, device: Any = None, threads: int | None = No
     from .models import SizeAdapter
 
     module.eval()
-    model = SizeAdapter(module, int(meta.get("size_divisor", size_divisor(cfg)))).eval()
+    model = SizeAdapter(module, int(meta.get("size_divisor", cfg.model.size_divisor))).eval()
     model_id = f"{path.name} sha256:{file_digest(path)} (from {meta.get('model_id', '?')})"
     return TrainedModel(cfg, model, path, int(meta.get("epoch", 0)), "torchscript", model_id, meta, device)
 
@@ -249,7 +238,7 @@ def _load_onnx(path: Path, device: Any, threads: int | None) -> TrainedModel:
     if "liverseg.config" not in props:
         raise InputError(f"{path}: ONNX file without a liverseg config; export it with `liverseg export`")
     cfg = _config_from_text(props["liverseg.config"], path)
-    divisor = int(props.get("liverseg.size_divisor", size_divisor(cfg)))
+    divisor = int(props.get("liverseg.size_divisor", cfg.model.size_divisor))
     model_id = f"{path.name} sha256:{file_digest(path)} (from {props.get('liverseg.model_id', '?')})"
     meta = {k: v for k, v in props.items() if k != "liverseg.config"}
     return TrainedModel(cfg, OnnxNetwork(session, divisor), path, int(props.get("liverseg.epoch", 0)), "onnx",

@@ -455,7 +455,7 @@ def load_trained_model(run_dir: str | Path, device: Any = "cpu") -> TrainedModel
 
     device = resolve_device(device)
     checkpoint_path, checkpoint, cfg = read_checkpoint(run_dir)
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels))
+    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     epoch = int(checkpoint.get("epoch", 0))

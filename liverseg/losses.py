@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-# train.loss values
-LOSSES = ("dice_ce", "ce", "dice")
+from .config import LOSSES  # the train.loss values
 
 
 def deep_supervision_weights(n_heads: int) -> list[float]:

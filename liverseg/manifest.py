@@ -25,14 +25,13 @@ liverseg manifest with fixed folds: ``msd`` (Task03_Liver), ``lits``, ``ircadb``
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .atomic import write_text_atomic
 from .download import file_hash
 from .io.images import strip_image_suffix
 from .io.labels import LABEL_FORMATS, natural_key
@@ -165,17 +164,7 @@ def write_manifest(path: Path, name: str, labels: dict[str, int], cases: list[di
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"name": name, "labels": labels, **{k: v for k, v in extra.items() if v is not None},
             "cases": cases, "splits": splits}
-    text = json.dumps(data, indent=2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a manifest is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(json.dumps(data, indent=2) + "\n", path)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import write_text_atomic
 from .config import ExperimentConfig, load_config, save_config
 from .errors import ConfigError, GeometryError, InputError
 from .io import read_volume
@@ -92,11 +91,7 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[list[float
 
 # ----------------------------------------------------------------------------- memory model
 
-def divisor(cfg: ExperimentConfig) -> int:
-    return int(np.prod(cfg.model.strides)) if cfg.model.strides else 1
-
-
-def estimate_memory_gb(cfg: ExperimentConfig, patch: tuple[int, ...], batch: int, amp: bool = True) -> float:
+def estimate_memory_gb(cfg: ExperimentConfig, patch: tuple[int, ...], batch: int) -> float:
     """Rough training memory of a U-Net-like model: for every resolution level, encoder + decoder
     feature maps kept for backward (about 6 per conv block and residual unit: conv, norm,
     activation, twice), at 2 bytes (AMP) or 4, plus parameters with AdamW state."""
@@ -108,7 +103,7 @@ def estimate_memory_gb(cfg: ExperimentConfig, patch: tuple[int, ...], batch: int
         per_voxel += 2 * channels * scale
         scale /= float(stride) ** cfg.model.spatial_dims
     stored = 6 * max(1, cfg.model.num_res_units)
-    bytes_each = 2 if amp else 4
+    bytes_each = 2 if cfg.train.amp else 4
     activations = batch * voxels * per_voxel * stored * bytes_each
     parameters = 4 * 4 * sum(c_in * c_out * 27 for c_in, c_out in zip(cfg.model.channels, cfg.model.channels[1:]))
     return (activations + parameters) / 2**30 + 0.5  # + CUDA context and workspace
@@ -117,8 +112,8 @@ def estimate_memory_gb(cfg: ExperimentConfig, patch: tuple[int, ...], batch: int
 def plan_patch_and_batch(cfg: ExperimentConfig, median_shape: list[float], total_voxels: float,
                          spacing: list[float]) -> dict:
     dims = cfg.model.spatial_dims
-    k = divisor(cfg)
-    shape = list(median_shape[:dims]) if dims == 3 else list(median_shape[:2])
+    k = cfg.model.size_divisor
+    shape = list(median_shape[:dims])
     patch = [min(MAX_PATCH, max(k, int(math.ceil(s / k) * k))) for s in shape]
     budget = cfg.train.plan_memory_gb
     while estimate_memory_gb(cfg, tuple(patch), 2) > budget and max(patch) > k:  # batch 2 at least
@@ -190,11 +185,7 @@ def apply_plan(cfg: ExperimentConfig, plan: dict) -> ExperimentConfig:
 
 
 def write_plan(plan: dict, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(plan, handle, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(json.dumps(plan, indent=2), path)
 
 
 def plan_command(manifest: str, root: str | None, config: Path | None, overrides: list[str],

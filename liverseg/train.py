@@ -23,7 +23,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +32,9 @@ from tqdm import tqdm
 
 from . import __version__
 from . import distributed as dist_utils
-from .config import ExperimentConfig, from_dict, save_config, to_dict
-from .data import case_dicts, load_training_manifest, train_loader, validation_cases
+from .atomic import atomic_path
+from .config import ExperimentConfig, save_config, to_dict
+from .data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
 from .errors import InputError, surface_user_errors
 from .infer import network_probabilities, resolve_device
 from .metrics import dice
@@ -70,8 +70,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
             from .plan import apply_plan, plan_dataset
 
             plan = plan_dataset(train_items, cfg, progress=progress) if ctx.is_main else None
-            cfg = from_dict(dist_utils.broadcast(ctx, to_dict(apply_plan(cfg, plan)) if ctx.is_main else None))
-            cfg = cfg.validate()
+            cfg = dist_utils.broadcast(ctx, apply_plan(cfg, plan) if ctx.is_main else None)  # validated
         else:
             plan = None
 
@@ -137,7 +136,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     # step measured on the demo U-Net); the weights saved are the same tensors either way.
     memory_format = (torch.channels_last_3d if device.type == "cpu" and cfg.model.spatial_dims == 3
                      else torch.contiguous_format)
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=n_classes)
+    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=n_classes)
     model = model.to(device, memory_format=memory_format)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
@@ -180,7 +179,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
         epoch_start = time.perf_counter()
         loader.sampler.set_steps(step, epoch_end)
         for batch in _batches(loader):
-            torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout & co: a function of the step
+            torch.manual_seed(sample_seed(t.seed, step, ctx.rank, 1))  # dropout & co: a function of the step
             images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
@@ -311,17 +310,17 @@ def _batches(loader):
 def _has_unused_parameters(forward: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> bool:
     """Whether a training step leaves parameters without gradient (e.g. ma_unet's deep-supervision
     heads when deep_supervision is off); DDP must then be told, or it waits for them forever."""
-    size = (1, input_channels(cfg.model), *cfg.train.patch_size)
-    outputs = forward(torch.zeros(size, device=device))
-    total = sum(o.float().sum() for o in outputs) if isinstance(outputs, (list, tuple)) else outputs.float().sum()
-    total.backward()
-    unused = any(p.requires_grad and p.grad is None for p in forward.parameters())
-    forward.zero_grad(set_to_none=True)
+    size = (1, input_channels(cfg), *cfg.train.patch_size)
+    forward.eval()  # the same parameters take part, and batch-norm running statistics stay untouched
+    try:
+        outputs = forward(torch.zeros(size, device=device))
+        total = sum(o.float().sum() for o in outputs) if isinstance(outputs, (list, tuple)) else outputs.float().sum()
+        total.backward()
+        unused = any(p.requires_grad and p.grad is None for p in forward.parameters())
+    finally:
+        forward.zero_grad(set_to_none=True)
+        forward.train()
     return unused
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(rank), 1]).generate_state(1)[0])
 
 
 def _lr_factor(cfg: ExperimentConfig, step: int, total: int) -> float:
@@ -351,30 +350,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_to_tuple(state["python"]))
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_tuple(value):
-    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: ExperimentConfig, progress: dict) -> None:
     """Everything needed to predict (model + config) and to resume (the rest); written atomically."""
     checkpoint = {
@@ -384,20 +359,11 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: Exper
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         **progress,
-        "rows": [dict(row) for row in progress["rows"]],
-        "epoch_losses": list(progress["epoch_losses"]),
         "config": to_dict(cfg),
         "labels": list(cfg.data.labels),
-        "rng": _rng_state(),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _resume(run_dir: Path, model, optimizer, scheduler, scaler, ctx: dist_utils.Context) -> dict:
@@ -406,7 +372,6 @@ def _resume(run_dir: Path, model, optimizer, scheduler, scaler, ctx: dist_utils.
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
-    _set_rng_state(checkpoint["rng"])
     if checkpoint.get("world", 1) != ctx.world:
         log.warning("%s was trained with %d process(es), resuming with %d: the remaining batches differ from "
                     "an uninterrupted run", run_dir, checkpoint.get("world", 1), ctx.world)

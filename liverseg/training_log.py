@@ -8,10 +8,10 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,8 @@ def metric_columns(labels: Sequence[str]) -> list[str]:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_metrics(path: Path, rows: list[dict], labels: Sequence[str]) -> None:

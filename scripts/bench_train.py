@@ -25,7 +25,6 @@ their ratio are printed. On CUDA the GPU utilisation (``nvidia-smi``, sampled ev
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from liverseg.losses import SegmentationLoss  # noqa: E402
 from liverseg.models import build_model, input_channels  # noqa: E402
 from liverseg.phantoms import write_phantom_manifest  # noqa: E402
 from liverseg.train import train  # noqa: E402
+from liverseg.training_log import read_metrics  # noqa: E402
 from liverseg.transforms import CompactCased, CopyPatchd, augmentation, cached_transforms  # noqa: E402
 
 
@@ -91,8 +91,7 @@ def liverseg_epoch(cfg, run_dir: Path, epoch: int, device: str, workers: int) ->
     resuming the run (exactly) from the previous call, so the two loops can alternate epoch by epoch."""
     cfg = replace(cfg, train=replace(cfg.train, epochs=epoch))
     train(cfg, run_dir, device=device, workers=workers, progress=False, resume=epoch > 1)
-    with (run_dir / "metrics.csv").open(newline="") as handle:
-        return float(list(csv.DictReader(handle))[-1]["epoch_seconds"])
+    return float(read_metrics(run_dir / "metrics.csv")[-1]["epoch_seconds"])
 
 
 def monai_tutorial_epochs(cfg, items: list[dict], device: torch.device, workers: int):
@@ -107,7 +106,7 @@ def monai_tutorial_epochs(cfg, items: list[dict], device: torch.device, workers:
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=t.iters_per_epoch * t.batch_size)
     loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels)).to(device)
+    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels)).to(device)
     loss_function = SegmentationLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     use_amp = device.type == "cuda" and t.amp

@@ -54,7 +54,7 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint_set(tiny_dataset, tmp_p
 
     # The logged Dice is the mean over both validation cases, i.e. both ranks' shares were gathered.
     cfg = load_config(run_dir / "config.yaml")
-    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels))
+    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     loaded = load_training_manifest(cfg)
     cases = validation_cases(cfg, case_dicts(loaded.split("val"), "val", loaded))

@@ -350,3 +350,21 @@ def test_automatic_fov_finds_the_lit_disc():
     from liverseg.photos import automatic_fov
 
     assert np.mean(automatic_fov(rgb, 10) == fov) > 0.99
+
+
+def test_rgb_photos_train_and_predict_with_three_input_channels(photo_dataset, tmp_path):
+    """photo_color=rgb: the network is built for the photo's 3 channels, not the CT's 1."""
+    manifest = photo_dataset / "manifest.json"
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/smoke_2d.yaml", "--run-dir", str(run), "-q",
+                 "--set", f"data.manifest={manifest}", "--set", "data.modality=photo",
+                 "--set", "data.labels=[background, vessel]", "--set", "preprocess.photo_color=rgb",
+                 "--set", "model.slices_2d=1", "--set", "train.patch_size=[32, 32]", "--set", "train.epochs=1",
+                 "--set", "train.iters_per_epoch=2", "--set", "infer.roi_size=[32, 32]",
+                 "--set", "infer.largest_component=[]"]) == 0
+    state = torch.load(run / "best.pt", weights_only=True)["model"]
+    first_conv = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 4)
+    assert first_conv.shape[1] == 3
+    assert main(["predict", str(photo_dataset / "img4.jpg"), "-o", str(tmp_path / "out"), "--model", str(run),
+                 "-q"]) == 0
+    assert (tmp_path / "out" / "img4" / "mask.png").is_file()

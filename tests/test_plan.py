@@ -17,7 +17,6 @@ from liverseg.data import case_dicts, load_training_manifest
 from liverseg.errors import ConfigError
 from liverseg.io import read_volume
 from liverseg.plan import apply_plan, estimate_memory_gb, fingerprint, plan_dataset, target_spacing
-from liverseg.preprocess import standardize_ct
 from liverseg.transforms import LoadCased
 
 SMOKE = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke_3d.yaml")
@@ -71,6 +70,19 @@ def test_patch_and_batch_follow_the_memory_budget(tiny_dataset):
     for plan, gb in zip(plans, (0.51, 0.55, 64.0)):
         assert plan["estimated_memory_gb"] <= gb or min(plan["patch_size"]) == 16
     assert estimate_memory_gb(cfg, (64, 64, 64), 4) > estimate_memory_gb(cfg, (64, 64, 64), 2)
+    # The batch grows with the budget once the dataset is large enough not to cap it (5% of its voxels).
+    from liverseg.plan import plan_patch_and_batch
+
+    many_cases = 1000 * 48.0 ** 3
+    budgets = (1.0, 2.0, 4.0)
+    batches = [plan_patch_and_batch(replace(cfg, train=replace(cfg.train, plan_memory_gb=gb)), [48.0] * 3,
+                                    many_cases, [1.5] * 3) for gb in budgets]
+    assert [b["patch_size"] for b in batches] == [[48, 48, 48]] * 3
+    assert 2 < batches[0]["batch_size"] < batches[1]["batch_size"] < batches[2]["batch_size"]
+    assert all(b["estimated_memory_gb"] <= gb for b, gb in zip(batches, budgets))
+    capped = plan_patch_and_batch(replace(cfg, train=replace(cfg.train, plan_memory_gb=4.0)), [48.0] * 3,
+                                  2 * 48.0 ** 3, [1.5] * 3)
+    assert capped["batch_size"] == 2  # two cases: the 5% cap keeps the minimum batch
 
 
 def test_photo_configs_are_not_planned(tiny_dataset):
@@ -93,10 +105,14 @@ def test_plan_command_writes_a_config_train_uses_as_is(tiny_dataset, tmp_path, c
 def test_train_plans_once_and_inference_uses_the_stored_plan(tiny_dataset, tmp_path, monkeypatch):
     cfg = load_config(SMOKE, [f"data.manifest={tiny_dataset}", "train.auto_plan=true", "train.epochs=1",
                               "train.iters_per_epoch=1", "model.channels=[4, 8, 16]", "infer.coarse_to_fine=false"])
-    from liverseg import infer, train as train_module
+    from liverseg import infer, plan as plan_module, train as train_module
 
+    calls = []
+    real_plan_dataset = plan_module.plan_dataset
+    monkeypatch.setattr(plan_module, "plan_dataset", lambda *a, **k: calls.append(1) or real_plan_dataset(*a, **k))
     run = tmp_path / "run"
     train_module.train(cfg, run, device="cpu", progress=False)
+    assert len(calls) == 1  # planned once, by train itself
     plan = json.loads((run / "plan.json").read_text())
     saved = load_config(run / "config.yaml")
     assert list(saved.train.patch_size) == plan["patch_size"] and saved.preprocess.intensity_std_hu > 0
@@ -109,11 +125,9 @@ def test_train_plans_once_and_inference_uses_the_stored_plan(tiny_dataset, tmp_p
         return np.zeros((2, *image.shape), dtype=np.float32)
 
     monkeypatch.setattr(infer, "network_probabilities", capture)
-    monkeypatch.setattr("liverseg.plan.plan_dataset", lambda *a, **k: pytest.fail("inference must not plan"))
     manifest = load_training_manifest(saved)
     item = case_dicts(manifest.split("val"), "val", manifest)[0]
     infer.predict_volume(torch.nn.Identity(), read_volume(item["image"]), saved, torch.device("cpu"))
     expected = LoadCased(saved)(item)["image"][0]
     np.testing.assert_allclose(seen["image"], expected.numpy(), atol=1e-4)
-    window = saved.preprocess.hu_window
-    assert torch.allclose(standardize_ct(torch.tensor([0.0, 1.0]), window, 0.0, 0.0), torch.tensor([0.0, 1.0]))
+    assert len(calls) == 1  # prediction never plans

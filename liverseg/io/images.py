@@ -6,13 +6,12 @@ SimpleITK reports for the file (that is also what 3D Slicer shows). Arrays come 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from .volume import Volume, affine_from_lps, lps_from_affine
 
@@ -113,15 +112,8 @@ def write_volume(volume: Volume, path: Path, dtype: np.dtype | None = None) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = volume_to_sitk(volume, dtype)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp_name, useCompression=True)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
 
 

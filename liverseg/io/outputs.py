@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import colorsys
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path, write_text_atomic
 from ..errors import GeometryError, InputError
 from .images import write_volume
 from .volume import Volume, lps_from_affine
@@ -44,33 +42,6 @@ def write_label_map(labels: np.ndarray, reference: Volume, path: str | Path) -> 
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
-
-    The temporary name keeps the destination's suffixes (``.seg.nrrd``, ``.png``) so that writers
-    which pick a format from the extension do the right thing.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) >= 2 else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
 
 # ----------------------------------------------------------------------------- names, colours, codes
 

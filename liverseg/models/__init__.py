@@ -84,11 +84,8 @@ def input_channels(cfg: ExperimentConfig | ModelConfig) -> int:
 
 
 def size_divisor(cfg: ModelConfig) -> int:
-    """Input sizes are padded to multiples of this (the product of the down-sampling strides)."""
-    divisor = 1
-    for stride in cfg.strides:
-        divisor *= stride
-    return divisor
+    """Input sizes are padded to multiples of this (``ModelConfig.size_divisor``)."""
+    return cfg.size_divisor
 
 
 def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> SizeAdapter:
