@@ -25,7 +25,7 @@ from .atomic import write_text_atomic
 from .errors import GeometryError, InputError
 from .io import case_name, is_image_file, read_volume
 from .io.labels import read_label
-from .io.photos import check_same_size, is_photo_file, read_mask, read_photo, read_probability_png
+from .io.photos import check_same_size, is_photo_file, probability_filename, read_fov, read_mask, read_photo, read_probability_png
 from .preprocess import canonical_ornt, remap_labels, to_canonical
 
 # What liverseg predict writes per case folder, in order of preference.
@@ -156,7 +156,8 @@ def evaluate(pred: str | Path, ref: str | Path | None = None, label_names: dict[
     ROC AUC over the pixels of all cases together (inside their fields of view), as vessel papers report
     it, besides the per-case AUC.
     """
-    pooled_pixels: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    # Every case's field-of-view pixels, kept only when a pooled AUC was asked for.
+    pooled_pixels: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = {} if pooled_auc is not None else None
     pred = Path(pred)
     if manifest is not None:
         cases = manifest_cases(pred, manifest, split)
@@ -171,7 +172,7 @@ def evaluate(pred: str | Path, ref: str | Path | None = None, label_names: dict[
                              "must both be volumes or both be images")
         score = _score_photo if is_photo_file(case.prediction) else _score_volume
         results.extend(score(case, label_names, ref_remap or {}, tolerance_mm, qc_dir, pooled_pixels))
-    if pooled_auc is not None:
+    if pooled_auc is not None and pooled_pixels is not None:
         for name, parts in pooled_pixels.items():
             scores, truth = np.concatenate([p for p, _ in parts]), np.concatenate([r for _, r in parts])
             if truth.any() and not truth.all():
@@ -198,13 +199,12 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
     auc = float("nan")
     if probability is not None and r_in.any() and not r_in.all():
         auc = metrics.roc_auc(probability, r, region)
+    overlap = metrics.overlap_scores(p_in, r_in)  # one count of tp/fp/fn/tn for all of them
     return CaseResult(
         case, value, name,
-        metrics.dice(p_in, r_in), metrics.iou(p_in, r_in), metrics.precision(p_in, r_in), metrics.recall(p_in, r_in),
-        metrics.specificity(p_in, r_in), metrics.accuracy(p_in, r_in),
-        surface["hd95"], surface["assd"], surface["surface_dice"],
-        metrics.relative_volume_error(p_in, r_in), auc,
-        int(np.count_nonzero(p_in)), int(np.count_nonzero(r_in)), unit)
+        overlap["dice"], overlap["iou"], overlap["precision"], overlap["recall"], overlap["specificity"],
+        overlap["accuracy"], surface["hd95"], surface["assd"], surface["surface_dice"],
+        overlap["relative_volume_error"], auc, overlap["pred_voxels"], overlap["ref_voxels"], unit)
 
 
 def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled) -> list[CaseResult]:
@@ -238,18 +238,16 @@ def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pool
     pred_labels = read_mask(case.prediction, n_classes)
     ref_labels = remap_labels(read_mask(case.reference, n_classes), ref_remap)
     check_same_size(ref_labels, pred_labels, case.reference, case.prediction, what="prediction")
-    region = None
-    if case.fov is not None:
-        region = read_mask(case.fov, 2).astype(bool)
-        check_same_size(ref_labels, region, case.reference, case.fov, what="field-of-view mask")
+    region = read_fov(case.fov, ref_labels, case.reference) if case.fov is not None else None
     results = []
     for value in _values(pred_labels, ref_labels, label_names):
         name = (label_names or {}).get(value, f"label_{value}")
-        probability = _probability_beside(case.prediction, name, n_classes)
+        probability = _probability_beside(case.prediction, value, label_names, n_classes)
         if probability is not None:
             check_same_size(ref_labels, probability, case.reference, case.prediction.parent, what="probability map")
-            inside = region if region is not None else np.ones(ref_labels.shape, dtype=bool)
-            pooled.setdefault(name, []).append((probability[inside], ref_labels[inside] == value))
+            if pooled is not None:
+                inside = region if region is not None else np.ones(ref_labels.shape, dtype=bool)
+                pooled.setdefault(name, []).append((probability[inside], ref_labels[inside] == value))
         results.append(_label_scores(case.case, pred_labels, ref_labels, value, name, (1.0, 1.0), "px", tolerance,
                                      region, probability))
     if qc_dir is not None:
@@ -260,9 +258,10 @@ def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pool
     return results
 
 
-def _probability_beside(prediction: Path, name: str, n_classes: int) -> np.ndarray | None:
+def _probability_beside(prediction: Path, value: int, label_names, n_classes: int) -> np.ndarray | None:
     """The probability map ``liverseg predict`` wrote next to a mask, if there is one."""
-    candidate = prediction.parent / ("probability.png" if n_classes == 2 else f"probability_{name}.png")
+    names = [(label_names or {}).get(v, f"label_{v}") for v in range(n_classes)]
+    candidate = prediction.parent / probability_filename(names, value)
     return read_probability_png(candidate) if candidate.is_file() else None
 
 
@@ -288,7 +287,7 @@ def _write_photo_qc(path: Path, pred: np.ndarray, ref: np.ndarray, background: n
 
 def _write_volume_qc(path: Path, pred: np.ndarray, ref: np.ndarray, affine: np.ndarray, image) -> Path:
     """The axial slice (canonical RAS orientation, radiological display) with the most errors."""
-    from .report import error_overlay, save_png
+    from .report import CT_DISPLAY_WINDOW, error_overlay, save_png
 
     ornt = canonical_ornt(affine)
     pred_c, ref_c = to_canonical(pred > 0, ornt), to_canonical(ref > 0, ornt)
@@ -300,7 +299,8 @@ def _write_volume_qc(path: Path, pred: np.ndarray, ref: np.ndarray, affine: np.n
 
     if image is not None:
         hu = display(to_canonical(image.array, ornt)[:, :, k].astype(np.float32))
-        grey = np.clip((hu + 160.0) / 400.0, 0.0, 1.0)  # abdomen window, level 40, width 400
+        low, high = CT_DISPLAY_WINDOW
+        grey = np.clip((hu - low) / (high - low), 0.0, 1.0)
     else:
         grey = display(ref_c[:, :, k]).astype(np.float32) * 0.3
     background = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)

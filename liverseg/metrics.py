@@ -65,7 +65,7 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 __all__ = [
-    "accuracy", "assd", "confusion_matrix", "dice", "f1", "hd95", "iou", "per_label", "precision",
+    "accuracy", "assd", "confusion_matrix", "dice", "f1", "hd95", "iou", "overlap_scores", "precision",
     "recall", "relative_volume_error", "roc_auc", "sensitivity", "specificity", "surface_dice",
     "surface_distances", "surface_metrics",
 ]
@@ -81,13 +81,6 @@ def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-def _counts(pred, ref) -> tuple[int, int, int]:
-    """(tp, fp, fn) of two masks of the same shape."""
-    pred, ref = _pair(pred, ref)
-    tp = int(np.count_nonzero(pred & ref))
-    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
-
-
 def _spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     if spacing.ndim != 1 or spacing.size != ndim:
@@ -100,11 +93,48 @@ def _spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- overlap metrics
 
+def _confusion(pred, ref) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) of two masks of the same shape, from one intersection and two counts."""
+    pred, ref = _pair(pred, ref)
+    tp = int(np.count_nonzero(pred & ref))
+    fp = int(np.count_nonzero(pred)) - tp
+    fn = int(np.count_nonzero(ref)) - tp
+    return tp, fp, fn, pred.size - tp - fp - fn
+
+
+def _rate(hits: int, misses: int, false_alarms: int) -> float:
+    """hits / (hits + misses); with nothing to find, 1.0 unless something was claimed anyway."""
+    if hits + misses == 0:
+        return 1.0 if false_alarms == 0 else 0.0
+    return hits / (hits + misses)
+
+
+def overlap_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Every overlap metric of the module (dice, iou, precision, recall, specificity, accuracy,
+    relative_volume_error) from one count of tp/fp/fn/tn, with the conventions documented above;
+    also the voxel counts ``pred_voxels`` and ``ref_voxels``."""
+    tp, fp, fn, tn = _confusion(pred, ref)
+    n_pred, n_ref = tp + fp, tp + fn
+    if n_ref == 0:
+        rve = 0.0 if n_pred == 0 else float("inf")
+    else:
+        rve = (n_pred - n_ref) / n_ref
+    return {
+        "dice": 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn),
+        "iou": 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn),
+        "precision": _rate(tp, fp, fn),  # empty prediction: 1.0 only if nothing was missed
+        "recall": _rate(tp, fn, fp),
+        "specificity": _rate(tn, fp, fn),  # recall of the background
+        "accuracy": (tp + tn) / (tp + fp + fn + tn) if tp + fp + fn + tn else float("nan"),
+        "relative_volume_error": rve,
+        "pred_voxels": n_pred,
+        "ref_voxels": n_ref,
+    }
+
+
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """Dice coefficient 2 tp / (2 tp + fp + fn); 1.0 when both masks are empty, 0.0 when one is."""
-    tp, fp, fn = _counts(pred, ref)
-    denominator = 2 * tp + fp + fn
-    return 1.0 if denominator == 0 else 2.0 * tp / denominator
+    return overlap_scores(pred, ref)["dice"]
 
 
 def f1(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -114,9 +144,7 @@ def f1(pred: np.ndarray, ref: np.ndarray) -> float:
 
 def iou(pred: np.ndarray, ref: np.ndarray) -> float:
     """Intersection over union (Jaccard) tp / (tp + fp + fn); 1.0 when both are empty, 0.0 when one is."""
-    tp, fp, fn = _counts(pred, ref)
-    denominator = tp + fp + fn
-    return 1.0 if denominator == 0 else tp / denominator
+    return overlap_scores(pred, ref)["iou"]
 
 
 def precision(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -124,10 +152,7 @@ def precision(pred: np.ndarray, ref: np.ndarray) -> float:
 
     Empty prediction: 1.0 if the reference is empty too (nothing claimed, nothing missed), else 0.0.
     """
-    tp, fp, fn = _counts(pred, ref)
-    if tp + fp == 0:
-        return 1.0 if fn == 0 else 0.0
-    return tp / (tp + fp)
+    return overlap_scores(pred, ref)["precision"]
 
 
 def recall(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -135,10 +160,7 @@ def recall(pred: np.ndarray, ref: np.ndarray) -> float:
 
     Empty reference: 1.0 if the prediction is empty too, else 0.0 (false positives are penalised).
     """
-    tp, fp, fn = _counts(pred, ref)
-    if tp + fn == 0:
-        return 1.0 if fp == 0 else 0.0
-    return tp / (tp + fn)
+    return overlap_scores(pred, ref)["recall"]
 
 
 sensitivity = recall
@@ -150,8 +172,7 @@ def specificity(pred: np.ndarray, ref: np.ndarray) -> float:
     Reference entirely foreground (no negatives): 1.0 if the prediction is entirely foreground too,
     else 0.0 (mirrors the :func:`recall` convention on the complement).
     """
-    pred, ref = _pair(pred, ref)
-    return recall(~pred, ~ref)
+    return overlap_scores(pred, ref)["specificity"]
 
 
 def accuracy(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -159,10 +180,9 @@ def accuracy(pred: np.ndarray, ref: np.ndarray) -> float:
 
     Raises ``ValueError`` for zero-size arrays.
     """
-    pred, ref = _pair(pred, ref)
-    if pred.size == 0:
+    if np.asarray(pred).size == 0:
         raise ValueError("accuracy of zero-size arrays is undefined")
-    return int(np.count_nonzero(pred == ref)) / pred.size
+    return overlap_scores(pred, ref)["accuracy"]
 
 
 def relative_volume_error(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -170,11 +190,7 @@ def relative_volume_error(pred: np.ndarray, ref: np.ndarray) -> float:
 
     Both empty: 0.0. Reference empty, prediction not: +inf. Prediction empty, reference not: -1.0.
     """
-    tp, fp, fn = _counts(pred, ref)
-    n_pred, n_ref = tp + fp, tp + fn
-    if n_ref == 0:
-        return 0.0 if n_pred == 0 else float("inf")
-    return (n_pred - n_ref) / n_ref
+    return overlap_scores(pred, ref)["relative_volume_error"]
 
 
 def confusion_matrix(pred_labels: np.ndarray, ref_labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -331,7 +347,3 @@ def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -
 
 # ----------------------------------------------------------------------------- label maps
 
-def per_label(pred_labels: np.ndarray, ref_labels: np.ndarray, values: list[int]) -> dict[int, dict[str, float]]:
-    """Dice and IoU for each label value (one-vs-rest)."""
-    return {v: {"dice": dice(pred_labels == v, ref_labels == v), "iou": iou(pred_labels == v, ref_labels == v)}
-            for v in values}

@@ -28,14 +28,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(sizes.argmax())
 
 
-def keep_largest_component(labels: np.ndarray, label_values: list[int] | tuple[int, ...]) -> np.ndarray:
-    """For each given label value, voxels outside its largest component become background."""
-    out = labels.copy()
-    for value in label_values:
-        keep_largest_component_inplace(out, value)
-    return out
-
-
 def keep_largest_component_inplace(labels: np.ndarray, value: int) -> np.ndarray:
     """Voxels of ``value`` outside its largest component become background (in place)."""
     box = _bounding_box(labels == value)

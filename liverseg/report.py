@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from .errors import GeometryError
-from .io.outputs import atomic_path, label_colors, write_text_atomic
+from .io.outputs import _resolve_colors, atomic_path, write_text_atomic
 from .io.volume import Volume, axis_codes, axis_orientation, lps_from_affine
 
 PERCENTILES = (5, 25, 50, 75, 95)
+# Soft-tissue window (level 40, width 400 HU) for CT shown under contours: previews and QC pictures.
+CT_DISPLAY_WINDOW = (-160.0, 240.0)
 # The centroid that places the preview slices is computed on a strided view of about this many voxels.
 _CENTRE_SAMPLE_VOXELS = 8_000_000
 
@@ -298,7 +300,7 @@ def _view_slice(array: np.ndarray, ornt: np.ndarray, centre: tuple[int, int, int
 
 
 def write_preview_png(image: Volume, labels: Volume, path: str | Path, label_names: Sequence[str],
-                      colors: dict[str, Any] | None = None, hu_window: tuple[float, float] = (-160, 240),
+                      colors: dict[str, Any] | None = None, hu_window: tuple[float, float] = CT_DISPLAY_WINDOW,
                       panel_px: int = 320) -> Path:
     """Axial / coronal / sagittal mosaic with each label's outline over the CT, and a legend.
 
@@ -311,8 +313,7 @@ def write_preview_png(image: Volume, labels: Volume, path: str | Path, label_nam
 
     _check_grid(image, labels)
     names = list(label_names)
-    rgb_of = label_colors(names)
-    rgb_of.update({k: tuple(int(c) for c in v) for k, v in (colors or {}).items()})
+    rgb_of = _resolve_colors(names, colors)  # the names' standard colours, overrides checked
     ornt = axis_orientation(image.affine_ras)
     spacing = image.spacing_mm
     centre = _centre_voxel(labels.array)

@@ -172,9 +172,12 @@ def test_manifest_references_in_png_slices_are_placed_on_the_image_grid(tmp_path
     image = read_volume(case / "DICOM_anon")
     from liverseg.io.labels import read_label
 
-    truth = read_label(case / "Ground", image, "png_slices", {"liver": 1})
-    assert truth.array.sum() == 2 * 16
-    write_volume(truth, tmp_path / "pred" / "c1" / "segmentation.nii.gz")
+    # The prediction is built by hand on the image grid (i = column, j = row, k = file): the liver square
+    # on the odd slices. A reference placed anywhere else would not give Dice 1.
+    expected = np.zeros(image.shape, np.uint8)
+    expected[3:7, 2:6, 1::2] = 1
+    np.testing.assert_array_equal(read_label(case / "Ground", image, "png_slices", {"liver": 1}).array, expected)
+    write_volume(image.with_array(expected), tmp_path / "pred" / "c1" / "segmentation.nii.gz")
     manifest = {"name": "chaos-like", "labels": {"background": 0, "liver": 1}, "label_format": "png_slices",
                 "structures": {"liver": 1},
                 "cases": [{"id": "c1", "image": "CT/1/DICOM_anon", "label": "CT/1/Ground"}], "splits": {"test": ["c1"]}}

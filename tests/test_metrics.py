@@ -375,12 +375,25 @@ def test_confusion_matrix_rejects_labels_outside_range():
         m.confusion_matrix(np.array([0, 1]), np.array([0, 1]), 0)
 
 
-def test_surface_metrics_equals_the_three_functions_in_one_pass():
+def test_surface_metrics_gives_the_three_definitions_from_one_pass(monkeypatch):
+    """hd95, assd and surface Dice from the directed distances, as the module docstring defines them,
+    computed here independently; and surface_metrics computes the distances once for all three."""
     rng = np.random.default_rng(11)
     spacing = (1.5, 0.7, 3.0)
+    calls = []
+    real = m.surface_distances
+    monkeypatch.setattr(m, "surface_distances", lambda *a: calls.append(1) or real(*a))
     for _ in range(5):
         pred, ref = rng.random((14, 12, 9)) < 0.3, rng.random((14, 12, 9)) < 0.3
+        calls.clear()
         both = m.surface_metrics(pred, ref, spacing, 2.0)
+        assert len(calls) == 1
+        to_ref, to_pred = real(pred, ref, spacing)
+        expected = {"hd95": max(np.percentile(to_ref, 95), np.percentile(to_pred, 95)),
+                    "assd": float(np.concatenate([to_ref, to_pred]).mean()),
+                    "surface_dice": float((np.count_nonzero(to_ref <= 2.0) + np.count_nonzero(to_pred <= 2.0))
+                                          / (to_ref.size + to_pred.size))}
+        assert both == pytest.approx(expected, rel=1e-12)
         assert both == {"hd95": m.hd95(pred, ref, spacing), "assd": m.assd(pred, ref, spacing),
                         "surface_dice": m.surface_dice(pred, ref, spacing, 2.0)}
     empty = np.zeros((4, 4, 4), bool)

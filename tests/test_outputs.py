@@ -337,3 +337,21 @@ def test_label_voxel_counts_equal_bincount_for_any_layout_and_dtype():
         np.testing.assert_array_equal(label_voxel_counts(array, 5), np.bincount(array.ravel(), minlength=5))
     np.testing.assert_array_equal(label_voxel_counts(labels > 2, 2), [int((labels <= 2).sum()), int((labels > 2).sum())])
     np.testing.assert_array_equal(label_voxel_counts(np.zeros((3, 3, 3), np.uint8), 3), [27, 0, 0])
+
+
+def test_atomic_writes_leave_no_temporary_file_and_keep_normal_permissions(tmp_path):
+    import os
+
+    from liverseg.atomic import atomic_path, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic("a,b\r\n1,2\r\n", tmp_path / "out" / "table.csv")
+        with pytest.raises(RuntimeError), atomic_path(tmp_path / "out" / "broken.csv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"a,b\r\n1,2\r\n"  # byte for byte, no newline translation
+    assert (path.stat().st_mode & 0o777) == 0o644  # readable by colleagues, as open() would have made it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["table.csv"]

@@ -144,6 +144,9 @@ def test_preview_empty_labels_uses_the_middle(tmp_path):
     rgb = np.asarray(Image.open(path).convert("RGB"))
     assert not (rgb[:-20] == (221, 130, 101)).all(-1).any()
     assert rgb.shape[0] > 20 and rgb.shape[1] > 60
+    from liverseg.report import _centre_voxel
+
+    assert _centre_voxel(empty.array) == tuple(s // 2 for s in empty.shape)  # the slices the mosaic shows
 
 
 # ----------------------------------------------------------------------------- 2D helpers

@@ -92,4 +92,18 @@ def read_probability_png(path: str | Path) -> np.ndarray:
     return array.astype(np.float64) / scale
 
 
-__all__ = ["PHOTO_SUFFIXES", "is_photo_file", "read_photo", "read_mask", "check_same_size", "read_probability_png"]
+def probability_filename(label_names, index: int) -> str:
+    """Where ``liverseg predict`` puts a photo's probability map for label ``index`` (and evaluate
+    looks for it): ``probability.png`` for two-class tasks, ``probability_<name>.png`` otherwise."""
+    return "probability.png" if len(label_names) == 2 else f"probability_{label_names[index]}.png"
+
+
+def read_fov(path: str | Path, image: np.ndarray, image_path: str | Path) -> np.ndarray:
+    """A field-of-view mask (any binary encoding) as bool, checked to match ``image``'s size."""
+    fov = read_mask(path, 2).astype(bool)
+    check_same_size(image, fov, image_path, path, what="field-of-view mask")
+    return fov
+
+
+__all__ = ["PHOTO_SUFFIXES", "is_photo_file", "read_photo", "read_mask", "check_same_size", "read_probability_png",
+           "probability_filename", "read_fov"]
