@@ -293,9 +293,9 @@ def find_series(path: Path) -> list[SeriesInfo]:
     return series
 
 
-def choose_series(path: Path, series: str | int | None = None) -> SeriesInfo:
+def choose_series(path: Path, series: str | int | None = None, *, announce: bool = True) -> SeriesInfo:
     """The requested series (UID or 0-based index from ``liverseg inspect``), or by default the CT
-    series with the most slices (with a message when there was a choice)."""
+    series with the most slices (with a message when there was a choice and ``announce``)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -317,7 +317,7 @@ def choose_series(path: Path, series: str | int | None = None) -> SeriesInfo:
         chosen = matching[0]
     else:
         chosen = found[0]
-        if len(found) > 1:
+        if len(found) > 1 and announce:
             log.warning("%s: %d DICOM series found; using %s (%d slices, in %s); pick another with --series "
                         "(see `liverseg inspect`)", path, len(found), chosen.label, chosen.n_slices, chosen.folder)
     if chosen.n_slices < 2:
@@ -340,7 +340,7 @@ def check_dicom(path: Path, series: str | int | None = None, allow_gaps: bool = 
     """Header-only: find, choose and validate the series (sort, duplicates, gaps) without decoding pixels."""
     from .dicom_assembly import plan_series
 
-    chosen = choose_series(path, series)
+    chosen = choose_series(path, series, announce=False)  # read_volume says it when it reads the series
     plan_series(chosen, Path(path), allow_gaps)
     return chosen
 
