@@ -91,6 +91,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .builtin import BUILTIN_MODELS, DEFAULT_MODEL, describe
+
+    names = [args.name] if args.name else list(BUILTIN_MODELS)
+    print("\n\n".join(describe(name) for name in names))
+    if not args.name:
+        print(f"\ndefault for `liverseg predict`: {DEFAULT_MODEL}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
@@ -206,11 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None, help="write the planned config YAML here")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("predict", help="segment CT volumes with a trained run")
+    p = sub.add_parser("predict", help="segment CT volumes (the built-in liver model, or a trained run)")
     p.add_argument("inputs", nargs="*", help="DICOM series folders, NIfTI/NRRD/MHA files, or folders of them")
     p.add_argument("-o", "--output", type=Path, required=True, help="writes OUTPUT/<case>/segmentation.nii.gz")
-    p.add_argument("--model", type=Path, required=True,
-                   help="a run folder written by liverseg train, or a file/folder written by liverseg export")
+    p.add_argument("--model", default=None,
+                   help="a built-in model name (default: liver; see `liverseg models`), a run folder written by "
+                        "liverseg train, or a file/folder written by liverseg export")
     p.add_argument("--manifest", type=Path, default=None, help="predict the cases of a manifest split instead")
     p.add_argument("--root", type=Path, default=None, help="with --manifest: folder its paths are relative to")
     p.add_argument("--split", default=None, help="with --manifest: the split to predict (default: test)")
@@ -228,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(auto: ONNX on a CPU when model.onnx is current, else PyTorch)")
     runtime(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list the built-in models: source, licence, citation, input, measured figures")
+    p.add_argument("name", nargs="?", default=None, help="one model (default: all)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (config embedded)")
     p.add_argument("run_dir", type=Path, help="a run folder written by liverseg train")

@@ -468,9 +468,10 @@ def nvidia_gpu_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
-def load_model(path: str | Path, device: Any = None, threads: int | None = None,
+def load_model(path: str | Path | None, device: Any = None, threads: int | None = None,
                backend: str = "auto") -> TrainedModel:
-    """A run folder, or a file (or folder) written by ``liverseg export``, ready on ``device``.
+    """A run folder, a file (or folder) written by ``liverseg export``, or the name of a built-in model
+    (``None``: the default built-in liver model), ready on ``device``.
 
     ``backend`` applies to run folders: ``torch`` rebuilds the network from the checkpoint; ``onnx``
     runs the folder's ``model.onnx`` (written by ``liverseg train`` at the end of a run, or by
@@ -484,6 +485,15 @@ def load_model(path: str | Path, device: Any = None, threads: int | None = None,
         raise InputError(f"--backend {backend!r}: use {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: must be at least 1")
+    from . import builtin
+
+    if path is None:
+        path = builtin.DEFAULT_MODEL
+    if not Path(path).exists():
+        if builtin.is_builtin(str(path)):
+            return builtin.load_builtin(str(path), device, threads, backend)
+        raise InputError(f"--model {path}: no such run folder or model file, and not a built-in model "
+                         f"(built-in: {', '.join(builtin.BUILTIN_MODELS)}; see `liverseg models`)")
     path = Path(path)
     from .export import current_onnx_export, find_exported, is_current_export, load_exported
 

@@ -96,12 +96,12 @@ def cases_from_manifest(manifest: str | Path, root: str | Path | None, split: st
 
 # ----------------------------------------------------------------------------- the loop
 
-def predict_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path,
+def predict_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path | None,
                   options: PredictOptions = PredictOptions()) -> BatchResult:
     return predict_cases(cases_from_inputs(inputs), out_dir, model, options)
 
 
-def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
+def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path | None,
                   options: PredictOptions = PredictOptions()) -> BatchResult:
     """Predict every case into ``out_dir/<case id>/``; failures are reported, skipped and returned.
 
@@ -122,6 +122,8 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path,
         raise InputError(f"several inputs share the case name(s) {', '.join(duplicates)}; their outputs "
                          "would overwrite each other: predict them into separate -o folders")
     bundle = load_model(model, options.device, options.threads, options.backend)
+    if options.overrides and getattr(bundle.model, "segment_volume", None) is not None:
+        raise InputError(f"--set {options.overrides[0]}: a built-in model has no run config to override")
     if options.overrides:
         bundle = replace(bundle, cfg=_infer_overrides(bundle.cfg, options.overrides))
     if bundle.cfg.data.modality == "ct":
@@ -202,16 +204,27 @@ def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: P
     cfg = bundle.cfg
     start = time.perf_counter()
     volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
-    labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress, memory_gb=options.memory_gb)
+    segment_volume = getattr(bundle.model, "segment_volume", None)  # built-in models bring their own road
+    warnings: list[str] = []
+    details: dict = {}
+    if segment_volume is not None:
+        labels, warnings, details = segment_volume(volume, threads=options.threads)
+    else:
+        labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress,
+                                memory_gb=options.memory_gb)
     runtime_s = time.perf_counter() - start
+    for warning in warnings:
+        log.warning("%s: warning: %s", case.case_id, warning)
     written = [write_label_map(labels, volume, case_dir / SEGMENTATION)]
-    written += write_case_outputs(bundle, case, volume, labels, case_dir, runtime_s, options)
+    written += write_case_outputs(bundle, case, volume, labels, case_dir, runtime_s, options,
+                                  warnings=warnings, details=details)
     log.info("%s: %s in %.1f s", case.case_id, _label_summary(labels, volume, cfg.data.labels), runtime_s)
     return written
 
 
 def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels: np.ndarray, case_dir: Path,
-                       runtime_s: float, options: PredictOptions) -> list[Path]:
+                       runtime_s: float, options: PredictOptions, warnings: list[str] | None = None,
+                       details: dict | None = None) -> list[Path]:
     """The Slicer-ready outputs beside the NIfTI label map (``io.outputs``, ``report``).
 
     ``segmentation.seg.nrrd`` + ``labels.ctbl`` (names and colours for 3D Slicer), ``segmentation.dcm``
@@ -234,7 +247,9 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
             log.warning("%s: segmentation.dcm not written (%s: %s); the other outputs are complete",
                         case.case_id, type(exc).__name__, " ".join(str(exc).split())[:300])
     report = case_report(volume, label_volume, names, runtime_s=runtime_s, model_id=bundle.model_id,
-                         input_path=case.image, extra={"backend": bundle.backend, "case_id": case.case_id})
+                         input_path=case.image, extra={"backend": bundle.backend, "case_id": case.case_id,
+                                                       "warnings": list(warnings or []),
+                                                       **({"model_details": details} if details else {})})
     written.append(write_report(report, case_dir / "report.json"))
     if options.preview:
         written.append(write_preview_png(volume, label_volume, case_dir / "preview.png", names))

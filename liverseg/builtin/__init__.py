@@ -1,0 +1,194 @@
+"""Built-in pretrained models: shipped inside the package, run with no training and no network access.
+
+``BUILTIN_MODELS`` names each one with its provenance, licence, citation, input and measured figures;
+``load_builtin(name)`` returns a ``TrainedModel`` that ``liverseg predict`` uses like a run folder.
+The weights are package data (``weights/*.npz``, converted by ``scripts/convert_kul_weights.py``,
+with ``weights/*.json`` recording the sha256 of the original files and of the converted one, checked
+on load) under their own licence (``weights/LICENSE-pyliverlesionseg.txt``, Apache-2.0; attribution
+in ``weights/NOTICE.md``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+WEIGHTS = Path(str(resources.files("liverseg") / "builtin" / "weights"))
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    title: str
+    weights: str  # file in WEIGHTS
+    factor: int  # KulUNet sub-sampling factor
+    channels: tuple[int, ...]
+    labels: tuple[str, ...]
+    modality: str
+    spacing_mm: tuple[float, float, float]
+    source: str
+    licence: str
+    citation: str
+    figures: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "liver": BuiltinModel(
+        name="liver",
+        title="Whole liver in CT (KU Leuven 3D U-Net, 3 mm)",
+        weights="kul_liver_3mm.npz",
+        factor=3,
+        channels=(20, 40, 80, 160),
+        labels=("background", "liver"),
+        modality="CT (Hounsfield units); trained on CT and MR, only CT is supported here",
+        spacing_mm=(3.0, 3.0, 3.0),
+        source="pyliverlesionseg 0.3 (PyPI), KU Leuven: trained_models/model_unet_ct_mr_liv_seg_resize_1.5mm_"
+               "med_3_resize_3mm_20201011_dice_loss_val_binary_dice_mean.hdf5, converted to PyTorch/ONNX by "
+               "scripts/convert_kul_weights.py",
+        licence="Apache-2.0 (weights/LICENSE-pyliverlesionseg.txt)",
+        citation="Tang X, Jafargholi Rangraz E, Coudyzer W, et al. Whole liver segmentation based on deep "
+                 "learning and manual adjustment for clinical use in SIRT. Eur J Nucl Med Mol Imaging 47, "
+                 "2742-2752 (2020). doi:10.1007/s00259-020-04800-3",
+        figures=("Dice 0.959 on the TotalSegmentator example CT against its model-made liver mask "
+                 "(ct_3mm, 3 mm; scripts/check_kul_port.py)",),
+        notes=("not validated for clinical use",),
+    ),
+}
+DEFAULT_MODEL = "liver"
+
+
+def is_builtin(name: str | Path) -> bool:
+    return isinstance(name, str) and name in BUILTIN_MODELS
+
+
+def get(name: str) -> BuiltinModel:
+    try:
+        return BUILTIN_MODELS[name]
+    except KeyError:
+        raise InputError(f"--model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), nor a run "
+                         "folder or exported model file") from None
+
+
+def provenance(model: BuiltinModel) -> dict[str, Any]:
+    return json.loads((WEIGHTS / model.weights).with_suffix(".json").read_text())
+
+
+@lru_cache(maxsize=4)
+def load_weights(name: str) -> dict[str, np.ndarray]:
+    """The model's float32 arrays, after checking the file's sha256 against its provenance record."""
+    model = get(name)
+    path = WEIGHTS / model.weights
+    if not path.is_file():
+        raise InputError(f"{path}: the built-in model's weight file is missing; reinstall liverseg")
+    data = path.read_bytes()
+    expected = provenance(model)["weights_sha256"]
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise InputError(f"{path}: sha256 does not match the recorded {expected[:12]}...; the file is damaged, "
+                         "reinstall liverseg")
+    import io
+
+    with np.load(io.BytesIO(data)) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def torch_module(name: str):
+    """``KulUNet`` with the built-in weights (PyTorch; for fine-tuning, CUDA and the full computation)."""
+    import torch
+
+    from ..models.kul_unet import KulUNet
+
+    model = get(name)
+    module = KulUNet(3, 1, len(model.labels), model.channels, model.factor)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in load_weights(name).items()})
+    return module.eval()
+
+
+class BuiltinPredictor:
+    """``segment_volume(volume) -> (labels, warnings, details)`` for ``predict_batch``."""
+
+    def __init__(self, name: str, engine) -> None:
+        self.name = name
+        self.engine = engine
+
+    def segment_volume(self, volume, threads: int | None = None):
+        from .kul_liver import segment
+
+        result = segment(volume, self.engine, threads=threads)
+        return result.labels, result.warnings, result.details
+
+
+def make_engine(name: str, device: Any = None, threads: int | None = None, backend: str = "auto"):
+    """ONNX Runtime (staged) on a CPU, PyTorch on CUDA or when ``backend='torch'``."""
+    model = get(name)
+    device_name = str(device if device is not None else "auto")
+    if backend not in ("auto", "torch", "onnx"):
+        raise InputError(f"--backend {backend!r}: use auto, torch or onnx")
+    wants_cuda = device_name.startswith("cuda")
+    if device_name == "auto" and backend != "onnx":
+        from ..infer import nvidia_gpu_present
+
+        wants_cuda = nvidia_gpu_present()
+    if backend == "torch" or (wants_cuda and backend != "onnx"):
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        from ..infer import resolve_device
+        from .engines import TorchEngine
+
+        return TorchEngine(torch_module(name), resolve_device(device if device_name != "auto" else None))
+    if device_name not in ("auto", "cpu"):
+        raise InputError(f"--device {device_name}: the built-in model's ONNX Runtime path runs on the CPU; use "
+                         "--backend torch for CUDA")
+    from .engines import StagedEngine
+
+    return StagedEngine(load_weights(name), model.factor, threads)
+
+
+def load_builtin(name: str = DEFAULT_MODEL, device: Any = None, threads: int | None = None, backend: str = "auto"):
+    """A ``TrainedModel`` for ``predict_batch``: the built-in model ready to segment."""
+    from ..config import DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig
+    from ..infer import TrainedModel
+
+    model = get(name)
+    engine = make_engine(name, device, threads, backend)
+    cfg = ExperimentConfig(
+        data=DataConfig(labels=model.labels),
+        preprocess=PreprocessConfig(spacing_mm=model.spacing_mm, hu_window=(-200.0, 200.0)),
+        model=ModelConfig(name="kul_unet", channels=model.channels, strides=(model.factor,) * (len(model.channels) - 1),
+                          norm="patch"),
+        infer=InferConfig(roi_size=(189, 162, 162), largest_component=("liver",), coarse_to_fine=False),
+    )
+    record = provenance(model)
+    model_id = f"{name} (built-in: {model.title}; weights sha256:{record['weights_sha256'][:12]})"
+    return TrainedModel(cfg, BuiltinPredictor(name, engine), WEIGHTS / model.weights, 0, f"builtin {engine.name}",
+                        model_id, {"builtin": name, "threads": threads}, str(device or "auto"))
+
+
+def describe(name: str) -> str:
+    model = get(name)
+    record = provenance(model)
+    lines = [f"{model.name}: {model.title}",
+             f"  input      : {model.modality}, resampled to {' x '.join(f'{s:g}' for s in model.spacing_mm)} mm",
+             f"  labels     : {', '.join(model.labels[1:])}",
+             f"  source     : {model.source}",
+             f"  licence    : {model.licence}",
+             f"  citation   : {model.citation}",
+             f"  weights    : {model.weights} ({record['parameters']:,} parameters, sha256 {record['weights_sha256'][:16]}...; "
+             f"original {Path(record['member']).name} sha256 {record['member_sha256'][:16]}...)"]
+    lines += [f"  measured   : {f}" for f in model.figures]
+    lines += [f"  note       : {n}" for n in model.notes]
+    return "\n".join(lines)
+
+
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "BuiltinModel", "is_builtin", "get", "load_weights", "torch_module",
+           "load_builtin", "describe", "make_engine", "provenance"]
