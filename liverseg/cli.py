@@ -142,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(Path(args.out), minutes=args.minutes, device=args.device, threads=args.threads,
-                    progress=not args.quiet)
+                    progress=not args.quiet, train_models=args.train)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -269,10 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-remap", default=None, help="remap reference values first, e.g. 2=1 (tumour into liver)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the whole road on synthetic CT phantoms (no downloads)")
+    p = sub.add_parser("demo", help="segment the CT that ships with liverseg using the built-in liver model "
+                                     "(--train: train and evaluate a model on synthetic phantoms)")
     p.add_argument("--out", default="demo_output", help="demo folder (default: demo_output)")
+    p.add_argument("--train", action="store_true",
+                   help="the training road instead: synthetic phantoms -> train -> predict -> evaluate (minutes)")
     p.add_argument("--minutes", type=float, default=10.0,
-                   help="cap on training minutes (the demo is sized for about 6 on 2 CPU cores)")
+                   help="with --train: cap on training minutes (sized for about 6 on 2 CPU cores)")
     runtime(p)
     p.set_defaults(func=cmd_demo)
 

@@ -124,7 +124,7 @@ def convert(name: str, wheel_path: Path) -> Path:
         "licence": "Apache-2.0",
     }
     (OUT_DIR / f"{name}.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    (OUT_DIR / "LICENSE-pyliverlesionseg.txt").write_text(licence)
+    (OUT_DIR.parent / "LICENSE-Apache-2.0.txt").write_text(licence)  # the wheel's LICENSE: plain Apache-2.0
     print(json.dumps(provenance, indent=2))
     return npz_path
 

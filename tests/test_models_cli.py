@@ -20,9 +20,10 @@ SMOKE = {3: REPO / "configs" / "smoke_3d.yaml", 2: REPO / "configs" / "smoke_2d.
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_trains_and_predicts_on_the_input_grid(name, dims, tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
+    extra = ["--set", "model.strides=[3,3]"] if name == "kul_unet" else []  # an odd factor (see KulUNet)
     code = main(["train", "--config", str(SMOKE[dims]), "--run-dir", str(run), "--set", f"data.manifest={tiny_dataset}",
                  "--set", f"model.name={name}", "--set", "model.deep_supervision=true", "--set", "train.epochs=1",
-                 "--device", "cpu", "-q"])
+                 "--device", "cpu", "-q", *extra])
     assert code == 0, capsys.readouterr().err
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
     oblique = tiny_dataset.parent / "images" / "case_obl.nii.gz"

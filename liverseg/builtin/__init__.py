@@ -4,8 +4,8 @@
 ``load_builtin(name)`` returns a ``TrainedModel`` that ``liverseg predict`` uses like a run folder.
 The weights are package data (``weights/*.npz``, converted by ``scripts/convert_kul_weights.py``,
 with ``weights/*.json`` recording the sha256 of the original files and of the converted one, checked
-on load) under their own licence (``weights/LICENSE-pyliverlesionseg.txt``, Apache-2.0; attribution
-in ``weights/NOTICE.md``).
+on load) under their own licence (``LICENSE-Apache-2.0.txt``; attribution, changes and citations in
+``NOTICE.md``). ``samples/`` holds the demo CT (TotalSegmentator's example, Apache-2.0).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         source="pyliverlesionseg 0.3 (PyPI), KU Leuven: trained_models/model_unet_ct_mr_liv_seg_resize_1.5mm_"
                "med_3_resize_3mm_20201011_dice_loss_val_binary_dice_mean.hdf5, converted to PyTorch/ONNX by "
                "scripts/convert_kul_weights.py",
-        licence="Apache-2.0 (weights/LICENSE-pyliverlesionseg.txt)",
+        licence="Apache-2.0 (liverseg/builtin/LICENSE-Apache-2.0.txt; attribution in liverseg/builtin/NOTICE.md)",
         citation="Tang X, Jafargholi Rangraz E, Coudyzer W, et al. Whole liver segmentation based on deep "
                  "learning and manual adjustment for clinical use in SIRT. Eur J Nucl Med Mol Imaging 47, "
                  "2742-2752 (2020). doi:10.1007/s00259-020-04800-3",

@@ -60,7 +60,8 @@ BELOW_LIVER_MM = 90.0
 # varies smoothly and keeps the coarse ones).
 COARSE_STRIDE, FINE_STRIDE = 18, 6
 MIN_LIVER_EXTENT_MM = 100.0  # a field of view shorter than this along S cannot hold a whole liver
-LIVER_ML_RANGE = (500.0, 5000.0)
+LIVER_ML_RANGE = (500.0, 5000.0)  # outside: a warning
+MIN_WHOLE_LIVER_ML = 250.0  # a structure smaller than this, not cut by the field of view, is not a liver
 
 
 def scale_hu(hu: np.ndarray) -> np.ndarray:
@@ -271,8 +272,16 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None) -> Liver
     del run, image
     labels = probability_to_labels(probability, grid, canonical.shape, ornt, volume.shape)
     liver_ml = float(np.count_nonzero(labels)) * volume.voxel_volume_ml
+    cut = cut_sides(labels, ornt)
+    if liver_ml < MIN_WHOLE_LIVER_ML and not cut:
+        warnings.append(f"no liver found: the only liver-like structure ({liver_ml:.0f} mL) lies wholly inside "
+                        f"the scan and is too small for a liver (at least {MIN_WHOLE_LIVER_ML:.0f} mL even in "
+                        "children); this scan probably does not show the liver, so the label map is left empty")
+        labels[...] = 0
+        liver_ml = 0.0
+    elif liver_ml > 0:
+        warnings += liver_warnings(liver_ml, cut)
     details["liver_ml"] = round(liver_ml, 1)
-    warnings += liver_warnings(labels, canonical.shape, ornt, grid, liver_ml)
     return LiverResult(labels, warnings, details)
 
 
@@ -337,27 +346,25 @@ def input_warnings(volume: Volume) -> list[str]:
     return out
 
 
-def liver_warnings(labels: np.ndarray, canonical_shape: Sequence[int], ornt: np.ndarray, grid: Grid,
-                   liver_ml: float) -> list[str]:
+def cut_sides(labels: np.ndarray, ornt: np.ndarray) -> list[str]:
+    """Where the labels reach the edge of the field of view: inferior, superior, right-left, anterior-posterior."""
+    canonical = to_canonical(labels, ornt)
+    sides = []
+    for axis, names in ((2, ("inferior", "superior")), (0, ("right-left",) * 2), (1, ("anterior-posterior",) * 2)):
+        for end, name in zip((0, canonical.shape[axis] - 1), names):
+            if canonical[(slice(None),) * axis + (end,)].any() and name not in sides:
+                sides.append(name)
+    return sides
+
+
+def liver_warnings(liver_ml: float, cut: Sequence[str]) -> list[str]:
     out = []
     if liver_ml < LIVER_ML_RANGE[0] or liver_ml > LIVER_ML_RANGE[1]:
         out.append(f"liver volume {liver_ml:.0f} mL is outside the usual {LIVER_ML_RANGE[0]:.0f}-"
                    f"{LIVER_ML_RANGE[1]:.0f} mL; check the segmentation")
-    canonical_labels = to_canonical(labels, ornt)
-    cut = []
-    for axis, names in ((2, ("inferior", "superior")), (0, ("right-left", "right-left")), (1, ("anterior-posterior",) * 2)):
-        first = canonical_labels[(slice(None),) * axis + (0,)].any()
-        last = canonical_labels[(slice(None),) * axis + (canonical_shape[axis] - 1,)].any()
-        if axis == 2:
-            if first:
-                cut.append("inferior")
-            if last:
-                cut.append("superior")
-        elif first or last:
-            cut.append(names[0])
     if cut:
-        out.append(f"the liver reaches the edge of the field of view ({', '.join(dict.fromkeys(cut))}): "
-                   "part of it may lie outside the scan, and its volume is a lower bound")
+        out.append(f"the liver reaches the edge of the field of view ({', '.join(cut)}): part of it may lie "
+                   "outside the scan, and its volume is a lower bound")
     return out
 
 

@@ -26,6 +26,9 @@ that pair is ``(1 - sigmoid(z), sigmoid(z))``, the original's probability unchan
 output channels (fine-tuning to other labels) the last convolution has one logit per class instead.
 
 2D: the same family with 3x3 kernels throughout (no in-plane/through-plane distinction).
+
+Registered as ``kul_unet`` (``model.channels`` = ``c`` per pathway, ``model.strides`` = the factor,
+odd): the built-in liver model is ``channels [20, 40, 80, 160]``, ``strides [3, 3, 3]``.
 """
 from __future__ import annotations
 
@@ -90,9 +93,10 @@ class KulUNet(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ConfigError(f"kul_unet: model.spatial_dims={spatial_dims}, must be 2 or 3")
-        if len(channels) < 2 or factor < 2:
-            raise ConfigError(f"kul_unet: needs at least 2 pathways (model.channels={list(channels)}) and a "
-                              f"sub-sampling factor of at least 2 (model.strides), got {factor}")
+        if len(channels) < 2 or factor < 3 or factor % 2 == 0:
+            raise ConfigError(f"kul_unet: needs at least 2 pathways (model.channels={list(channels)}) and an odd "
+                              f"sub-sampling factor of at least 3 (model.strides), got {factor}: its 'linear' "
+                              "up-sampling shifts an even factor's output by half a voxel against the skip")
         if out_channels < 2:
             raise ConfigError(f"kul_unet: out_channels={out_channels}, needs background and at least one class")
         self.dims, self.factor, self.levels = spatial_dims, factor, len(channels)
