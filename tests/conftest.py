@@ -109,6 +109,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def _cold_dicom_discovery_cache():
+    """Each test starts as a fresh process does: ``find_series`` caches the discovery of an unchanged
+    DICOM folder for the rest of the process, and one test's discoveries must not answer another's."""
+    from liverseg.io.dicom import clear_series_cache
+
+    clear_series_cache()
+    yield
+    clear_series_cache()
+
+
 # ----------------------------------------------------------------------------- tiny training set
 
 # (case id, shape, spacing mm, RAS direction): axis-aligned RAS, DICOM-style LPS, a permuted and

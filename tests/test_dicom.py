@@ -3,7 +3,9 @@ SimpleITK's ImageSeriesReader where SimpleITK reads the case correctly, or again
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +246,91 @@ def test_random_file_order_does_not_change_the_result(tmp_path):
     volume = read_volume(tmp_path)
     np.testing.assert_array_equal(volume.array, _sitk_volume(tmp_path).array)
     np.testing.assert_allclose(volume.affine_ras, _sitk_volume(tmp_path).affine_ras, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- discovery cache
+
+def _count_header_reads(monkeypatch) -> list[Path]:
+    """Every header-only pydicom read from now on (discovery's; decoding reads whole files)."""
+    import pydicom
+
+    reads: list[Path] = []
+    real = pydicom.dcmread
+
+    def counting(path, *args, **kwargs):
+        if kwargs.get("stop_before_pixels"):
+            reads.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    return reads
+
+
+def test_unchanged_folder_is_discovered_once_and_a_changed_file_invalidates(tmp_path, monkeypatch, caplog):
+    import pydicom
+
+    from liverseg.io import dicom
+
+    monkeypatch.setattr(dicom, "SETTLE_S", 0.0)  # the files were just written; see the next test
+    stored = _stored(n=5)
+    paths = write_series(tmp_path, stored)
+    (tmp_path / "junk.bin").write_bytes(b"not dicom at all")
+    reads = _count_header_reads(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="liverseg.io.dicom"):
+        check_input(tmp_path)
+        assert len(reads) == 6
+        volume = read_volume(tmp_path)
+        assert len(reads) == 6  # read_volume's discovery parsed nothing
+        assert dicom.find_series(tmp_path)[0].n_slices == 5 and len(reads) == 6
+    np.testing.assert_array_equal(volume.array, _expected_hu(stored))
+    assert sum("junk.bin: skipped" in r.getMessage() for r in caplog.records) == 1  # said once, not per discovery
+    # a cached result handed out is the caller's own: changing it does not change the next one
+    found = dicom.find_series(tmp_path)
+    found[0].frames.clear()
+    assert dicom.find_series(tmp_path)[0].n_slices == 5
+
+    # Same size, modification time put back (as `cp -p` leaves it): the change time still tells.
+    time.sleep(0.05)  # past the file-time tick of the first write
+    before = paths[2].stat()
+    ds = pydicom.dcmread(paths[2])
+    ds.ImagePositionPatient = [-20.0, 10.0, 50.0]  # same length: one slice moves, leaving a gap
+    ds.save_as(paths[2])
+    os.utime(paths[2], ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert paths[2].stat().st_size == before.st_size
+    with pytest.raises(InputError, match="missing slices"):
+        check_input(tmp_path)
+    assert len(reads) == 12  # the whole folder parsed again
+    paths[2].unlink()
+    assert dicom.find_series(tmp_path)[0].n_slices == 4 and len(reads) == 17
+
+
+def test_files_written_moments_ago_are_not_cached(tmp_path, monkeypatch):
+    """File times tick coarsely: a file rewritten within the same tick, at the same size, would look
+    unchanged. A folder with a file changed less than SETTLE_S ago is therefore parsed every time."""
+    from liverseg.io import dicom
+
+    write_series(tmp_path, _stored(n=3))
+    reads = _count_header_reads(monkeypatch)
+    dicom.find_series(tmp_path)
+    dicom.find_series(tmp_path)
+    assert len(reads) == 6
+
+
+def test_file_listing_follows_os_walk_order_and_opens_nothing(tmp_path):
+    """One scandir pass lists what os.walk listed before (sorted files, then sorted subfolders depth
+    first, links to folders not entered) and only stats each file: a FIFO would block an open."""
+    from liverseg.io.dicom import _all_files, _list_files
+
+    for name in ("b/z.dcm", "b/a/y", "a.dcm", "c/x", "B.dcm", "b/a/deeper/w"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * len(name))
+    (tmp_path / "link").symlink_to(tmp_path / "c", target_is_directory=True)
+    os.mkfifo(tmp_path / "b" / "pipe")
+    walked = []
+    for directory, subdirs, names in os.walk(tmp_path):
+        subdirs.sort()
+        walked.extend(Path(directory) / n for n in sorted(names))
+    files, stamps = _list_files(tmp_path)
+    assert files == walked == _all_files(tmp_path)
+    assert tmp_path / "b" / "pipe" in files and all(stamps)
+    assert _list_files(tmp_path / "a.dcm") == ([tmp_path / "a.dcm"], [stamps[files.index(tmp_path / "a.dcm")]])

@@ -15,11 +15,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from liverseg.errors import GeometryError, InputError
-from liverseg.io import read_volume, write_label_map
+from liverseg.io import dicom_seg, read_volume, write_label_map
 from liverseg.io.images import sitk_to_volume
 from liverseg.io.dicom_seg import write_dicom_seg
 from liverseg.io.outputs import label_colors, write_color_table, write_seg_nrrd
 from liverseg.io.volume import LPS_TO_RAS, Volume
+from liverseg.phantoms.dicom import write_series
 
 NAMES = ("background", "liver", "tumour", "spleen")
 
@@ -246,6 +247,97 @@ def test_dicom_seg_of_a_series_read_without_series_instance_uid(tmp_path):
     path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", ("background", "liver"), tmp_path / "seg.dcm")
     _seg, by_uid = read_dicom_seg_frames(path, files)
     assert sum(int(frame.sum()) for frame in by_uid.values()) == int(labels.sum())
+
+
+SERIES_ORIENTATIONS = {
+    "axial": (1, 0, 0, 0, 1, 0),
+    "coronal": (1, 0, 0, 0, 0, -1),
+    "sagittal": (0, 1, 0, 0, 0, -1),
+    "oblique": (0.8660254, 0.5, 0.0, 0.0, 0.0, -1.0),
+}
+# (axis order, flipped axes): the same voxels stored on a permuted and/or mirrored grid
+REGRIDS = [((0, 1, 2), ()), ((0, 1, 2), (0, 1, 2)), ((1, 0, 2), (1,)), ((2, 0, 1), (0, 2)), ((2, 1, 0), (2,))]
+
+
+def _regrid(volume: Volume, order: tuple[int, ...], flips: tuple[int, ...]) -> Volume:
+    """``volume`` with its array axes reordered and mirrored, and the affine to match: same voxels."""
+    array = np.flip(np.transpose(volume.array, order), axis=flips) if flips else np.transpose(volume.array, order)
+    new_to_old = np.zeros((4, 4))
+    new_to_old[3, 3] = 1.0
+    for axis, old in enumerate(order):
+        flipped = axis in flips
+        new_to_old[old, axis] = -1.0 if flipped else 1.0
+        new_to_old[old, 3] = array.shape[axis] - 1 if flipped else 0.0
+    return Volume(array, volume.affine_ras @ new_to_old, dict(volume.meta))
+
+
+def _seg_content(path: Path) -> tuple:
+    """What a SEG says, without its fresh UIDs and timestamps: segments, frames and their places."""
+    seg = pydicom.dcmread(str(path))
+    frames = [(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID,
+               tuple(float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient),
+               int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+               tuple(int(v) for v in f.FrameContentSequence[0].DimensionIndexValues))
+              for f in seg.PerFrameFunctionalGroupsSequence]
+    segments = [(d.SegmentNumber, d.SegmentLabel) for d in seg.SegmentSequence]
+    return int(seg.NumberOfFrames), bytes(seg.PixelData), frames, segments
+
+
+@pytest.mark.parametrize("orientation", sorted(SERIES_ORIENTATIONS))
+def test_dicom_seg_frames_taken_as_views_equal_the_general_gather(tmp_path, monkeypatch, orientation):
+    """A source slice that is a plane of the label grid is taken by slicing/flipping/transposing (no
+    index arrays); it must give exactly what gathering voxel by voxel gives, on any layout of the grid."""
+    stored = np.random.default_rng(1).integers(0, 2000, (5, 12, 10)).astype(np.uint16)
+    write_series(tmp_path / "ct", stored, orientation=SERIES_ORIENTATIONS[orientation])
+    image = read_volume(tmp_path / "ct")
+    values = np.random.default_rng(2).integers(0, 3, image.shape).astype(np.uint8)
+    values[values == 2] = np.random.default_rng(3).integers(0, 2, int((values == 2).sum())).astype(np.uint8) * 2
+    values[:, :, 1] = 0  # an empty slice: omitted from the SEG
+    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in image.meta["slice_files"]]
+    general_path = lambda *args: None  # noqa: E731 - forces the voxel-by-voxel gather
+    for order, flips in REGRIDS:
+        labels = _regrid(image.with_array(values), order, flips)
+        gathered = np.stack([labels.array[dicom_seg._frame_indices(ds, labels)] for ds in datasets])
+        for ds, expected in zip(datasets, gathered):
+            fast = dicom_seg._frame(ds, labels)
+            assert np.shares_memory(fast, labels.array), f"{order} {flips}: not taken as a view"
+            np.testing.assert_array_equal(fast, expected)
+        stack = dicom_seg._frames(datasets, labels)  # all slices at once: one view
+        assert np.shares_memory(stack, labels.array) and not stack.flags.writeable
+        np.testing.assert_array_equal(stack, gathered)
+        np.testing.assert_array_equal(dicom_seg._frames(datasets[::-1], labels), gathered[::-1])
+        fast_seg = write_dicom_seg(labels, tmp_path / "ct", NAMES[:3], tmp_path / "fast.dcm")
+        with monkeypatch.context() as patch:
+            patch.setattr(dicom_seg, "_stack_view", general_path)
+            patch.setattr(dicom_seg, "_plane_view", general_path)
+            assert not np.shares_memory(dicom_seg._frames(datasets, labels), labels.array)
+            general_seg = write_dicom_seg(labels, tmp_path / "ct", NAMES[:3], tmp_path / "general.dcm")
+        assert _seg_content(fast_seg) == _seg_content(general_seg), f"{order} {flips}"
+        assert _seg_content(fast_seg)[0] == 2 * (len(datasets) - 1)  # liver and tumour on 4 of 5 slices
+
+
+def test_dicom_seg_off_plane_grids_take_the_general_path(tmp_path):
+    """A finer label grid (every other voxel under a pixel) is gathered voxel by voxel; a grid that
+    misses part of a slice is refused naming the slice, as before."""
+    write_series(tmp_path / "ct", np.zeros((4, 6, 5), np.uint16))
+    image = read_volume(tmp_path / "ct")
+    ds = pydicom.dcmread(str(image.meta["slice_files"][2]), stop_before_pixels=True)
+    fine_values = np.random.default_rng(4).integers(0, 3, (9, 11, 4)).astype(np.uint8)
+    fine = Volume(fine_values, image.affine_ras @ np.diag([0.5, 0.5, 1.0, 1.0]), dict(image.meta))
+    frame = dicom_seg._frame(ds, fine)
+    assert not np.shares_memory(frame, fine.array)
+    np.testing.assert_array_equal(frame, fine_values[::2, ::2, 2].T)
+    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in image.meta["slice_files"]]
+    np.testing.assert_array_equal(dicom_seg._frames(datasets, fine), fine_values[::2, ::2, :].transpose(2, 1, 0))
+    values = np.arange(120, dtype=np.uint8).reshape(5, 6, 4)
+    gappy = dicom_seg._frames([datasets[0], datasets[1], datasets[3]], image.with_array(values))
+    assert not np.shares_memory(gappy, values)  # not equally spaced: one view per slice, stacked
+    np.testing.assert_array_equal(gappy, values[:, :, [0, 1, 3]].transpose(2, 1, 0))
+    cropped = Volume(np.zeros((4, 6, 4), np.uint8), image.affine_ras, dict(image.meta))  # one column short
+    with pytest.raises(GeometryError, match=r"reaches outside the label map's grid \(4, 6, 4\)"):
+        dicom_seg._frame(ds, cropped)
+    with pytest.raises(GeometryError, match="reaches outside"):
+        write_dicom_seg(cropped, tmp_path / "ct", ("background", "liver"), tmp_path / "bad.dcm")
 
 
 @pytest.mark.slow

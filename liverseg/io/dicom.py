@@ -3,7 +3,8 @@
 The road from a folder of files to a ``Volume``:
 
 1. **Discovery** (``find_series``): every file below the folder is parsed with pydicom (any name,
-   with or without ``.dcm``; DICOMDIR and non-image objects such as SEG/RTSTRUCT/SR are passed over).
+   with or without ``.dcm``; DICOMDIR and non-image objects such as SEG/RTSTRUCT/SR are passed over;
+   an unchanged folder is parsed once per process, see ``find_series``).
    A file that cannot be parsed, or lacks a tag that geometry needs, is skipped with a warning that
    names it. Files are grouped by SeriesInstanceUID and split further where orientation, matrix size
    or pixel spacing differ inside one series. Images whose ImageType says LOCALIZER are excluded.
@@ -26,8 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,13 +234,100 @@ def _fmt(x: float) -> str:
 
 
 def _all_files(path: Path) -> list[Path]:
+    """Every file below ``path`` (or ``[path]`` for a file), in discovery order."""
+    return _list_files(Path(path))[0]
+
+
+def _list_files(path: Path) -> tuple[list[Path], list[tuple]]:
+    """Every file below ``path`` in ``os.walk`` order (a folder's files sorted by name, then its
+    subfolders sorted, depth first; links to folders listed but not entered; unreadable folders
+    passed over), or ``[path]`` for a file, with each file's ``stat`` stamp from the same
+    ``os.scandir`` pass. Nothing is opened: a FIFO or device file is only stat'ed here."""
     if path.is_file():
-        return [path]
-    files = []
-    for directory, subdirs, names in os.walk(path):
-        subdirs.sort()
-        files.extend(Path(directory) / n for n in sorted(names))
-    return files
+        return [path], [_stamp(path)]
+    files: list[Path] = []
+    stamps: list[tuple] = []
+    pending = [str(path)] if path.is_dir() else []
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as scan:
+                entries = list(scan)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(entry)
+            else:
+                files.append(Path(entry.path))
+                stamps.append(_stamp(entry))
+        pending.extend(e.path for e in reversed(subdirs) if not e.is_symlink())
+    return files, stamps
+
+
+def _stamp(entry: os.DirEntry | Path) -> tuple:
+    """What changes when a file is replaced or written: type, size, times, device and inode
+    (``stat`` follows links, as opening the file would); () when it cannot be stat'ed."""
+    try:
+        st = entry.stat()
+    except OSError:
+        return ()
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Discovery cache: ``check_input`` and then ``read_volume`` (and the DICOM SEG writer) discover the
+# same folder within one run; the second discovery reuses the first unless a file changed.
+# ----------------------------------------------------------------------------------------------------
+
+SETTLE_S = 2.0               # files changed this recently (by their ctime) are not cached: see below
+CACHE_MAX_FRAMES = 100_000   # slices kept over all cached folders (~1.3 kB each), oldest folders dropped first
+_cache: OrderedDict[str, tuple[tuple, list[SeriesInfo]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _settled(stamps: list[tuple], now_ns: int) -> bool:
+    """No file changed within ``SETTLE_S`` before the listing. File times tick coarsely (a few ms,
+    2 s on FAT): a file rewritten in the same tick as its previous write, with the same size, keeps its
+    stamp. A change after a settled listing always gets a later time."""
+    newest = max((stamp[3] for stamp in stamps if stamp), default=0)
+    return newest < now_ns - int(SETTLE_S * 1e9)
+
+
+def _cached(key: str, fingerprint: tuple) -> list[SeriesInfo] | None:
+    """The series found in ``key`` before, if its files still have this fingerprint. The fingerprint
+    holds device and inode numbers, so a relative path read from another working folder misses."""
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is None or entry[0] != fingerprint:
+            return None
+        _cache.move_to_end(key)
+        return _copies(entry[1])
+
+
+def _remember(key: str, fingerprint: tuple, series: list[SeriesInfo]) -> None:
+    """Cache a discovery; the least recently used folders go once the cache holds CACHE_MAX_FRAMES
+    slices (a batch checks every case up front, so all its folders are kept while that fits)."""
+    with _cache_lock:
+        _cache[key] = (fingerprint, _copies(series))
+        _cache.move_to_end(key)
+        while len(_cache) > 1 and sum(s.n_slices for _, found in _cache.values() for s in found) > CACHE_MAX_FRAMES:
+            _cache.popitem(last=False)
+
+
+def _copies(series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """Fresh SeriesInfo objects (and frame lists) around the shared, never modified, Frames."""
+    return [replace(s, frames=list(s.frames)) for s in series]
+
+
+def clear_series_cache() -> None:
+    """Forget every cached discovery (the next ``find_series`` parses the files again)."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def _map(function, items: list) -> list:
@@ -253,9 +344,28 @@ def ds_folder(result: tuple[Any, list[Frame]]) -> str:
 def find_series(path: Path) -> list[SeriesInfo]:
     """Every image series in ``path`` (a folder, searched recursively, or one file), in the order
     ``liverseg inspect`` shows them: CT first, then most slices first. Headers only: the pixels of
-    the one series used are read when it is loaded (``dicom_assembly.load_series``)."""
+    the one series used are read when it is loaded (``dicom_assembly.load_series``).
+
+    Within one process an unchanged folder is parsed once: the result is cached under the path and a
+    fingerprint of its files (names, sizes, times, inodes from one ``os.scandir`` pass), and the
+    warnings about skipped files are not repeated.
+    """
     path = Path(path)
-    results = _map(_read_file, _all_files(path))
+    now_ns = time.time_ns()
+    files, stamps = _list_files(path)
+    key, fingerprint = str(path), (tuple(map(str, files)), tuple(stamps))
+    cached = _cached(key, fingerprint)
+    if cached is not None:
+        return cached
+    series = _discover(files)
+    if _settled(stamps, now_ns):
+        _remember(key, fingerprint, series)
+    return series
+
+
+def _discover(files: list[Path]) -> list[SeriesInfo]:
+    """Parse the headers of ``files`` and group them into series (``find_series`` without the cache)."""
+    results = _map(_read_file, files)
     groups: dict[tuple, SeriesInfo] = {}
     localizers: dict[str, int] = {}
     for result in results:
@@ -395,4 +505,4 @@ def inspect(path: Path) -> str:
     return format_series_table(found) + "\n" + default
 
 
-__all__ = ["Frame", "SeriesInfo", "check_dicom", "choose_series", "find_series", "format_series_table", "inspect", "is_dicom_file", "read_dicom_series"]
+__all__ = ["Frame", "SeriesInfo", "check_dicom", "choose_series", "clear_series_cache", "find_series", "format_series_table", "inspect", "is_dicom_file", "read_dicom_series"]

@@ -121,8 +121,13 @@ def _complete_uids(datasets: list[Any]) -> list[Any]:
     return completed
 
 
-def _frame_indices(ds: Any, labels: Volume, tolerance_voxel: float = 0.1) -> tuple[np.ndarray, ...]:
-    """Voxel indices (i, j, k arrays of shape rows x columns) of every pixel of source slice ``ds``."""
+def _frame_placement(ds: Any, labels: Volume,
+                     tolerance_voxel: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Where source slice ``ds`` lies on the label grid: (voxel index of pixel (0, 0), voxel step per
+    row, voxel step per column, the slice's name for messages), from its corner pixels.
+
+    Refuses a slice whose corners are not on voxel centres (the labels are not on the series' grid).
+    """
     rows, cols = int(ds.Rows), int(ds.Columns)
     position = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
     orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
@@ -143,14 +148,128 @@ def _frame_indices(ds: Any, labels: Volume, tolerance_voxel: float = 0.1) -> tup
     origin = rounded[0]
     step_c = (rounded[1] - origin) / max(cols - 1, 1)
     step_r = (rounded[2] - origin) / max(rows - 1, 1)
+    return origin, step_r, step_c, str(name)
+
+
+def _frame_indices(ds: Any, labels: Volume, tolerance_voxel: float = 0.1) -> tuple[np.ndarray, ...]:
+    """Voxel indices (i, j, k arrays of shape rows x columns) of every pixel of source slice ``ds``."""
+    placement = _frame_placement(ds, labels, tolerance_voxel)
+    return _grid_indices(labels.shape, int(ds.Rows), int(ds.Columns), *placement)
+
+
+def _grid_indices(shape: tuple[int, ...], rows: int, cols: int, origin: np.ndarray, step_r: np.ndarray,
+                  step_c: np.ndarray, name: str) -> tuple[np.ndarray, ...]:
+    """The general path: voxel indices of every pixel of a frame placed anywhere on the grid."""
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     indices = tuple(np.rint(origin[a] + r * step_r[a] + c * step_c[a]).astype(np.intp) for a in range(3))
     for a in range(3):
-        if indices[a].min() < 0 or indices[a].max() >= labels.shape[a]:
-            raise GeometryError(f"source slice {name} reaches outside the label map's grid {labels.shape} "
+        if indices[a].min() < 0 or indices[a].max() >= shape[a]:
+            raise GeometryError(f"source slice {name} reaches outside the label map's grid {shape} "
                                 f"(axis {a}: {indices[a].min()}..{indices[a].max()})")
     return indices
+
+
+def _unit_axis(step: np.ndarray) -> int | None:
+    """The grid axis a step of exactly one voxel runs along, or None for any other step."""
+    axis = _grid_axis(step)
+    return axis if axis is not None and abs(step[axis]) == 1 else None
+
+
+def _grid_axis(step: np.ndarray) -> int | None:
+    """The grid axis a step of a whole, nonzero number of voxels runs along, or None."""
+    nonzero = np.flatnonzero(step)
+    if len(nonzero) != 1 or step[nonzero[0]] != round(step[nonzero[0]]):
+        return None
+    return int(nonzero[0])
+
+
+def _axis_range(start: float, step: float, n: int, size: int) -> slice | None:
+    """The slice taking ``n`` voxels from ``start`` in whole steps, or None when it leaves 0..size-1."""
+    first, last = int(start), int(start) + (n - 1) * int(step)
+    if min(first, last) < 0 or max(first, last) >= size:
+        return None
+    stop = last + int(step)
+    return slice(first, stop if stop >= 0 else None, int(step))
+
+
+def _plane_view(array: np.ndarray, rows: int, cols: int, origin: np.ndarray, step_r: np.ndarray,
+                step_c: np.ndarray) -> np.ndarray | None:
+    """The frame as a view of ``array`` when the slice is one plane of the grid with its rows and
+    columns along grid axes (the usual case: the label map is the series' own grid), else None.
+
+    Gathering a 512x512 frame by fancy indexing builds three full-size index arrays; slicing,
+    flipping and transposing cost nothing and give exactly the same values.
+    """
+    axis_r, axis_c = _unit_axis(step_r), _unit_axis(step_c)
+    if axis_r is None or axis_c is None or axis_r == axis_c:
+        return None
+    index: list[Any] = [int(v) for v in origin]  # the third axis stays at the slice's plane
+    if any(not 0 <= v < size for v, size in zip(index, array.shape)):
+        return None  # outside the grid (a negative index would wrap around): the general path says where
+    for axis, step, n in ((axis_r, step_r, rows), (axis_c, step_c, cols)):
+        index[axis] = _axis_range(origin[axis], step[axis], n, array.shape[axis])
+        if index[axis] is None:
+            return None  # reaches outside the grid: the general path says where
+    plane = array[tuple(index)]  # its axes in grid order
+    return plane.T if axis_r > axis_c else plane
+
+
+def _frame(ds: Any, labels: Volume, placement: tuple | None = None) -> np.ndarray:
+    """The label values under every pixel of source slice ``ds``, (rows, columns): a view of the
+    label map when the slice is a grid plane, else gathered voxel by voxel."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    placement = placement or _frame_placement(ds, labels)
+    view = _plane_view(labels.array, rows, cols, *placement[:3])
+    return view if view is not None else labels.array[_grid_indices(labels.shape, rows, cols, *placement)]
+
+
+def _stack_view(array: np.ndarray, rows: int, cols: int, placements: list[tuple]) -> np.ndarray | None:
+    """All frames as one view (slices, rows, columns) of ``array`` when the slices are equally spaced
+    grid planes with one in-plane layout, else None. For a series on its own grid that is
+    ``array.transpose(2, 1, 0)``: no copy of the label map (a fresh copy costs more than the
+    slicing, page faults included)."""
+    origin, step_r, step_c, _name = placements[0]
+    if len(placements) < 2 or any(not (np.array_equal(p[1], step_r) and np.array_equal(p[2], step_c))
+                                  for p in placements[1:]):
+        return None
+    origins = np.array([p[0] for p in placements])
+    step_k = origins[1] - origins[0]
+    axes = (_grid_axis(step_k), _unit_axis(step_r), _unit_axis(step_c))
+    if None in axes or len(set(axes)) != 3 or not (np.diff(origins, axis=0) == step_k).all():
+        return None
+    index: list[Any] = [None] * 3
+    for axis, step, n in zip(axes, (step_k, step_r, step_c), (len(placements), rows, cols)):
+        index[axis] = _axis_range(origin[axis], step[axis], n, array.shape[axis])
+        if index[axis] is None:
+            return None  # reaches outside the grid: the general path says where
+    stack = array[tuple(index)].transpose(axes)
+    stack.flags.writeable = False  # the label map itself: nothing downstream may write into it
+    return stack
+
+
+def _frames(datasets: list[Any], labels: Volume) -> np.ndarray:
+    """The label values under every pixel of every source slice, (slices, rows, columns), as stored."""
+    placements = [_frame_placement(ds, labels) for ds in datasets]
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    stack = _stack_view(labels.array, *next(iter(shapes)), placements) if len(shapes) == 1 else None
+    if stack is not None:
+        return stack
+    return np.stack([_frame(ds, labels, placement) for ds, placement in zip(datasets, placements)])
+
+
+def _segment_numbers(frames: np.ndarray, present: list[int], n_labels: int) -> np.ndarray:
+    """The frames as uint8 segment numbers: label value ``present[n - 1]`` becomes segment ``n``.
+
+    When the present labels are 1, 2, ... already, uint8 frames are their own segment numbers (every
+    other value is absent from the label map), and the lookup, a full copy, is skipped.
+    """
+    if frames.dtype == np.uint8 and present == list(range(1, len(present) + 1)):
+        return frames
+    lut = np.zeros(n_labels, dtype=np.uint8)
+    for number, value in enumerate(present, start=1):
+        lut[value] = number
+    return lut[frames]
 
 
 def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str], path: str | Path,
@@ -176,18 +295,15 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     datasets = _source_datasets(source_dicom, labels)
     rgb = _resolve_colors(label_names, colors)
 
-    frames = np.stack([labels.array[_frame_indices(ds, labels)] for ds in datasets])  # label values as stored
+    frames = _frames(datasets, labels)
     if frames.dtype == bool:
-        frames = frames.view(np.uint8)  # indices into the lookup table below, not a boolean mask
+        frames = frames.view(np.uint8)  # label values 0 and 1 (lookup indices), not a boolean mask
     counts = label_voxel_counts(labels.array, len(label_names))
     present = [v for v in range(1, len(label_names)) if counts[v] > 0]
     all_empty = not present
     if all_empty:
         present = list(range(1, len(label_names)))
-    lut = np.zeros(len(label_names), dtype=np.uint8)
-    for number, value in enumerate(present, start=1):
-        lut[value] = number
-    pixel_array = lut[frames]
+    pixel_array = _segment_numbers(frames, present, len(label_names))
 
     algorithm = hd.AlgorithmIdentificationSequence(name=model_id[:64], version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)

@@ -133,9 +133,12 @@ def label_voxel_counts(array: np.ndarray, n_labels: int) -> np.ndarray:
     """Voxels per label value (at least ``n_labels`` entries) without a wide copy of the volume.
 
     ``np.bincount`` of a whole uint8 volume converts it to int64 first: 2 GB for a 512x512x1000 label
-    map. Only the foreground is converted here (plus a one-byte-per-voxel mask).
+    map. Only the foreground is converted here (plus a one-byte-per-voxel mask). The volume is
+    flattened in its memory order when that is a view (C- or Fortran-ordered; the DICOM reader gives
+    Fortran order): a boolean selection that walks a Fortran-ordered volume in C order is ~20x slower.
     """
-    foreground = array[array != 0]
+    flat = array.ravel(order="K") if array.flags.c_contiguous or array.flags.f_contiguous else array
+    foreground = flat[flat != 0]
     counts = np.bincount(foreground.astype(np.intp, copy=False), minlength=n_labels)
     counts[0] = array.size - foreground.size
     return counts
