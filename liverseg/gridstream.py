@@ -8,8 +8,9 @@ only a slab of ``chunk`` output slices along the canonical last (S) axis at a ti
 
 * linear interpolation with ``align_corners=False`` is separable: a two-sample blend along each axis
   in turn, with torch's source-index rule ``src = (dst + 0.5) * in / out - 0.5`` (clamped at 0);
-* the anti-aliasing Gaussian is separable too, and a slab read with a margin of the filter's radius
-  (scipy's ``truncate=4``) gives exactly the full-volume result inside it.
+* the anti-aliasing Gaussian is separable too; on the way in, the Gaussian and the interpolation of
+  each axis are one small matrix (``resample_matrix``), so a slab reads exactly the input slices its
+  output needs and the full-volume result comes out.
 
 Plain numpy (no torch), so that prediction from an exported ONNX model starts without importing
 PyTorch, which is two of the few seconds a small CT takes end to end.
@@ -69,32 +70,69 @@ def _resize_slab(slab: np.ndarray, size: tuple[int, int], lo: np.ndarray, hi: np
     return _blend(slab, z, lo, hi, w)
 
 
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) matrix of ``scipy.ndimage.gaussian_filter1d(mode="nearest", truncate=4)`` on one axis."""
+    radius = int(_TRUNCATE * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    matrix = np.zeros((n, n), dtype=np.float64)
+    rows = np.arange(n)
+    for offset, weight in zip(range(-radius, radius + 1), taps):
+        np.add.at(matrix, (rows, np.clip(rows + offset, 0, n - 1)), weight)  # 'nearest': the edge repeats
+    return matrix
+
+
+def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 matrix of one axis' resampling: the anti-aliasing Gaussian (sigma = (f - 1) / 2
+    for a shrink factor f > 1, as ``preprocess.resample``) followed by linear interpolation (torch's rule).
+
+    Both steps are linear, so they compose into one small matrix: each output sample is computed once,
+    from the input directly, instead of blurring every input voxel first and then interpolating.
+    """
+    lo, hi, w = linear_source(n_in, n_out)
+    matrix = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(matrix, (rows, lo), 1.0 - w)
+    np.add.at(matrix, (rows, hi), w)
+    factor = n_in / n_out
+    if factor > 1.0:
+        matrix = matrix @ gaussian_matrix(n_in, (factor - 1.0) / 2.0)
+    return matrix.astype(np.float32)
+
+
 def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, float],
                              hu_window: tuple[float, float], chunk: int = 32) -> tuple[np.ndarray, GridRecord]:
-    """``preprocess.preprocess_image`` computed ``chunk`` network-grid slices at a time (float32 array)."""
-    from scipy import ndimage
+    """``preprocess.preprocess_image`` computed ``chunk`` network-grid slices at a time (float32 array).
+
+    Per slab: clip and scale the HU window (before any filtering, as training does), then one product
+    per axis with that axis' ``resample_matrix`` (Gaussian anti-aliasing and linear interpolation in
+    one banded matrix; sparse in-plane): every output voxel is computed once, from the input directly.
+    Measured on a 512x512x119 CT to 1.5 x 1.5 x 2 mm: 0.3 s instead of 1.9 s for a Gaussian filter
+    followed by interpolation.
+    """
+    from scipy import sparse
 
     record = plan_grid(volume, spacing_mm)
     canonical = to_canonical(volume.array, record.ornt)
-    nz, (tx, ty, tz) = record.canonical_shape[2], record.target_shape
-    factors = [n / t for n, t in zip(record.canonical_shape, record.target_shape)]
-    sigma = [max(0.0, (f - 1.0) / 2.0) if f > 1.0 else 0.0 for f in factors]
-    radius_z = int(_TRUNCATE * sigma[2] + 0.5) if sigma[2] > 0 else 0
+    (nx, ny, _), (tx, ty, tz) = record.canonical_shape, record.target_shape
+    mx, my, mz = (resample_matrix(n, t) for n, t in zip(record.canonical_shape, record.target_shape))
+    mx, my = sparse.csr_matrix(mx), sparse.csr_matrix(my)
     low, high = float(hu_window[0]), float(hu_window[1])
-    lo, hi, w = linear_source(nz, tz)
     out = np.empty((tx, ty, tz), dtype=np.float32)
     for z0 in range(0, tz, max(1, chunk)):
         z1 = min(tz, z0 + max(1, chunk))
-        need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
-        a, b = max(0, need_lo - radius_z), min(nz, need_hi + radius_z)
+        rows = mz[z0:z1]
+        used = np.flatnonzero(np.abs(rows).sum(axis=0) > 0)
+        a, b = int(used[0]), int(used[-1]) + 1
         slab = np.ascontiguousarray(canonical[:, :, a:b]).astype(np.float32)
         np.clip(slab, low, high, out=slab)
         slab -= low
         slab /= (high - low)
-        if any(s > 0 for s in sigma):
-            slab = ndimage.gaussian_filter(slab, sigma=sigma, mode="nearest", truncate=_TRUNCATE)
-        out[:, :, z0:z1] = _resize_slab(slab[:, :, need_lo - a: need_hi - a], (tx, ty),
-                                        lo[z0:z1] - need_lo, hi[z0:z1] - need_lo, w[z0:z1])
+        slab = slab.reshape(-1, b - a) @ rows[:, a:b].T  # along S: (X * Y, z1 - z0)
+        slab = np.asarray(mx @ slab.reshape(nx, -1), dtype=np.float32).reshape(tx, ny, z1 - z0)
+        slab = np.ascontiguousarray(slab.transpose(1, 0, 2)).reshape(ny, -1)
+        slab = np.asarray(my @ slab, dtype=np.float32).reshape(ty, tx, z1 - z0)
+        out[:, :, z0:z1] = slab.transpose(1, 0, 2)
     return out, record
 
 
@@ -122,4 +160,5 @@ def probabilities_to_labels_chunked(probabilities: np.ndarray, record: GridRecor
     return labels
 
 
-__all__ = ["linear_source", "resize_linear", "preprocess_image_chunked", "probabilities_to_labels_chunked"]
+__all__ = ["linear_source", "resize_linear", "resample_matrix", "preprocess_image_chunked",
+           "probabilities_to_labels_chunked"]
