@@ -1,9 +1,20 @@
 #!/usr/bin/env python3
-"""Time `liverseg predict` against the MONAI-tutorial reference pipeline on the same input, same weights.
+"""Time `liverseg predict` against its peers on the same input: the MONAI-tutorial reference pipeline
+(same weights) for trained runs, the KU Leuven package's own pipeline for the built-in liver model.
 
     python scripts/bench_predict.py INPUT [INPUT ...] [--model RUN_DIR] [--runs 3] [--threads 2]
     python scripts/bench_predict.py --manifest M.json --split test [--model RUN_DIR]   # + Dice vs labels
     python scripts/bench_predict.py --large-only --model RUN_DIR                        # 512x512x1000 memory
+    python scripts/bench_predict.py --builtin [INPUT ...] [--mask MASK ...] [--as-dicom CT[:TOP_MM]=MASK ...]
+
+``--builtin`` (the built-in liver model, no --model): pipelines ``liverseg`` (``liverseg predict CT
+-o OUT`` as a user runs it: ONNX Runtime, staged computation), ``faithful`` (``--backend torch``: the
+same road with the whole 189x162x162 patch through PyTorch, the reference for "within 0.005 Dice")
+and ``kul-package`` (``scripts/kul_reference.py``: the package's own recipe, lung/hip crop, one fixed
+patch). Dice of every pipeline against ``faithful`` and, with ``--mask`` (one per INPUT, in order),
+against that mask. ``--as-dicom CT[:TOP_MM]=MASK`` first writes CT (a NIfTI; only its top TOP_MM mm
+when given) as a 512x512x119 uncompressed DICOM series over a 400 mm field of view, the typical
+abdominal CT layout, and MASK on the same grid.
 
 Pipelines: ``liverseg`` is ``liverseg predict --model RUN`` as a user runs it (the run folder holds the
 ``model.onnx`` that ``liverseg train`` writes at the end, so on a CPU it predicts with ONNX Runtime and
@@ -40,6 +51,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = REPO.parent / "shared" / "bench" / "monai_reference.py"
+KUL_REFERENCE = REPO / "scripts" / "kul_reference.py"
 sys.path.insert(0, str(REPO))
 
 # The reference script's network and preprocessing, as a liverseg config.
@@ -156,6 +168,109 @@ def synthetic_large_ct(path: Path, shape=(512, 512, 1000), spacing=(0.78, 0.78, 
     return path
 
 
+def ct_as_dicom_series(ct_path: Path, folder: Path, mask_path: Path | None, top_mm: float | None = None,
+                       matrix: int = 512, fov_mm: float = 400.0, slices: int = 119) -> tuple[Path, Path | None]:
+    """Resample a CT (and its mask, nearest) into an axial DICOM series of ``matrix`` x ``matrix`` x ``slices``
+    over ``fov_mm`` in-plane (air outside the CT), covering its whole S extent or its top ``top_mm``."""
+    import nibabel as nib
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from liverseg.phantoms.dicom import write_series
+
+    source = nib.load(str(ct_path))
+    ct, affine = np.asanyarray(source.dataobj).astype(np.float32), source.affine
+    mask = np.asanyarray(nib.load(str(mask_path)).dataobj) > 0.5 if mask_path else None
+    corners = np.array([[i, j, k, 1.0] for i in (-0.5, ct.shape[0] - 0.5) for j in (-0.5, ct.shape[1] - 0.5)
+                        for k in (-0.5, ct.shape[2] - 0.5)]) @ affine.T
+    bottom, top = corners[:, 2].min(), corners[:, 2].max()
+    length = min(top - bottom, top_mm or np.inf)
+    pixel, step = fov_mm / matrix, length / slices
+    centre = affine @ np.r_[(np.array(ct.shape) - 1) / 2.0, 1.0]
+    origin_lps = np.array([-centre[0] - (matrix - 1) / 2 * pixel, -centre[1] - (matrix - 1) / 2 * pixel,
+                           top - length + step / 2])
+    inverse = np.linalg.inv(affine)
+    hu = np.empty((slices, matrix, matrix), dtype=np.uint16)
+    labels = np.zeros((slices, matrix, matrix), dtype=np.uint8)
+    x_lps = origin_lps[0] + np.arange(matrix)[None, :] * pixel  # columns run to patient left
+    y_lps = origin_lps[1] + np.arange(matrix)[:, None] * pixel  # rows run to posterior
+    for k in range(slices):
+        ras = np.stack([-x_lps + 0 * y_lps, -y_lps + 0 * x_lps, np.full((matrix, matrix), origin_lps[2] + k * step),
+                        np.ones((matrix, matrix))])
+        ijk = np.tensordot(inverse, ras, axes=1)[:3]
+        hu[k] = np.clip(np.rint(ndimage.map_coordinates(ct, ijk, order=1, cval=-1024.0)) + 1024, 0, 65535)
+        if mask is not None:
+            labels[k] = ndimage.map_coordinates(mask.astype(np.uint8), ijk, order=0, cval=0)
+    write_series(folder, hu, origin=tuple(origin_lps), spacing=(pixel, pixel), slice_mm=step)
+    if mask is None:
+        return folder, None
+    image = sitk.GetImageFromArray(labels)  # (slice, row, column) = SimpleITK's (z, y, x)
+    image.SetSpacing((pixel, pixel, step))
+    image.SetOrigin(tuple(float(v) for v in origin_lps))
+    mask_out = folder.with_name(folder.name + "_mask.nii.gz")
+    sitk.WriteImage(image, str(mask_out))
+    return folder, mask_out
+
+
+def mask_dice(prediction: Path, reference: Path) -> float:
+    import SimpleITK as sitk
+
+    from liverseg.metrics import dice
+
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))) > 0
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(reference))) > 0
+    return float(dice(a, b))
+
+
+def builtin_bench(args, cases: list[tuple[str, str, Path | None]], env: dict, workdir: Path) -> None:
+    """The built-in liver model against the faithful whole-patch computation and the package's recipe."""
+    def output(key: str, name: str) -> Path:
+        return (workdir / key / f"{name}.nii.gz" if key.startswith("kul-package")
+                else workdir / key / name / "segmentation.nii.gz")
+
+    def command(key: str, input_path: str, name: str) -> list[str]:
+        if key.startswith("kul-package"):
+            extra = ["--no-crop"] if key.endswith("no-crop") else []
+            return [sys.executable, str(KUL_REFERENCE), input_path, "-o", str(output(key, name)),
+                    "--threads", str(args.threads), *extra]
+        extra = ["--backend", "torch"] if key == "faithful" else []
+        return [sys.executable, "-m", "liverseg", "predict", input_path, "-o", str(workdir / key), *extra,
+                "--threads", str(args.threads), "--device", "cpu", "-q", "--overwrite"]
+
+    keys = ["liverseg", "faithful"] + ([] if args.no_reference else ["kul-package"])
+    print(f"built-in liver model; threads: {args.threads}; runs: {args.runs} each, alternating")
+    print(f"{'case':<20} {'pipeline':<12} {'median s':>8} {'runs s':<22} {'peak RSS MB':>11} "
+          f"{'Dice vs faithful':>16} {'Dice vs mask':>12}")
+    for name, input_path, mask in cases:
+        times: dict[str, list[float]] = {key: [] for key in keys}
+        rss: dict[str, list[float]] = {key: [] for key in keys}
+        failures: dict[str, str] = {}
+        for _ in range(args.runs):
+            for key in keys:
+                if key in failures:
+                    continue
+                wall, peak, code, tail = run_measured(command(key, input_path, name), env)
+                if code != 0:
+                    failures[key] = " ".join(tail.strip().splitlines()[-1:])
+                    continue
+                times[key].append(wall)
+                rss[key].append(peak)
+        for key in keys:
+            if key in failures:
+                print(f"{name[:20]:<20} {key:<12} failed: {failures[key][:160]}")
+                continue
+            versus = "-" if "faithful" in failures else f"{mask_dice(output(key, name), output('faithful', name)):.4f}"
+            against = f"{mask_dice(output(key, name), mask):.4f}" if mask else "-"
+            runs = " ".join(f"{t:.1f}" for t in times[key])
+            print(f"{name[:20]:<20} {key:<12} {statistics.median(times[key]):8.1f} {runs:<22} "
+                  f"{statistics.median(rss[key]):11.0f} {versus:>16} {against:>12}")
+        if "liverseg" not in failures:
+            base = statistics.median(times["liverseg"])
+            ratios = ", ".join(f"{key} {statistics.median(times[key]) / base:.2f}x" for key in keys[1:]
+                               if key not in failures)
+            print(f"{name[:20]:<20} {'speed-up':<12} liverseg is faster than: {ratios}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="CT files or DICOM folders (no Dice without --manifest)")
@@ -173,7 +288,35 @@ def main() -> int:
     parser.add_argument("--no-reference", action="store_true", help="liverseg pipelines only")
     parser.add_argument("--large", action="store_true", help="also the synthetic 512x512x1000 memory check")
     parser.add_argument("--large-only", action="store_true", help="only the 512x512x1000 memory check")
+    parser.add_argument("--builtin", action="store_true",
+                        help="the built-in liver model against its faithful whole-patch run and the package's recipe")
+    parser.add_argument("--mask", type=Path, action="append", default=[],
+                        help="with --builtin: a reference liver mask per INPUT, in order")
+    parser.add_argument("--as-dicom", action="append", default=[], metavar="CT[:TOP_MM]=MASK",
+                        help="with --builtin: benchmark CT written as a 512x512x119 DICOM series (and MASK on its grid)")
     args = parser.parse_args()
+    if args.builtin:
+        if args.runs < 3:
+            parser.error("--runs must be at least 3 for a meaningful median")
+        if len(args.mask) not in (0, len(args.inputs)):
+            parser.error("--mask: give one per INPUT, in order")
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+        with tempfile.TemporaryDirectory(prefix="liverseg-bench-") as tmp:
+            workdir = Path(tmp)
+            from liverseg.io import case_name
+
+            cases = [(case_name(p), p, args.mask[i] if args.mask else None) for i, p in enumerate(args.inputs)]
+            for item in args.as_dicom:
+                source, _, mask = item.partition("=")
+                source, _, top = source.partition(":")
+                name = f"{case_name(source)}_dicom{'_top' + top if top else ''}"
+                folder, mask_out = ct_as_dicom_series(Path(source), workdir / "inputs" / name,
+                                                      Path(mask) if mask else None, float(top) if top else None)
+                cases.append((name, str(folder), mask_out))
+            if not cases:
+                parser.error("--builtin: give INPUT paths or --as-dicom")
+            builtin_bench(args, cases, env, workdir)
+        return 0
     if args.runs < 3:
         parser.error("--runs must be at least 3 for a meaningful median")
     if not args.no_reference and not args.large_only and not args.reference.is_file():
