@@ -156,6 +156,8 @@ def test_sampling_lattices_cover_the_region_and_the_image():
     run = IntensityRun(np.zeros((5, 5, 100), np.float32), kul_liver.PATCH)
     coarse = kul_liver.lattice(run, kul_liver.COARSE_STRIDE)
     fine = kul_liver.lattice(run, kul_liver.FINE_STRIDE, inside_image=True)
-    assert set(coarse) <= set(kul_liver.lattice(run, kul_liver.FINE_STRIDE))  # fine refines coarse
+    assert set(coarse) <= set(run.region) and len(coarse) == len(run.region) // kul_liver.COARSE_STRIDE + 1
     assert min(coarse) < 0 < 100 <= max(coarse)  # the region reaches into the padding
     assert all(0 <= z < 100 for z in fine) and max(b - a for a, b in zip(fine, fine[1:])) == kul_liver.FINE_STRIDE
+    final = kul_liver.statistics_slices(run)
+    assert set(fine) | {0, 99, -2, 101, -12, 111} <= set(final) and set(final) <= set(run.region)

@@ -55,10 +55,16 @@ BODY_MARGIN_MM = 10.0
 WINDOW_OVERLAP_MM = 60.0
 ABOVE_LIVER_MM = 70.0  # the original's crop starts this far above the liver dome
 BELOW_LIVER_MM = 90.0
-# Slices between the sampled slices of the staged computation: every 18th (54 mm) of the whole output
-# region to find the liver, then every 6th (18 mm) where the image is (the padding above and below
-# varies smoothly and keeps the coarse ones).
-COARSE_STRIDE, FINE_STRIDE = 18, 6
+# The staged computation's sampled slices: every 18th (54 mm) of the whole output region to find the
+# liver; then, for the statistics, also every 8th inside the image plus its first and last slice, and
+# in the zero padding above and below at these distances from the image (the features change fastest
+# next to it; farther out they vary with the coarse levels' 27-slice grid). Measured against the full
+# computation (masks > 0.5 on the 3 mm grid, Dice): 0.9992 and 0.9991 on a whole-abdomen and a chest CT
+# (TotalSegmentator example, pyradiomics lung2), 0.989 and 0.991 on a 39- and a 14-slice window (LiTS
+# crop, 20-slice DICOM), where the padding holds 70-90 % of the voxels; every 18th + every 6th slice
+# alone gave 0.997, 0.999, 0.963, 0.989. (scripts/check_kul_port.py measures the full computation.)
+COARSE_STRIDE, FINE_STRIDE = 18, 8
+PADDING_DISTANCES = (2, 6, 12, 20, 30, 42, 56)
 MIN_LIVER_EXTENT_MM = 100.0  # a field of view shorter than this along S cannot hold a whole liver
 LIVER_ML_RANGE = (500.0, 5000.0)  # outside: a warning
 MIN_WHOLE_LIVER_ML = 250.0  # a structure smaller than this, not cut by the field of view, is not a liver
@@ -187,6 +193,14 @@ def lattice(run: PatchRun, stride: int, inside_image: bool = False) -> list[int]
     return [z for z in zs if 0 <= z < run.shape[2]] if inside_image else zs
 
 
+def statistics_slices(run: PatchRun) -> list[int]:
+    """The slices whose exact computation sets the statistics (see ``PADDING_DISTANCES``)."""
+    n = run.shape[2]
+    zs = lattice(run, FINE_STRIDE, inside_image=True) + [0, n - 1]
+    zs += [z for d in PADDING_DISTANCES for z in (-d, n - 1 + d)]
+    return sorted({z for z in zs if z in run.region})
+
+
 # ----------------------------------------------------------------------------- the road
 
 @dataclass
@@ -261,7 +275,7 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None) -> Liver
             run.sample(lattice(run, COARSE_STRIDE))
             details["passes"].append({"window_s": [span.start, span.stop], "why": "liver-centred window"})
     runs = []
-    run.sample(lattice(run, FINE_STRIDE, inside_image=True))
+    run.sample(statistics_slices(run))
     z, p = run.sampled()
     roi = sampled_roi(z, p, run.shape, FINE_STRIDE)
     if roi is None:
@@ -370,4 +384,4 @@ def liver_warnings(liver_ml: float, cut: Sequence[str]) -> list[str]:
 
 __all__ = ["segment", "LiverResult", "Grid", "body_box", "windows", "resample_body", "scale_hu",
            "probability_to_labels", "input_warnings", "lattice", "PATCH", "OUTPUT", "MARGIN",
-           "NETWORK_SPACING_MM", "COARSE_STRIDE", "FINE_STRIDE"]
+           "NETWORK_SPACING_MM", "COARSE_STRIDE", "FINE_STRIDE", "statistics_slices"]
