@@ -5,14 +5,13 @@
     python scripts/bench_predict.py INPUT [INPUT ...] [--model RUN_DIR] [--runs 3] [--threads 2]
     python scripts/bench_predict.py --manifest M.json --split test [--model RUN_DIR]   # + Dice vs labels
     python scripts/bench_predict.py --large-only --model RUN_DIR                        # 512x512x1000 memory
-    python scripts/bench_predict.py --builtin [INPUT ...] [--mask MASK ...] [--as-dicom CT[:TOP_MM]=MASK ...]
+    python scripts/bench_predict.py --builtin [INPUT ...] [--mask INPUT=MASK ...] [--as-dicom CT[:TOP_MM]=MASK ...]
 
 ``--builtin`` (the built-in liver model, no --model): pipelines ``liverseg`` (``liverseg predict CT
 -o OUT`` as a user runs it: ONNX Runtime, staged computation), ``faithful`` (``--backend torch``: the
 same road with the whole 189x162x162 patch through PyTorch, the reference for "within 0.005 Dice")
 and ``kul-package`` (``scripts/kul_reference.py``: the package's own recipe, lung/hip crop, one fixed
-patch). Dice of every pipeline against ``faithful`` and, with ``--mask`` (one per INPUT, in order),
-against that mask. ``--as-dicom CT[:TOP_MM]=MASK`` first writes CT (a NIfTI; only its top TOP_MM mm
+patch). Dice of every pipeline against ``faithful`` and, with ``--mask INPUT=MASK``, against that mask. ``--as-dicom CT[:TOP_MM]=MASK`` first writes CT (a NIfTI; only its top TOP_MM mm
 when given) as a 512x512x119 uncompressed DICOM series over a 400 mm field of view, the typical
 abdominal CT layout, and MASK on the same grid.
 
@@ -290,22 +289,23 @@ def main() -> int:
     parser.add_argument("--large-only", action="store_true", help="only the 512x512x1000 memory check")
     parser.add_argument("--builtin", action="store_true",
                         help="the built-in liver model against its faithful whole-patch run and the package's recipe")
-    parser.add_argument("--mask", type=Path, action="append", default=[],
-                        help="with --builtin: a reference liver mask per INPUT, in order")
+    parser.add_argument("--mask", action="append", default=[], metavar="INPUT=MASK",
+                        help="with --builtin: a reference liver mask for one of the INPUTs (repeatable)")
     parser.add_argument("--as-dicom", action="append", default=[], metavar="CT[:TOP_MM]=MASK",
                         help="with --builtin: benchmark CT written as a 512x512x119 DICOM series (and MASK on its grid)")
     args = parser.parse_args()
     if args.builtin:
         if args.runs < 3:
             parser.error("--runs must be at least 3 for a meaningful median")
-        if len(args.mask) not in (0, len(args.inputs)):
-            parser.error("--mask: give one per INPUT, in order")
+        masks = dict(item.split("=", 1) for item in args.mask if "=" in item)
+        if len(masks) != len(args.mask) or not set(masks) <= set(args.inputs):
+            parser.error("--mask: give INPUT=MASK pairs whose INPUT is one of the inputs")
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
         with tempfile.TemporaryDirectory(prefix="liverseg-bench-") as tmp:
             workdir = Path(tmp)
             from liverseg.io import case_name
 
-            cases = [(case_name(p), p, args.mask[i] if args.mask else None) for i, p in enumerate(args.inputs)]
+            cases = [(case_name(p), p, Path(masks[p]) if p in masks else None) for p in args.inputs]
             for item in args.as_dicom:
                 source, _, mask = item.partition("=")
                 source, _, top = source.partition(":")

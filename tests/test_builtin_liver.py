@@ -161,3 +161,12 @@ def test_sampling_lattices_cover_the_region_and_the_image():
     assert all(0 <= z < 100 for z in fine) and max(b - a for a, b in zip(fine, fine[1:])) == kul_liver.FINE_STRIDE
     final = kul_liver.statistics_slices(run)
     assert set(fine) | {0, 99, -2, 101, -12, 111} <= set(final) and set(final) <= set(run.region)
+
+
+def test_a_liver_below_the_top_of_the_scan_gets_one_pass():
+    volume, mask = phantom((60, 50, 80), (6.0, 6.0, 5.0))  # 400 mm: one window
+    top = volume.affine_ras @ np.r_[30, 25, 79, 1.0]
+    volume, mask = phantom((60, 50, 80), (6.0, 6.0, 5.0), liver_centre=top[:3] - np.array([40.0, -10.0, 100.0]))
+    result = segment(volume, IntensityEngine())  # the liver ends 45 mm below the top slice
+    assert len(result.details["passes"]) == 1 and dice_of(result.labels > 0, mask) > 0.95
+    assert not any("superior" in w for w in result.warnings)

@@ -207,3 +207,22 @@ def test_sampled_region_of_interest_is_the_largest_structure_grown():
     roi = sampled_roi(np.array([3, 9, 15, 21, 27]), probability, (30, 30, 40), stride=6)
     assert roi == (slice(6, 19), slice(8, 24), slice(3, 22))
     assert sampled_roi(np.arange(5), np.zeros((4, 4, 5), np.float32), (4, 4, 5), 6) is None
+
+
+def test_licence_attribution_and_samples_ship_beside_the_weights():
+    from liverseg.builtin import WEIGHTS
+
+    folder = WEIGHTS.parent
+    notice = (folder / "NOTICE.md").read_text()
+    assert "pyliverlesionseg" in notice and "Apache License 2.0" in notice and "10.1007/s00259-020-04800-3" in notice
+    assert "Apache License" in (folder / "LICENSE-Apache-2.0.txt").read_text()[:200]
+    assert (folder / "samples" / "totalseg_example_ct_3mm.nii.gz").is_file()
+    assert (folder / "samples" / "totalseg_example_liver_model_v1.nii.gz").is_file()
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    shipped = data["tool"]["setuptools"]["package-data"]["liverseg"]
+    for name in ("builtin/NOTICE.md", "builtin/LICENSE-Apache-2.0.txt", "builtin/weights/*.npz",
+                 "builtin/weights/*.json", "builtin/samples/*.nii.gz"):
+        assert name in shipped

@@ -40,7 +40,7 @@ import numpy as np
 from ..io.volume import Volume
 from ..preprocess import canonical_ornt, to_canonical
 from .runtime import sampled_roi
-from .zoom import median3, zoom3d, zoomed_size
+from .zoom import median3, zoom3d, zoom_axis, zoomed_size
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,24 @@ class Grid:
         return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(b.start, b.start)
 
 
-def resample_body(canonical: np.ndarray, grid: Grid, threads: int | None = None) -> np.ndarray:
-    """The original's resampling and scaling of the body box onto ``grid`` (float32, 3 mm)."""
-    hu = np.asarray(canonical[grid.box], dtype=np.float32)
-    fine = zoom3d(hu, tuple(s / MEDIAN_SPACING_MM for s in grid.spacing_mm))
-    del hu
+def resample_body(canonical: np.ndarray, grid: Grid, threads: int | None = None, slab: int = 64) -> np.ndarray:
+    """The original's resampling and scaling of the body box onto ``grid`` (float32, 3 mm).
+
+    The in-plane zooms run ``slab`` slices at a time (they do not mix slices), so the body box never
+    exists whole in float32: a 512x512x1000 CT would otherwise hold 0.6 GB more at this step."""
+    zoom = tuple(s / MEDIAN_SPACING_MM for s in grid.spacing_mm)
+    box = grid.box
+    depth = box[2].stop - box[2].start
+    planes = None
+    for z0 in range(0, depth, slab):
+        part = np.asarray(canonical[box[0], box[1], box[2].start + z0: box[2].start + min(depth, z0 + slab)],
+                          dtype=np.float32)
+        part = zoom_axis(zoom_axis(part, 0, zoom[0]), 1, zoom[1])
+        if planes is None:
+            planes = np.empty((*part.shape[:2], depth), dtype=np.float32)
+        planes[:, :, z0:z0 + part.shape[2]] = part
+    fine = np.ascontiguousarray(zoom_axis(planes, 2, zoom[2]))
+    del planes
     fine = median3(fine, threads)
     image = zoom3d(fine, (MEDIAN_SPACING_MM / NETWORK_SPACING_MM,) * 3)
     assert image.shape == grid.shape, (image.shape, grid.shape)
@@ -210,17 +223,16 @@ class LiverResult:
     details: dict = field(default_factory=dict)
 
 
-def _largest_component(found: np.ndarray):
-    """(size, box) of the largest 26-connected component of a boolean (X, Y, n) stack, or None."""
+def _components(found: np.ndarray) -> list[tuple[int, slice]]:
+    """(voxel count, slice over the stack's last axis) of each 26-connected component of a boolean
+    (X, Y, n) stack of sampled slices (neighbouring sampled slices count as touching)."""
     from scipy import ndimage
 
     if not found.any():
-        return None
-    components, _ = ndimage.label(found, structure=np.ones((3, 3, 3), dtype=bool))
+        return []
+    components, count = ndimage.label(found, structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    label = int(sizes.argmax())
-    return int(sizes[label]), ndimage.find_objects((components == label).astype(np.uint8))[0]
+    return [(int(sizes[k + 1]), box[2]) for k, box in enumerate(ndimage.find_objects(components)) if box is not None]
 
 
 def segment(volume: Volume, engine: Engine, threads: int | None = None) -> LiverResult:
@@ -242,39 +254,11 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None) -> Liver
         warnings.append(f"small field of view: {extent_s:.0f} mm along the body axis; a whole liver is "
                         f"120-200 mm tall, so at most part of it can be segmented")
     image = resample_body(canonical, grid, threads)
-    limit = OUTPUT[2]
-    overlap = int(round(WINDOW_OVERLAP_MM / NETWORK_SPACING_MM))
-    spans = windows(grid.shape[2], limit, overlap)
-    details["passes"] = []
-    # first pass: find the liver on coarsely sampled slices of every window
-    best = None
-    runs = []
-    for span in spans:
-        run = engine.run(image[:, :, span], PATCH)
-        run.sample(lattice(run, COARSE_STRIDE))
-        z, p = run.sampled()
-        found = _largest_component(p >= 0.5)
-        details["passes"].append({"window_s": [span.start, span.stop]})
-        if found is not None and (best is None or found[0] > best[0]):
-            zs = z[found[1][2]] + span.start
-            best = (found[0], int(zs.min()), int(zs.max()))
-        runs.append((span, run))
-    if best is None:
+    found = _liver_window(engine, image, details)
+    if found is None:
         warnings.append("no liver found in this scan")
         return LiverResult(labels, warnings, details)
-    _, z_low, z_high = best
-    span, run = runs[0]
-    touches_top = z_high + COARSE_STRIDE >= grid.shape[2]
-    if len(runs) > 1 or touches_top:
-        top = min(grid.shape[2], z_high + 1 + int(round(ABOVE_LIVER_MM / NETWORK_SPACING_MM)))
-        bottom = max(0, z_low - int(round(BELOW_LIVER_MM / NETWORK_SPACING_MM)), top - limit)
-        if len(runs) > 1 or slice(bottom, top) != span:
-            del runs, run
-            span = slice(bottom, top)
-            run = engine.run(image[:, :, span], PATCH)
-            run.sample(lattice(run, COARSE_STRIDE))
-            details["passes"].append({"window_s": [span.start, span.stop], "why": "liver-centred window"})
-    runs = []
+    span, run = found
     run.sample(statistics_slices(run))
     z, p = run.sampled()
     roi = sampled_roi(z, p, run.shape, FINE_STRIDE)
@@ -287,16 +271,61 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None) -> Liver
     labels = probability_to_labels(probability, grid, canonical.shape, ornt, volume.shape)
     liver_ml = float(np.count_nonzero(labels)) * volume.voxel_volume_ml
     cut = cut_sides(labels, ornt)
-    if liver_ml < MIN_WHOLE_LIVER_ML and not cut:
+    if liver_ml == 0:
+        warnings.append("no liver found in this scan")
+    elif liver_ml < MIN_WHOLE_LIVER_ML and not cut:
         warnings.append(f"no liver found: the only liver-like structure ({liver_ml:.0f} mL) lies wholly inside "
                         f"the scan and is too small for a liver (at least {MIN_WHOLE_LIVER_ML:.0f} mL even in "
                         "children); this scan probably does not show the liver, so the label map is left empty")
         labels[...] = 0
         liver_ml = 0.0
-    elif liver_ml > 0:
+    else:
         warnings += liver_warnings(liver_ml, cut)
     details["liver_ml"] = round(liver_ml, 1)
     return LiverResult(labels, warnings, details)
+
+
+def _liver_window(engine: Engine, image: np.ndarray, details: dict) -> tuple[slice, PatchRun] | None:
+    """The window (3 mm S range) to segment the liver in, and its run; None when no liver is found.
+
+    First pass: every window of the image, the liver looked for on coarsely sampled slices (and the
+    image's top slice). One window whose liver does not reach the top is kept as it is; a long image,
+    or one that starts inside the liver, gets a second run on a window from 70 mm above the liver's top
+    to 90 mm below its bottom (at most one window tall).
+    """
+    limit = OUTPUT[2]
+    n = image.shape[2]
+    pieces = []  # (voxels on the sampled slices, lowest and highest sampled slice) of every structure found
+    spans = windows(n, limit, int(round(WINDOW_OVERLAP_MM / NETWORK_SPACING_MM)))
+    details["passes"] = []
+    for span in spans:
+        run = engine.run(image[:, :, span], PATCH)
+        run.sample(lattice(run, COARSE_STRIDE) + ([span.stop - span.start - 1] if span.stop == n else []))
+        z, p = run.sampled()
+        pieces += [(size, int(z[zs].min()) + span.start, int(z[zs].max()) + span.start)
+                   for size, zs in _components(p >= 0.5)]
+        details["passes"].append({"window_s": [span.start, span.stop]})
+        if len(spans) > 1:
+            del run  # a long image always gets a second run: hold one window's feature maps at a time
+    if not pieces:
+        return None
+    size, z_low, z_high = max(pieces)
+    for other, low, high in pieces:  # the same liver seen from an overlapping window
+        if other >= 0.1 * size and low <= z_high + COARSE_STRIDE and high >= z_low - COARSE_STRIDE:
+            z_low, z_high = min(z_low, low), max(z_high, high)
+    if len(spans) == 1 and z_high < n - 1:
+        return span, run
+    top = min(n, z_high + 1 + int(round(ABOVE_LIVER_MM / NETWORK_SPACING_MM)))
+    bottom = max(0, z_low - int(round(BELOW_LIVER_MM / NETWORK_SPACING_MM)), top - limit)
+    if len(spans) == 1:
+        if slice(bottom, top) == span:  # the image already is that window
+            return span, run
+        del run
+    span = slice(bottom, top)
+    run = engine.run(image[:, :, span], PATCH)
+    run.sample(lattice(run, COARSE_STRIDE))
+    details["passes"].append({"window_s": [span.start, span.stop], "why": "liver-centred window"})
+    return span, run
 
 
 def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: Sequence[int], ornt: np.ndarray,
