@@ -44,8 +44,10 @@ Differences from the package, on purpose:
   (same numbers, far faster), and the air mask built directly instead of via a float64 copy of the
   volume with everything outside the body box set to its minimum (same mask);
 * where the crop heuristic fails (the package raises, or would loop forever in its argrelextrema /
-  hip-ratio retry loops), we print why and use the whole volume; the package would stop there;
-* ``--no-crop`` (not in the package) uses the whole volume, to isolate the crop's effect.
+  hip-ratio retry loops), we print why and use the whole volume (cut around its centre to the package's
+  489 x 408 x 408 mm caps, so one patch covers it); the package would stop there;
+* ``--no-crop`` (not in the package) uses the whole volume (capped the same way), to isolate the crop's
+  effect.
 
 Only our own code; the package's code is not copied. Its weights (Apache-2.0) come with liverseg.
 """
@@ -368,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     t = time.perf_counter()
-    whole = tuple(slice(0, n) for n in ct.shape)
+    # the whole volume, cut around its centre to the package's size caps (489 x 408 x 408 mm) so that one
+    # patch covers it, as the package's crop always does
+    whole = tuple(_cap(slice(0, n), n // 2, float(v), m) for n, v, m in zip(ct.shape, voxsize, CROP_ARGS["size_mm_max"]))
     crop_note = "package crop"
     if args.no_crop:
         box, crop_note = whole, "none (--no-crop): whole volume"
