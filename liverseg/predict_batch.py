@@ -232,7 +232,7 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     Slicer), ``segmentation.dcm`` (DICOM SEG, DICOM input only), ``report.json`` (volumes, HU
     statistics, geometry, runtime, model, warnings) and ``preview.png`` (unless ``options.preview`` is
     off). The compressed files are written in a second thread while this one writes the DICOM SEG and
-    the report (zlib releases the GIL): 0.6 s less per 512x512x119 case on two cores.
+    the report (zlib releases the GIL), so on two cores the slowest of them sets the time.
     """
     from .io.dicom_seg import write_dicom_seg
     from .io.outputs import write_color_table, write_seg_nrrd
