@@ -76,8 +76,6 @@ def run_builtin_demo(out: Path, device: str | None = None, threads: int | None =
     print(f"\nLiver {liver['volume_ml']:.0f} mL (reference {reference_ml:.0f} mL); against the reference: "
           f"Dice {result.dice:.3f}, 95% Hausdorff {result.hd95:.1f} mm, mean surface distance {result.assd:.1f} mm"
           f"\nSegmentation {report['runtime_s']:.1f} s, whole demo {time.perf_counter() - started:.1f} s")
-    for warning in report["extra"].get("warnings", []):
-        print(f"note: {warning}")
     print(f"\nOutputs in {case_dir.resolve()}:\n"
           "  segmentation.nii.gz    label map (1 = liver) on exactly the CT's voxel grid\n"
           "  segmentation.seg.nrrd  the same for 3D Slicer, with the segment's name and colour\n"
