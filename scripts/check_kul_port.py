@@ -23,8 +23,9 @@ PyTorch port (``liverseg/models/kul_unet.py``, ``KulUNet``) with weights convert
     scaling), its top 136 slices at most, centred in the zero patch as the original's sampler does;
   - with ``--float64``: noise in an 81 x 81 x 81 patch, Keras and ``KulUNet`` both in float64.
   The staged evaluation samples every slice (= the full computation: this is what is held to the
-  bar). It is also shown with the product's own slice sampling (every 18th slice of the output
-  region, then every 6th inside the image, as ``kul_liver.segment`` does on one window), for
+  bar). It is also shown with the product's own slice sampling (``kul_liver.lattice`` then
+  ``kul_liver.statistics_slices``, as ``kul_liver.segment`` does on one window; every slice for an
+  image of at most 48 slices), for
   information only: that is an approximation by design.
 
 The bar: max |difference| of the liver probability <= 1e-4 between Keras and each liverseg path, on
@@ -328,7 +329,8 @@ def run_staged(image: np.ndarray, threads: int) -> dict[str, np.ndarray]:
     """Logit and probability on the image grid: first with the product's slice sampling (information),
     then with every slice of the output region sampled (the full computation)."""
     from liverseg.builtin import load_weights
-    from liverseg.builtin.kul_liver import COARSE_STRIDE, FINE_STRIDE
+    from liverseg.builtin.engines import StagedRun
+    from liverseg.builtin.kul_liver import COARSE_STRIDE, lattice, statistics_slices
     from liverseg.builtin.runtime import ConvBank, foreground_probability
     from liverseg.builtin.staged import Layout, StagedPatch
 
@@ -337,9 +339,10 @@ def run_staged(image: np.ndarray, threads: int) -> dict[str, np.ndarray]:
     region = list(patch.region_slices())
     whole = tuple(slice(0, n) for n in image.shape)
     out = {}
-    # the product's sampling on one window (kul_liver.segment: coarse lattice, then fine inside the image)
-    patch.sample(region[COARSE_STRIDE // 2::COARSE_STRIDE])
-    patch.sample([z for z in region[FINE_STRIDE // 2::FINE_STRIDE] if 0 <= z < image.shape[2]])
+    # the product's sampling on one window (kul_liver.segment: the coarse lattice, then the statistics slices)
+    run = StagedRun(patch)
+    run.sample(lattice(run, COARSE_STRIDE))
+    run.sample(statistics_slices(run))
     patch.finalize()
     out["p_sampled"] = foreground_probability(patch.logits(whole))
     patch.sample(region)  # adds the rest: every slice sampled = the exact statistics

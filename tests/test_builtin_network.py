@@ -226,3 +226,14 @@ def test_licence_attribution_and_samples_ship_beside_the_weights():
     for name in ("builtin/NOTICE.md", "builtin/LICENSE-Apache-2.0.txt", "builtin/weights/*.npz",
                  "builtin/weights/*.json", "builtin/samples/*.nii.gz"):
         assert name in shipped
+
+
+def test_sampled_slices_stand_for_the_slices_nearest_them_with_the_image_edges_as_walls(liver_weights):
+    staged = StagedPatch(ConvBank(liver_weights, 2), Layout.from_weights(liver_weights, 3),
+                         np.zeros((8, 8, 10), np.float32), (54, 54, 54))
+    region, content = staged.region[2], staged.content[2]  # patch slices 13..40, the image at 22..31
+    weights = staged._weights([15, 25, 29, 38])
+    assert sum(weights.values()) == pytest.approx(region.stop - region.start)
+    assert weights[15] == content.start - region.start  # alone below the image: all of it
+    assert weights[25] + weights[29] == content.stop - content.start  # the image's slices, split between them
+    assert weights[25] == pytest.approx(27.5 - 22) and weights[38] == region.stop - content.stop

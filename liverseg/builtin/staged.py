@@ -494,18 +494,14 @@ class StagedPatch:
         self._u1_sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.stats_second: Stats | None = None
         self.stats_head: Stats | None = None
-        self.weighting = "voronoi"
 
-    # --- coordinates and strata
+    # --- coordinates
     def output_slices(self) -> range:
         """Image S indices that the patch's output covers (all of the image)."""
         return range(0, self.shape[2])
 
     def region_slices(self) -> range:
         return range(self.region[2].start - self.offset[2], self.region[2].stop - self.offset[2])
-
-    def _stratum(self, z_patch: int) -> int:
-        return 0 if self.content[2].start <= z_patch < self.content[2].stop else 1
 
     def _region_mask(self, box: Sequence[slice]) -> np.ndarray:
         inside = [(np.arange(b.start, b.stop) >= r.start) & (np.arange(b.start, b.stop) < r.stop)
@@ -552,20 +548,10 @@ class StagedPatch:
         self.stats_second = self.stats_head = None
 
     def _weights(self, zs: Sequence[int]) -> dict[int, float]:
-        """How many slices of the region each sampled slice stands for.
-
-        ``weighting='voronoi'``: the slices nearer to it than to any other sampled slice, with the image's
-        first and last slice as walls (the features change abruptly there), i.e. a midpoint-rule
-        integral of the per-slice sums along S; ``'strata'``: its stratum's size over the stratum's count.
-        """
+        """How many slices of the region each sampled slice stands for: those nearer to it than to any
+        other sampled slice, with the image's first and last slice as walls (the features change
+        abruptly there), i.e. a midpoint-rule integral of the per-slice sums along S."""
         region = self.region[2]
-        if self.weighting == "strata":
-            region_zs = range(region.start, region.stop)
-            sizes = {s: sum(1 for z in region_zs if self._stratum(z) == s) for s in (0, 1)}
-            counts = {s: sum(1 for z in zs if self._stratum(z) == s) for s in (0, 1)}
-            if any(sizes[s] and not counts[s] for s in (0, 1)):
-                return {z: len(region_zs) / len(zs) for z in zs}
-            return {z: sizes[self._stratum(z)] / counts[self._stratum(z)] for z in zs}
         walls = sorted({region.start, region.stop, self.content[2].start, self.content[2].stop})
         weights: dict[int, float] = {}
         for low, high in zip(walls, walls[1:]):
