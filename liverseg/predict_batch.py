@@ -28,10 +28,12 @@ from .io.outputs import label_voxel_counts
 from .io.photos import is_photo_file
 from .io.volume import Volume
 from .manifest import Case, load_manifest
+from .tumour_burden import burden_summary, tumour_burden
 
 log = logging.getLogger(__name__)
 
 SEGMENTATION = "segmentation.nii.gz"
+LESIONS_CSV = "lesions.csv"
 
 
 @dataclass(frozen=True)
@@ -216,30 +218,38 @@ def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: P
     runtime_s = time.perf_counter() - start
     for warning in warnings:
         log.warning("%s: warning: %s", case.case_id, warning)
+    burden = tumour_burden(labels, volume.affine_ras, cfg.data.labels, volume.array)
     written = write_case_outputs(bundle, case, volume, labels, case_dir, runtime_s, options,
-                                 warnings=warnings, details=details)
+                                 warnings=warnings, details=details, burden=burden)
     log.info("%s: %s in %.1f s", case.case_id, _label_summary(labels, volume, cfg.data.labels), runtime_s)
+    if burden is not None:
+        log.info("%s: %s", case.case_id, burden_summary(burden))
     return written
 
 
 def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels: np.ndarray, case_dir: Path,
                        runtime_s: float, options: PredictOptions, warnings: list[str] | None = None,
-                       details: dict | None = None) -> list[Path]:
+                       details: dict | None = None, burden: dict | None = None) -> list[Path]:
     """Every output of a case: the NIfTI label map and the Slicer-ready files beside it (``io.outputs``,
     ``report``).
 
     ``segmentation.nii.gz``, ``segmentation.seg.nrrd`` + ``labels.ctbl`` (names and colours for 3D
     Slicer), ``segmentation.dcm`` (DICOM SEG, DICOM input only), ``report.json`` (volumes, HU
-    statistics, geometry, runtime, model, warnings) and ``preview.png`` (unless ``options.preview`` is
-    off). The compressed files are written in a second thread while this one writes the DICOM SEG and
-    the report (zlib releases the GIL), so on two cores the slowest of them sets the time.
+    statistics, geometry, runtime, model, warnings; the tumour burden when the labels have a liver and
+    a lesion label), ``lesions.csv`` (the lesion table, same condition) and ``preview.png`` (unless
+    ``options.preview`` is off). ``burden``: ``tumour_burden.tumour_burden``'s result when the caller
+    has it already (computed here otherwise). The compressed files are written in a second thread while
+    this one writes the DICOM SEG and the report (zlib releases the GIL), so on two cores the slowest
+    of them sets the time.
     """
     from .io.dicom_seg import write_dicom_seg
     from .io.outputs import write_color_table, write_seg_nrrd
-    from .report import case_report, write_preview_png, write_report
+    from .report import case_report, write_lesions_csv, write_preview_png, write_report
 
     names = list(bundle.cfg.data.labels)
     label_volume = volume.with_array(labels)
+    if burden is None:
+        burden = tumour_burden(labels, volume.affine_ras, names, volume.array)
 
     def compressed() -> list[Path]:
         files = [write_label_map(labels, volume, case_dir / SEGMENTATION),
@@ -262,8 +272,11 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
         report = case_report(volume, label_volume, names, runtime_s=runtime_s, model_id=bundle.model_id,
                              input_path=case.image, extra={"backend": bundle.backend, "case_id": case.case_id,
                                                            "warnings": list(warnings or []),
-                                                           **({"model_details": details} if details else {})})
+                                                           **({"model_details": details} if details else {})},
+                             burden=burden)
         written.append(write_report(report, case_dir / "report.json"))
+        if burden is not None:
+            written.append(write_lesions_csv(burden, case_dir / LESIONS_CSV))
         return files.result() + written
 
 

@@ -2,7 +2,9 @@
 
 * ``case_report`` / ``write_report``: ``report.json`` with per-label voxel count, volume in mL
   (voxel count x voxel volume from the affine, exactly), HU mean/std/min/max/percentiles inside the
-  label, the input's geometry, runtime, model id, liverseg version and a timestamp.
+  label, the input's geometry, runtime, model id, liverseg version and a timestamp; for a label map
+  with a liver and a lesion label, the tumour burden (``tumour_burden``: lesion table and totals).
+* ``write_lesions_csv``: that lesion table as ``lesions.csv``.
 * ``write_preview_png``: an axial / coronal / sagittal mosaic through the centroid of the largest
   label, CT in an HU window, each label's outline drawn in its colour, a legend. Radiological
   convention (patient right on the image left; sagittal with anterior on the left), square
@@ -25,6 +27,7 @@ import numpy as np
 from .errors import GeometryError
 from .io.outputs import _resolve_colors, atomic_path, write_text_atomic
 from .io.volume import Volume, axis_codes, axis_orientation, lps_from_affine
+from .tumour_burden import lesions_csv, tumour_burden
 
 PERCENTILES = (5, 25, 50, 75, 95)
 # Soft-tissue window (level 40, width 400 HU) for CT shown under contours: previews and QC pictures.
@@ -74,13 +77,17 @@ def _hu_stats(values: np.ndarray) -> dict[str, float]:
 
 
 def case_report(image: Volume, labels: Volume, label_names: Sequence[str], *, runtime_s: float, model_id: str,
-                input_path: str | Path, extra: dict | None = None) -> dict:
+                input_path: str | Path, extra: dict | None = None, burden: dict | None = None) -> dict:
     """Per-label volume (mL), voxel count and HU statistics, plus input geometry and provenance.
 
     ``volume_ml`` is ``voxel_count * voxel_volume_ml`` with the voxel volume from the affine's
     determinant, not rounded. HU statistics (``hu``) are over the image voxels inside the label
     (numpy's linear-interpolation percentiles); ``None`` for a label with no voxel. Every foreground
     label name has an entry, found or not.
+
+    When the names have a liver and a lesion label (``tumour_burden.label_roles``), ``"tumour_burden"``
+    holds ``tumour_burden.tumour_burden``'s lesion table and totals (``burden`` when given, so that a
+    caller that has computed it already does not compute it twice).
     """
     from . import __version__
 
@@ -123,6 +130,10 @@ def case_report(image: Volume, labels: Volume, label_names: Sequence[str], *, ru
         "liverseg_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if burden is None:
+        burden = tumour_burden(lab, labels.affine_ras, names, image.array)
+    if burden is not None:
+        report["tumour_burden"] = burden
     if extra:
         report["extra"] = dict(extra)
     return report
@@ -148,6 +159,11 @@ def write_report(report: dict, path: str | Path) -> Path:
     """Write ``report`` as indented JSON, atomically (numpy values and paths converted)."""
     text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
     return write_text_atomic(text + "\n", path)
+
+
+def write_lesions_csv(burden: dict, path: str | Path) -> Path:
+    """``lesions.csv`` (``tumour_burden.lesions_csv``: one row per lesion, units in the header), atomically."""
+    return write_text_atomic(lesions_csv(burden), path)
 
 
 # ----------------------------------------------------------------------------- 2D helpers
