@@ -41,6 +41,19 @@ def _parse_label_names(text: str | None) -> dict[int, str] | None:
     return names
 
 
+def _parse_lesion_label(text: str) -> int | None | bool:
+    """'auto' -> None (the label whose name contains tumour/tumor/lesion), 'none' -> False (no lesion
+    evaluation), 'N' -> N."""
+    word = text.strip().lower()
+    if word == "auto":
+        return None
+    if word == "none":
+        return False
+    if not word.isdigit() or int(word) == 0:
+        raise InputError(f"--lesion-label {text!r}: expected a foreground label value (e.g. 2), auto or none")
+    return int(word)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train
@@ -122,15 +135,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else None)
     out_dir = args.out or (args.prediction / EVALUATION_FOLDER if args.prediction.is_dir() else None)
     pooled: dict[str, float] = {}
+    lesion_label = _parse_lesion_label(args.lesion_label)
+    lesions: list | None = None if lesion_label is False else []
     results = evaluate(args.prediction, args.reference, names, _parse_int_map(args.ref_remap, "--ref-remap"),
                        manifest=manifest, split=args.split, tolerance_mm=args.tolerance,
-                       qc_dir=None if args.no_qc or out_dir is None else out_dir / "qc", pooled_auc=pooled)
-    print(format_table(results))
+                       qc_dir=None if args.no_qc or out_dir is None else out_dir / "qc", pooled_auc=pooled,
+                       lesions=lesions, lesion_label=lesion_label or None,
+                       lesion_min_volume_ml=args.lesion_min_volume, lesion_min_iou=args.lesion_min_iou,
+                       lesion_connectivity=args.lesion_connectivity)
+    print(format_table(results, lesions))
     for name, auc in pooled.items():
         print(f"{name}: ROC AUC over all cases' pixels together (inside the field of view): {auc:.4f}")
     if out_dir is not None:
-        written = write_outputs(results, out_dir, pooled)
+        written = write_outputs(results, out_dir, pooled, lesions)
         print(f"per-case results: {written['per_case']}\nsummary: {written['summary']}")
+        if "lesions" in written:
+            print(f"lesions per case: {written['lesions']}")
         if not args.no_qc:
             print(f"QC pictures (false negatives blue, false positives red): {out_dir / 'qc'}")
     if args.csv:
@@ -267,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="surface Dice tolerance (mm for volumes, pixels for photographs; default 1)")
     p.add_argument("--labels", default=None, help="label names, e.g. 1=liver,2=tumour (default: the manifest's)")
     p.add_argument("--ref-remap", default=None, help="remap reference values first, e.g. 2=1 (tumour into liver)")
+    p.add_argument("--lesion-label", default="auto", metavar="N|auto|none",
+                   help="label scored lesion by lesion as well (connected components: detection TP/FP/FN, "
+                        "precision, recall, F1; global Dice) into lesions.csv; auto (default): the label whose "
+                        "name (--labels or the manifest) contains tumour, tumor or lesion, if any; none: skip")
+    p.add_argument("--lesion-min-volume", type=float, default=0.0, metavar="ML",
+                   help="ignore lesions (reference and predicted components) smaller than this many mL (default 0)")
+    p.add_argument("--lesion-min-iou", type=float, default=0.0, metavar="IOU",
+                   help="a predicted component detects a reference lesion when they overlap with at least this "
+                        "IoU (default 0: one shared voxel suffices)")
+    p.add_argument("--lesion-connectivity", type=int, choices=(6, 18, 26), default=26,
+                   help="voxel neighbourhood of a lesion's connected component (default 26)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="segment the CT that ships with liverseg using the built-in liver model "

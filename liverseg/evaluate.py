@@ -9,6 +9,13 @@ ROC AUC from the 16-bit probability map ``liverseg predict`` writes beside the m
 Outputs (``out_dir``): ``per_case.csv``, ``summary.csv`` (mean, sd, median, min, max of every metric
 per label), ``qc/<case>.png`` with false negatives in blue, false positives in red and true positives
 in green over the image (photographs: the whole photo; volumes: the axial slice with most errors).
+
+Lesions (volumes only), as the LiTS challenge reports tumours: for one lesion label (``lesion_label``,
+or by default the label whose name contains tumour/tumor/lesion in ``label_names``), per case its voxel
+Dice and lesion-wise detection (connected components matched by overlap; TP/FP/FN, precision, recall, F1;
+rules and NaN conventions in :mod:`liverseg.metrics`), written to ``lesions.csv``; over all cases the
+global Dice 2 Σ|P ∩ R| / Σ(|P| + |R|) and the detection scores of the summed TP/FP/FN, written to
+``summary.csv`` (``lesion_*`` rows). ``per_case.csv`` is the same with or without a lesion label.
 """
 from __future__ import annotations
 
@@ -33,6 +40,9 @@ PREDICTION_FILES = ("segmentation.nii.gz", "mask.png")
 EVALUATION_FOLDER = "evaluation"
 METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "hd95", "assd", "surface_dice",
            "relative_volume_error", "auc")
+# A label whose name contains one of these (any case) is the lesion label unless evaluate() is told
+# otherwise: "tumour", "Liver_Tumor", "lesions" (the rule of liverseg.tumour_burden).
+LESION_WORDS = ("lesion", "tumour", "tumor")
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,41 @@ class CaseResult:
     pred_voxels: int
     ref_voxels: int
     unit: str  # "mm" (volumes) or "px" (photographs)
+
+
+@dataclass(frozen=True)
+class LesionResult:
+    """The lesion label of one case: voxel Dice and lesion-wise detection (see liverseg.metrics)."""
+    case: str
+    label: int
+    name: str
+    dice: float  # voxel Dice of the whole label (no size filter), as in per_case.csv
+    ref_lesions: int  # connected components at least min_volume_ml large
+    pred_lesions: int
+    tp: int  # reference lesions matched by a predicted component
+    fp: int  # predicted components matching no reference lesion
+    fn: int  # reference lesions matched by none
+    precision: float  # tp / (tp + fp); NaN when 0/0
+    recall: float  # tp / (tp + fn); NaN without reference lesions
+    f1: float  # 2 tp / (2 tp + fp + fn); NaN without lesions on either side
+    overlap_voxels: int  # |P ∩ R| of the label, for the global Dice
+    pred_voxels: int
+    ref_voxels: int
+    pred_volume_ml: float  # whole label
+    ref_volume_ml: float
+    connectivity: int
+    min_volume_ml: float
+    min_iou: float  # 0: any shared voxel matches
+
+
+@dataclass(frozen=True)
+class _LesionSpec:
+    value: int | None  # None: no lesion label in this evaluation
+    explicit: bool  # given by the caller (an error on photographs) rather than found by name
+    min_volume_ml: float
+    min_iou: float
+    connectivity: int
+    out: list
 
 
 @dataclass(frozen=True)
@@ -145,19 +190,50 @@ def _index_folder(folder: Path, prefer: tuple[str, ...] = ()) -> dict[str, Path]
 
 # ----------------------------------------------------------------------------- scoring
 
+def lesion_label_of(label_names: dict[int, str] | None) -> int | None:
+    """The label whose name contains a ``LESION_WORDS`` word (any case), or None; two such labels are an error."""
+    found = sorted(v for v, name in (label_names or {}).items()
+                   if v != 0 and any(word in name.lower() for word in LESION_WORDS))
+    if len(found) > 1:
+        raise InputError(f"labels {', '.join(f'{v}={label_names[v]}' for v in found)} are all named like lesions; "
+                         "pick one with --lesion-label")
+    return found[0] if found else None
+
+
 def evaluate(pred: str | Path, ref: str | Path | None = None, label_names: dict[int, str] | None = None,
              ref_remap: dict[int, int] | None = None, *, manifest=None, split: str = "test",
              tolerance_mm: float = 1.0, qc_dir: str | Path | None = None,
-             pooled_auc: dict[str, float] | None = None) -> list[CaseResult]:
+             pooled_auc: dict[str, float] | None = None, lesions: list[LesionResult] | None = None,
+             lesion_label: int | None = None, lesion_min_volume_ml: float = 0.0, lesion_min_iou: float = 0.0,
+             lesion_connectivity: int = 26) -> list[CaseResult]:
     """Metrics for every case and every foreground label found in either map (or named in ``label_names``).
 
     Give ``ref`` (a file or folder) or ``manifest`` (+ ``split``). With ``qc_dir``, a QC picture per case.
     Photographs with probability maps: pass a dict as ``pooled_auc`` to receive, per label name, the
     ROC AUC over the pixels of all cases together (inside their fields of view), as vessel papers report
     it, besides the per-case AUC.
+
+    Pass a list as ``lesions`` to receive a :class:`LesionResult` per volume case for the lesion label:
+    ``lesion_label``, or else the label whose name in ``label_names`` contains tumour/tumor/lesion
+    (none: the list stays empty). Components under ``lesion_min_volume_ml`` are ignored on both sides;
+    a predicted component detects a reference lesion when they share a voxel and their IoU is at least
+    ``lesion_min_iou`` (0: any overlap); components are ``lesion_connectivity``-connected (26, 18 or 6).
     """
     # Every case's field-of-view pixels, kept only when a pooled AUC was asked for.
     pooled_pixels: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = {} if pooled_auc is not None else None
+    lesion = None
+    if lesions is not None:
+        if lesion_label is not None and int(lesion_label) <= 0:
+            raise InputError(f"lesion label {lesion_label}: expected a foreground label value (> 0)")
+        if not (math.isfinite(lesion_min_volume_ml) and lesion_min_volume_ml >= 0):
+            raise InputError(f"lesion minimum volume {lesion_min_volume_ml} mL: expected a number >= 0")
+        if not 0.0 <= lesion_min_iou <= 1.0:
+            raise InputError(f"lesion minimum IoU {lesion_min_iou}: expected a number in [0, 1]")
+        if lesion_connectivity not in (6, 18, 26):
+            raise InputError(f"lesion connectivity {lesion_connectivity}: expected 6, 18 or 26")
+        value = int(lesion_label) if lesion_label is not None else lesion_label_of(label_names)
+        lesion = _LesionSpec(value, lesion_label is not None, float(lesion_min_volume_ml), float(lesion_min_iou),
+                             int(lesion_connectivity), lesions)
     pred = Path(pred)
     if manifest is not None:
         cases = manifest_cases(pred, manifest, split)
@@ -171,7 +247,7 @@ def evaluate(pred: str | Path, ref: str | Path | None = None, label_names: dict[
             raise InputError(f"case {case.case}: prediction {case.prediction} and reference {case.reference} "
                              "must both be volumes or both be images")
         score = _score_photo if is_photo_file(case.prediction) else _score_volume
-        results.extend(score(case, label_names, ref_remap or {}, tolerance_mm, qc_dir, pooled_pixels))
+        results.extend(score(case, label_names, ref_remap or {}, tolerance_mm, qc_dir, pooled_pixels, lesion))
     if pooled_auc is not None and pooled_pixels is not None:
         for name, parts in pooled_pixels.items():
             scores, truth = np.concatenate([p for p, _ in parts]), np.concatenate([r for _, r in parts])
@@ -207,7 +283,20 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
         overlap["relative_volume_error"], auc, overlap["pred_voxels"], overlap["ref_voxels"], unit)
 
 
-def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled) -> list[CaseResult]:
+def _lesion_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name: str, spacing,
+                   spec: _LesionSpec) -> LesionResult:
+    p, r = pred == value, ref == value
+    found = metrics.lesion_detection(p, r, spacing, spec.min_volume_ml, spec.min_iou, spec.connectivity)
+    overlap = int(np.count_nonzero(p & r))
+    n_pred, n_ref = int(np.count_nonzero(p)), int(np.count_nonzero(r))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return LesionResult(case, value, name, metrics.dice(p, r), found.n_ref, found.n_pred, found.tp, found.fp,
+                        found.fn, found.precision, found.recall, found.f1, overlap, n_pred, n_ref,
+                        n_pred * voxel_ml, n_ref * voxel_ml, spec.connectivity, spec.min_volume_ml, spec.min_iou)
+
+
+def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled,
+                  lesion: _LesionSpec | None = None) -> list[CaseResult]:
     prediction = read_volume(case.prediction)
     image = read_volume(case.image) if case.image is not None and (qc_dir is not None or case.label_format != "volume") else None
     if case.label_format != "volume":  # DICOM mask folders, PNG slices, DICOM SEG: placed on the image's grid
@@ -226,6 +315,9 @@ def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, poo
     results = [_label_scores(case.case, pred_labels, ref_labels, v, (label_names or {}).get(v, f"label_{v}"),
                              spacing, "mm", tolerance, None, None)
                for v in _values(pred_labels, ref_labels, label_names)]
+    if lesion is not None and lesion.value is not None:
+        name = (label_names or {}).get(lesion.value, f"label_{lesion.value}")
+        lesion.out.append(_lesion_scores(case.case, pred_labels, ref_labels, lesion.value, name, spacing, lesion))
     if qc_dir is not None:
         if image is not None and not image.same_grid(reference, atol_mm=1e-3):
             image = None  # a QC picture over the wrong grid would mislead; fall back to the reference
@@ -233,7 +325,10 @@ def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, poo
     return results
 
 
-def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled) -> list[CaseResult]:
+def _score_photo(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, pooled,
+                 lesion: _LesionSpec | None = None) -> list[CaseResult]:
+    if lesion is not None and lesion.explicit:
+        raise InputError(f"case {case.case}: lesion detection (--lesion-label) works on volumes, not photographs")
     n_classes = max(label_names) + 1 if label_names else 2
     pred_labels = read_mask(case.prediction, n_classes)
     ref_labels = remap_labels(read_mask(case.reference, n_classes), ref_remap)
@@ -309,19 +404,26 @@ def _write_volume_qc(path: Path, pred: np.ndarray, ref: np.ndarray, affine: np.n
 
 # ----------------------------------------------------------------------------- tables
 
+def _stat_row(label: str, metric: str, values) -> dict | None:
+    """n, mean, sd (sample, ddof=1), median, min, max over the finite values; None when there are none."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    return {"label": label, "metric": metric, "n": int(finite.size), "n_not_finite": int(values.size - finite.size),
+            "mean": float(finite.mean()), "sd": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+            "median": float(np.median(finite)), "min": float(finite.min()), "max": float(finite.max())}
+
+
 def summarise(results: list[CaseResult]) -> list[dict]:
     """Per label and metric: n, mean, sd (sample, ddof=1), median, min, max over the finite values."""
     rows = []
     for name in sorted({r.name for r in results}):
         of_label = [r for r in results if r.name == name]
         for metric in METRICS:
-            values = np.array([getattr(r, metric) for r in of_label], dtype=float)
-            finite = values[np.isfinite(values)]
-            if finite.size == 0:
-                continue
-            rows.append({"label": name, "metric": metric, "n": int(finite.size), "n_not_finite": int(values.size - finite.size),
-                         "mean": float(finite.mean()), "sd": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
-                         "median": float(np.median(finite)), "min": float(finite.min()), "max": float(finite.max())})
+            row = _stat_row(name, metric, [getattr(r, metric) for r in of_label])
+            if row is not None:
+                rows.append(row)
     return rows
 
 
@@ -347,14 +449,67 @@ def write_csv(results: list[CaseResult], path: str | Path) -> Path:
     return write_text_atomic(buffer.getvalue(), path)
 
 
-def write_summary_csv(results: list[CaseResult], path: str | Path, pooled_auc: dict[str, float] | None = None) -> Path:
-    """summarise() rows, plus an ``auc_pooled`` row per label (one value over all cases' pixels) when given."""
+def pool_lesions(lesions: list[LesionResult]) -> dict[str, dict]:
+    """Per lesion label name, over all cases: ``cases``, ``dice_global`` (2 Σ|P ∩ R| / Σ(|P| + |R|);
+    1.0 when every case is empty on both sides, as the per-case Dice), the summed ``ref_lesions``,
+    ``pred_lesions``, ``tp``, ``fp``, ``fn`` and ``precision``, ``recall``, ``f1`` of those sums
+    (NaN when 0/0)."""
+    pooled = {}
+    for name in sorted({r.name for r in lesions}):
+        of_label = [r for r in lesions if r.name == name]
+        overlap = sum(r.overlap_voxels for r in of_label)
+        total = sum(r.pred_voxels + r.ref_voxels for r in of_label)
+        row = {"cases": len(of_label), "dice_global": 2.0 * overlap / total if total else 1.0}
+        for key in ("ref_lesions", "pred_lesions", "tp", "fp", "fn"):
+            row[key] = sum(getattr(r, key) for r in of_label)
+        row.update(metrics.detection_scores(row["tp"], row["fp"], row["fn"]))
+        pooled[name] = row
+    return pooled
+
+
+def _lesion_summary_rows(lesions: list[LesionResult]) -> list[dict]:
+    """summary.csv rows of the lesion label: per-case statistics of lesion_dice, lesion_precision,
+    lesion_recall and lesion_f1; one-value rows (n = cases) of lesion_dice_global, the pooled
+    lesion_*_pooled scores (left out when undefined) and the ``*_total`` lesion counts."""
+    rows = []
+    for name, pooled in pool_lesions(lesions).items():
+        of_label = [r for r in lesions if r.name == name]
+        for metric in ("dice", "precision", "recall", "f1"):
+            row = _stat_row(name, f"lesion_{metric}", [getattr(r, metric) for r in of_label])
+            if row is not None:
+                rows.append(row)
+        single = [("lesion_dice_global", pooled["dice_global"])]
+        single += [(f"lesion_{key}_pooled", pooled[key]) for key in ("precision", "recall", "f1")]
+        single += [(f"{key}_total", pooled[key]) for key in ("ref_lesions", "pred_lesions")]
+        single += [(f"lesion_{key}_total", pooled[key]) for key in ("tp", "fp", "fn")]
+        for metric, value in single:
+            if isinstance(value, float) and math.isnan(value):
+                continue
+            rows.append({"label": name, "metric": metric, "n": pooled["cases"], "n_not_finite": 0, "mean": value,
+                         "sd": 0.0, "median": value, "min": value, "max": value})
+    return rows
+
+
+def write_lesions_csv(lesions: list[LesionResult], path: str | Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([f.name for f in fields(LesionResult)])
+    for r in lesions:
+        writer.writerow([_fmt(v) for v in asdict(r).values()])
+    return write_text_atomic(buffer.getvalue(), path)
+
+
+def write_summary_csv(results: list[CaseResult], path: str | Path, pooled_auc: dict[str, float] | None = None,
+                      lesions: list[LesionResult] | None = None) -> Path:
+    """summarise() rows, plus an ``auc_pooled`` row per label (one value over all cases' pixels) when given,
+    plus the lesion label's ``lesion_*`` rows (see ``_lesion_summary_rows``) when ``lesions`` holds any."""
     buffer = io.StringIO()
     rows = summarise(results)
     for name, auc in (pooled_auc or {}).items():
         n = sum(1 for r in results if r.name == name)
         rows.append({"label": name, "metric": "auc_pooled", "n": n, "n_not_finite": 0, "mean": auc, "sd": 0.0,
                      "median": auc, "min": auc, "max": auc})
+    rows += _lesion_summary_rows(lesions or [])
     writer = csv.DictWriter(buffer, fieldnames=["label", "metric", "n", "n_not_finite", "mean", "sd", "median",
                                                 "min", "max"])
     writer.writeheader()
@@ -362,8 +517,9 @@ def write_summary_csv(results: list[CaseResult], path: str | Path, pooled_auc: d
     return write_text_atomic(buffer.getvalue(), path)
 
 
-def format_table(results: list[CaseResult]) -> str:
-    """Per-case rows, then per label: mean ± sd and median of the main metrics, and the worst cases."""
+def format_table(results: list[CaseResult], lesions: list[LesionResult] | None = None) -> str:
+    """Per-case rows, then per label: mean ± sd and median of the main metrics, and the worst cases;
+    then, when ``lesions`` holds any, the lesion table (see ``format_lesion_table``)."""
     has_auc = any(not math.isnan(r.auc) for r in results)
     unit = results[0].unit if results else "mm"
     head = f"{'case':<28} {'label':<12} {'Dice':>7} {'IoU':>7} {'Sens':>7} {'Spec':>7} {'HD95':>8}"
@@ -384,15 +540,52 @@ def format_table(results: list[CaseResult]) -> str:
                 lines.append(f"  {metric:<14} mean {row['mean']:.4f} ± {row['sd']:.4f}   median {row['median']:.4f}   "
                              f"min {row['min']:.4f}   max {row['max']:.4f}{extra}")
         lines.append("  worst Dice: " + ", ".join(f"{r.case} {r.dice:.4f}" for r in worst))
+    if lesions:
+        lines += ["", format_lesion_table(lesions)]
     return "\n".join(lines)
 
 
-def write_outputs(results: list[CaseResult], out_dir: str | Path,
-                  pooled_auc: dict[str, float] | None = None) -> dict[str, Path]:
+def format_lesion_table(lesions: list[LesionResult]) -> str:
+    """Per case: Dice, lesion counts, TP/FP/FN, precision, recall, F1; per label: the global Dice and the
+    detection scores of the summed counts."""
+    def score(value: float) -> str:
+        return f"{'nan':>7}" if math.isnan(value) else f"{value:7.4f}"
+
+    lines = []
+    for name, pooled in pool_lesions(lesions).items():
+        of_label = [r for r in lesions if r.name == name]
+        first = of_label[0]
+        match = "any overlap" if first.min_iou == 0 else f"overlap with IoU >= {first.min_iou:g}"
+        size = (f"components under {first.min_volume_ml:g} mL ignored" if first.min_volume_ml
+                else "every component counts")
+        lines.append(f"{name} (label {first.label}) lesions: {first.connectivity}-connected components, detected by "
+                     f"{match}, {size}")
+        lines.append(f"{'case':<28} {'Dice':>7} {'ref':>5} {'pred':>5} {'TP':>5} {'FP':>5} {'FN':>5} "
+                     f"{'Prec':>7} {'Recall':>7} {'F1':>7}")
+        for r in of_label:
+            lines.append(f"{r.case:<28} {r.dice:7.4f} {r.ref_lesions:5d} {r.pred_lesions:5d} {r.tp:5d} {r.fp:5d} "
+                         f"{r.fn:5d} {score(r.precision)} {score(r.recall)} {score(r.f1)}")
+        dices = [r.dice for r in of_label]
+        lines.append(f"  Dice per case: mean {np.mean(dices):.4f}   Dice global (all {pooled['cases']} cases' voxels "
+                     f"pooled): {pooled['dice_global']:.4f}")
+        detection = ", ".join(f"{key} {'undefined' if math.isnan(pooled[key]) else format(pooled[key], '.4f')}"
+                              for key in ("precision", "recall", "f1"))
+        lines.append(f"  detection over all cases: {pooled['ref_lesions']} reference lesions, {pooled['pred_lesions']} "
+                     f"predicted; TP {pooled['tp']}, FP {pooled['fp']}, FN {pooled['fn']}; {detection}")
+    return "\n".join(lines)
+
+
+def write_outputs(results: list[CaseResult], out_dir: str | Path, pooled_auc: dict[str, float] | None = None,
+                  lesions: list[LesionResult] | None = None) -> dict[str, Path]:
+    """per_case.csv and summary.csv; lesions.csv too when ``lesions`` holds any."""
     out_dir = Path(out_dir)
-    return {"per_case": write_csv(results, out_dir / "per_case.csv"),
-            "summary": write_summary_csv(results, out_dir / "summary.csv", pooled_auc)}
+    written = {"per_case": write_csv(results, out_dir / "per_case.csv"),
+               "summary": write_summary_csv(results, out_dir / "summary.csv", pooled_auc, lesions)}
+    if lesions:
+        written["lesions"] = write_lesions_csv(lesions, out_dir / "lesions.csv")
+    return written
 
 
-__all__ = ["CaseResult", "EvalCase", "pair_cases", "manifest_cases", "evaluate", "summarise", "worst_cases",
-           "write_csv", "write_summary_csv", "format_table", "write_outputs", "METRICS", "EVALUATION_FOLDER"]
+__all__ = ["CaseResult", "LesionResult", "EvalCase", "pair_cases", "manifest_cases", "evaluate", "lesion_label_of",
+           "summarise", "worst_cases", "pool_lesions", "write_csv", "write_lesions_csv", "write_summary_csv",
+           "format_table", "format_lesion_table", "write_outputs", "METRICS", "LESION_WORDS", "EVALUATION_FOLDER"]

@@ -55,19 +55,39 @@ Empty-mask conventions (MONAI returns NaN or inf in several of these cases, skle
 
 ``accuracy`` of zero voxels and ``roc_auc`` with no voxels, only positive or only negative
 reference voxels (inside ``mask``) raise ``ValueError``; ``roc_auc`` also rejects non-finite scores.
+
+Lesion detection (``lesion_components``, ``lesion_detection``, ``detection_scores``), counted per
+lesion rather than per voxel:
+
+- Lesions are the connected components of a mask (``scipy.ndimage.label``), 26-connected in 3D
+  (8 in 2D) by default; ``connectivity`` 6 or 18 (4 in 2D) are accepted too. Components smaller than
+  ``min_volume_ml`` (voxel count x voxel volume from ``spacing_mm``; 1 mL = 1000 mm^3) are ignored
+  on both sides before matching (each side by its own volume: a reference lesion whose only predicted
+  component is under the limit is missed); the default 0 keeps every component.
+- A reference lesion and a predicted component *match* when they share at least one voxel and their
+  IoU (of the two components) is at least ``min_iou``; the default 0 is the plain overlap criterion
+  (one shared voxel suffices). A reference lesion matched by at least one predicted component is a
+  true positive (TP, counted once even when the prediction splits it); a reference lesion matched by
+  none is a false negative (FN); a predicted component that matches no reference lesion is a false
+  positive (FP). A predicted component that merges several reference lesions makes each of them a TP.
+- ``precision`` = TP / (TP + FP), ``recall`` = TP / (TP + FN) = TP / (reference lesions),
+  ``f1`` = 2 TP / (2 TP + FP + FN). Unlike the voxel metrics above, 0/0 is NaN: no reference lesions
+  -> recall NaN; no TP and no FP -> precision NaN; no lesions on either side -> all three NaN (the
+  counts are 0). Pool over cases by summing TP, FP and FN and calling ``detection_scores``.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from scipy.stats import rankdata
 
 __all__ = [
-    "accuracy", "assd", "confusion_matrix", "dice", "f1", "hd95", "iou", "overlap_scores", "precision",
-    "recall", "relative_volume_error", "roc_auc", "sensitivity", "specificity", "surface_dice",
-    "surface_distances", "surface_metrics",
+    "LesionDetection", "accuracy", "assd", "confusion_matrix", "detection_scores", "dice", "f1", "hd95", "iou",
+    "lesion_components", "lesion_detection", "overlap_scores", "precision", "recall", "relative_volume_error",
+    "roc_auc", "sensitivity", "specificity", "surface_dice", "surface_distances", "surface_metrics",
 ]
 
 
@@ -343,6 +363,129 @@ def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -
     ranks = rankdata(prob, method="average")
     u = float(ranks[ref].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)
+
+
+# ----------------------------------------------------------------------------- lesion detection
+
+# Neighbourhood rank for scipy.ndimage.generate_binary_structure, per (ndim, connectivity).
+_CONNECTIVITY_RANK = {(3, 6): 1, (3, 18): 2, (3, 26): 3, (2, 4): 1, (2, 8): 2}
+
+
+def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    if connectivity is None:
+        connectivity = 26 if ndim == 3 else 8
+    rank = _CONNECTIVITY_RANK.get((ndim, connectivity))
+    if rank is None:
+        allowed = sorted(c for d, c in _CONNECTIVITY_RANK if d == ndim)
+        raise ValueError(f"connectivity {connectivity!r} for a {ndim}D mask: expected one of {allowed}")
+    return ndimage.generate_binary_structure(ndim, rank)
+
+
+def _voxel_ml(spacing_mm: Sequence[float], ndim: int) -> float:
+    return float(np.prod(_spacing(spacing_mm, ndim))) / 1000.0
+
+
+def lesion_components(mask: np.ndarray, spacing_mm: Sequence[float], min_volume_ml: float = 0.0,
+                      connectivity: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of ``mask`` at least ``min_volume_ml`` large.
+
+    Returns ``(labels, volumes_ml)``: an int32 array numbering the kept components 1..n in
+    ``scipy.ndimage.label`` order (0 elsewhere, including the dropped small components) and their n
+    volumes in mL. ``connectivity``: 26 (default), 18 or 6 in 3D; 8 (default) or 4 in 2D.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    voxel_ml = _voxel_ml(spacing_mm, mask.ndim)
+    min_volume_ml = float(min_volume_ml)
+    if not np.isfinite(min_volume_ml) or min_volume_ml < 0:
+        raise ValueError(f"min_volume_ml must be finite and >= 0, got {min_volume_ml!r}")
+    labels, count = ndimage.label(mask, structure=_structure(mask.ndim, connectivity))
+    labels = labels.astype(np.int32, copy=False)
+    volumes = np.bincount(labels.ravel(), minlength=count + 1)[1:] * voxel_ml
+    keep = volumes >= min_volume_ml
+    if not keep.all():
+        lut = np.zeros(count + 1, dtype=np.int32)
+        lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        labels = lut[labels]
+        volumes = volumes[keep]
+    return labels, volumes
+
+
+def detection_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Lesion-wise ``precision`` TP/(TP+FP), ``recall`` TP/(TP+FN), ``f1`` 2TP/(2TP+FP+FN); 0/0 is NaN."""
+    def ratio(num: float, den: float) -> float:
+        return num / den if den else float("nan")
+
+    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+@dataclass(frozen=True)
+class LesionDetection:
+    """Result of :func:`lesion_detection`. Lesions are numbered 1..n as in :func:`lesion_components`;
+    ``matches`` holds ``(ref_lesion, pred_lesion, overlap_voxels, iou)`` for every matching pair."""
+    n_ref: int
+    n_pred: int
+    tp: int
+    fp: int
+    fn: int
+    matches: tuple[tuple[int, int, int, float], ...]
+    ref_volumes_ml: tuple[float, ...]
+    pred_volumes_ml: tuple[float, ...]
+
+    @property
+    def precision(self) -> float:
+        return detection_scores(self.tp, self.fp, self.fn)["precision"]
+
+    @property
+    def recall(self) -> float:
+        return detection_scores(self.tp, self.fp, self.fn)["recall"]
+
+    @property
+    def f1(self) -> float:
+        return detection_scores(self.tp, self.fp, self.fn)["f1"]
+
+    @property
+    def missed(self) -> tuple[int, ...]:
+        """The reference lesions no predicted component matched (the false negatives)."""
+        found = {r for r, _, _, _ in self.matches}
+        return tuple(i for i in range(1, self.n_ref + 1) if i not in found)
+
+    @property
+    def false_positives(self) -> tuple[int, ...]:
+        """The predicted components that matched no reference lesion."""
+        found = {p for _, p, _, _ in self.matches}
+        return tuple(i for i in range(1, self.n_pred + 1) if i not in found)
+
+
+def lesion_detection(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], min_volume_ml: float = 0.0,
+                     min_iou: float = 0.0, connectivity: int | None = None) -> LesionDetection:
+    """Lesion-wise TP/FP/FN of a predicted mask against a reference mask (rules in the module docstring).
+
+    ``min_volume_ml``: components smaller than this (on either side) are ignored. ``min_iou`` in [0, 1]:
+    the IoU a reference lesion and a predicted component need to match, besides sharing a voxel (0: any
+    overlap). ``connectivity``: 26 (default), 18 or 6 in 3D; 8 (default) or 4 in 2D.
+    """
+    pred, ref = _pair(pred, ref)
+    min_iou = float(min_iou)
+    if not 0.0 <= min_iou <= 1.0:
+        raise ValueError(f"min_iou must lie in [0, 1], got {min_iou!r}")
+    ref_labels, ref_volumes = lesion_components(ref, spacing_mm, min_volume_ml, connectivity)
+    pred_labels, pred_volumes = lesion_components(pred, spacing_mm, min_volume_ml, connectivity)
+    n_ref, n_pred = len(ref_volumes), len(pred_volumes)
+    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
+    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    both = (ref_labels > 0) & (pred_labels > 0)
+    pairs = ref_labels[both].astype(np.int64) * (n_pred + 1) + pred_labels[both]
+    overlap = np.bincount(pairs, minlength=(n_ref + 1) * (n_pred + 1)).reshape(n_ref + 1, n_pred + 1)
+    matches = []
+    for r, p in zip(*np.nonzero(overlap)):
+        shared = int(overlap[r, p])
+        iou_rp = shared / float(ref_sizes[r] + pred_sizes[p] - shared)
+        if iou_rp >= min_iou:
+            matches.append((int(r), int(p), shared, iou_rp))
+    tp = len({r for r, _, _, _ in matches})
+    fp = n_pred - len({p for _, p, _, _ in matches})
+    return LesionDetection(n_ref, n_pred, tp, fp, n_ref - tp, tuple(matches),
+                           tuple(float(v) for v in ref_volumes), tuple(float(v) for v in pred_volumes))
 
 
 # ----------------------------------------------------------------------------- label maps
