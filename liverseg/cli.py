@@ -59,16 +59,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     if args.resume:
+        if args.init is not None:
+            raise InputError(f"--init {args.init} starts a new run; --resume continues {args.run_dir} "
+                             "from its last.pt")
         config_path = args.config or Path(args.run_dir) / "config.yaml"
-    elif args.config is None:
-        raise InputError("--config is required (except with --resume); try configs/smoke_3d.yaml")
+    elif args.config is None and args.init is None:
+        raise InputError("--config is required (except with --resume or --init); try configs/smoke_3d.yaml")
     else:
-        config_path = args.config
+        config_path = args.config  # with --init alone: the defaults, the source's model and preprocessing
     shortcuts = [f"data.manifest={args.manifest}"] * bool(args.manifest) + [f"data.root={args.root}"] * bool(args.root)
-    cfg = load_config(config_path, shortcuts + args.set)
+    if args.init is not None:  # the source's model and preprocessing replace the config's; --set still wins
+        from .finetune import finetune_config, resolve_init
+
+        init = resolve_init(args.init)
+        cfg = finetune_config(load_config(config_path, shortcuts), init, args.set)
+    else:
+        init = None
+        cfg = load_config(config_path, shortcuts + args.set)
     best = train(cfg, args.run_dir, device=args.device, workers=args.workers, threads=args.threads,
                  resume=args.resume, progress=not args.quiet, cache_dir=args.cache_dir,
-                 ram_cache_gb=args.ram_cache_gb, deterministic=args.deterministic)
+                 ram_cache_gb=args.ram_cache_gb, deterministic=args.deterministic, init=init)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
     return 0
@@ -214,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
+    p.add_argument("--init", default=None, metavar="SOURCE",
+                   help="fine-tune: start from a built-in model's weights (liver; see `liverseg models`), a run "
+                        "folder's or a checkpoint file's; its model and preprocessing replace the config's")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--manifest", type=Path, default=None, help="shortcut for --set data.manifest=PATH")
     p.add_argument("--root", type=Path, default=None, help="shortcut for --set data.root=PATH")

@@ -48,9 +48,22 @@ log = logging.getLogger(__name__)
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = None, workers: int = 0,
           threads: int | None = None, resume: bool = False, progress: bool = True,
           cache_dir: str | Path | None = None, ram_cache_gb: float | None = None,
-          deterministic: bool = False) -> Path:
-    """Train a model into ``run_dir``; returns the path of the best checkpoint."""
+          deterministic: bool = False, init=None) -> Path:
+    """Train a model into ``run_dir``; returns the path of the best checkpoint.
+
+    ``init``: start from a built-in model's (by name), a run folder's or a checkpoint file's weights, or
+    a resolved ``finetune.InitSource`` (fine-tuning, ``liverseg.finetune``); ``cfg`` must keep that
+    source's architecture (build it with ``finetune.finetune_config``)."""
     run_dir = Path(run_dir)
+    source = None
+    if init is not None:
+        if resume:
+            raise InputError(f"--init {getattr(init, 'spec', init)} starts a new run; --resume continues {run_dir} "
+                             "from its last.pt")
+        from .finetune import InitSource, check_compatible, resolve_init
+
+        source = init if isinstance(init, InitSource) else resolve_init(init)
+        check_compatible(cfg, source)
     ctx, torch_device = dist_utils.setup(resolve_device(device))
     try:
         if threads is not None:
@@ -87,7 +100,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
             logging.getLogger("liverseg").setLevel(logging.WARNING)
         try:
             return _train(cfg, run_dir, torch_device, ctx, workers, resume, progress, train_items, val_items,
-                          cache_dir, ram_cache_gb)
+                          cache_dir, ram_cache_gb, source)
         except BaseException:
             # A run that failed before its first checkpoint leaves no folder behind to be mistaken for one.
             if ctx.is_main and created and not (run_dir / "last.pt").exists():
@@ -117,7 +130,7 @@ class _TrainForward(torch.nn.Module):
 
 def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist_utils.Context, workers: int,
            resume: bool, progress: bool, train_items: list[dict], val_items: list[dict], cache_dir,
-           ram_cache_gb) -> Path:
+           ram_cache_gb, source=None) -> Path:
     t = cfg.train
     _seed_everything(t.seed)
     if device.type == "cuda" and not torch.backends.cudnn.deterministic:
@@ -137,6 +150,13 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     memory_format = (torch.channels_last_3d if device.type == "cpu" and cfg.model.spatial_dims == 3
                      else torch.contiguous_format)
     model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=n_classes)
+    init_record = None
+    if source is not None:  # fine-tuning: the source's weights where they fit (before the optimizer sees them)
+        from .finetune import load_init, write_init_record
+
+        init_record = load_init(model, source)
+        if ctx.is_main:
+            write_init_record(init_record, run_dir / "init.json")
     model = model.to(device, memory_format=memory_format)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
@@ -150,6 +170,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     state = {"step": 0, "best_metric": -1.0, "best_epoch": 0, "rows": [], "epoch_losses": []}
     if resume:
         state = _resume(run_dir, model, optimizer, scheduler, scaler, ctx)
+        init_record = state.get("init")
     step, best_metric, best_epoch, rows = state["step"], state["best_metric"], state["best_epoch"], state["rows"]
     losses: list[float] = list(state["epoch_losses"])
     forward = _TrainForward(model, cfg.model.deep_supervision)
@@ -166,7 +187,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     def checkpoint(path: Path) -> None:
         _save_checkpoint(path, model, optimizer, scheduler, scaler, cfg,
                          {"epoch": step // t.iters_per_epoch, "step": step, "best_metric": best_metric,
-                          "best_epoch": best_epoch, "rows": rows, "epoch_losses": losses, "world": ctx.world})
+                          "best_epoch": best_epoch, "rows": rows, "epoch_losses": losses, "world": ctx.world,
+                          **({"init": init_record} if init_record else {})})
 
     # ---- loop
     started = last_checkpoint = time.perf_counter()
@@ -388,7 +410,7 @@ def _resume(run_dir: Path, model, optimizer, scheduler, scaler, ctx: dist_utils.
     elapsed = float(rows[-1].get("elapsed_minutes") or 0.0) if rows else 0.0
     return {"step": step, "best_metric": float(checkpoint["best_metric"]),
             "best_epoch": int(checkpoint["best_epoch"]), "rows": rows, "epoch_losses": losses,
-            "elapsed_minutes": elapsed}
+            "elapsed_minutes": elapsed, "init": checkpoint.get("init")}
 
 
 def _log_to_file(path: Path) -> logging.Handler:
