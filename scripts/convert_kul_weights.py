@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
-"""Convert the KU Leuven liver model's Keras weights (``pyliverlesionseg==0.3``, Apache-2.0) into
-liverseg's built-in weight file.
+"""Convert the KU Leuven liver and liver-lesion models' Keras weights (``pyliverlesionseg==0.3``,
+Apache-2.0) into liverseg's built-in weight files.
 
     python scripts/convert_kul_weights.py                      # downloads the wheel with pip
     python scripts/convert_kul_weights.py --wheel pyliverlesionseg-0.3-py3-none-any.whl
 
 Needs ``h5py`` (``pip install h5py``; a conversion tool, not a liverseg dependency). Writes
 ``liverseg/builtin/weights/<name>.npz`` (float32 arrays under the parameter names of
-``liverseg.models.kul_unet.KulUNet``) and ``<name>.json`` (provenance: the wheel's and the hdf5's
+``liverseg.models.kul_unet.KulUNet`` or ``liverseg.models.kul_resunet.KulResUNet``) and ``<name>.json`` (provenance: the wheel's and the hdf5's
 sha256, the member path inside the wheel, the weight file's own sha256, licence, citation).
 
 The hdf5 holds weights only (no graph). Its Keras layers ``conv3d_1`` .. ``conv3d_15`` are, in order,
 the convolutions of the network as ``KulUNet`` lists them (down pathways 1, 3, 9, 27, up pathways 9,
-3, 1, the 1x1x1 output), which the shapes confirm: every converted tensor must fit its ``KulUNet``
+3, 1, the 1x1x1 output); the lesion model's ``conv3d_1`` .. ``conv3d_21`` are ``KulResUNet``'s, each
+residual block's 1x1x1 projection after the block's two convolutions. The shapes confirm both orders: every converted tensor must fit its ``KulUNet``
 parameter exactly or the script stops. Keras kernels are ``(kx, ky, kz, in, out)``; PyTorch's are
 ``(out, in, kx, ky, kz)``. The check against an independent implementation of the original graph is
 ``scripts/check_kul_port.py``.
@@ -42,6 +43,14 @@ MODELS = {
                   "20201011_dice_loss_val_binary_dice_mean.hdf5",
         "spec": dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(20, 40, 80, 160), factor=3),
         "keras_layers": [f"conv3d_{i}" for i in range(1, 16)],
+    },
+    "kul_lesion_1x1x3mm": {
+        "member": "pyliverlesionseg/trained_models/model_unet_ct_mr_lesion_seg_resize_1mm_1mm_3mm_"
+                  "20220207_dice_loss_val_binary_dice_mean.hdf5",
+        "network": "kul_resunet",
+        "spec": dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(20, 40, 80, 160)),
+        # 15 convolutions and, after each residual block whose width changes, its 1x1x1 projection
+        "keras_layers": [f"conv3d_{i}" for i in range(1, 22)],
     },
 }
 OUT_DIR = REPO / "liverseg" / "builtin" / "weights"
@@ -85,9 +94,11 @@ def keras_weights(hdf5: bytes, layers: list[str]) -> list[tuple[np.ndarray, np.n
 def convert(name: str, wheel_path: Path) -> Path:
     import torch  # only to read the parameter names and shapes of liverseg's own module
 
+    from liverseg.models.kul_resunet import KulResUNet
     from liverseg.models.kul_unet import KulUNet
 
     model = MODELS[name]
+    network = {"kul_unet": KulUNet, "kul_resunet": KulResUNet}[model.get("network", "kul_unet")]
     wheel_bytes = wheel_path.read_bytes()
     if sha256(wheel_bytes) != WHEEL_SHA256:
         raise SystemExit(f"{wheel_path}: sha256 {sha256(wheel_bytes)} is not the published wheel's {WHEEL_SHA256}")
@@ -95,11 +106,11 @@ def convert(name: str, wheel_path: Path) -> Path:
         hdf5 = wheel.read(model["member"])
         licence = wheel.read("pyliverlesionseg-0.3.dist-info/LICENSE").decode()
     weights, voxel_size = keras_weights(hdf5, model["keras_layers"])
-    net = KulUNet(**model["spec"])
+    net = network(**model["spec"])
     convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d))]
     names = {id(p): n for n, p in net.named_parameters()}
     if len(convs) != len(weights):
-        raise SystemExit(f"{name}: {len(weights)} Keras convolutions, {len(convs)} in KulUNet")
+        raise SystemExit(f"{name}: {len(weights)} Keras convolutions, {len(convs)} in {network.__name__}")
     arrays = {}
     for conv, (kernel, bias) in zip(convs, weights):
         torch_kernel = np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import PHOTO_CHANNELS, ExperimentConfig, ModelConfig
 from ..errors import ConfigError
 from .classic import build_unet_classic
+from .kul_resunet import build_kul_resunet
 from .kul_unet import build_kul_unet
 from .ma_unet import build_ma_unet
 from .monai_nets import build_attention_unet, build_dynunet
@@ -35,6 +36,7 @@ MODELS: dict[str, Builder] = {
     "ma_unet": build_ma_unet,                # CBAM encoder, ASPP bottleneck, multi-scale fusion, deep supervision
     "unet_classic": build_unet_classic,      # the seeds' Keras U-Net
     "kul_unet": build_kul_unet,              # KU Leuven multi-scale U-Net (the built-in liver model's family)
+    "kul_resunet": build_kul_resunet,        # KU Leuven residual 'valid' U-Net (the built-in lesion model's family)
 }
 
 
