@@ -7,11 +7,12 @@
     python scripts/bench_predict.py --large-only --model RUN_DIR                        # 512x512x1000 memory
     python scripts/bench_predict.py --builtin [INPUT ...] [--mask INPUT=MASK ...] [--as-dicom CT[:TOP_MM]=MASK ...]
 
-``--builtin`` (the built-in liver model, no --model): pipelines ``liverseg`` (``liverseg predict CT
+``--builtin`` (a built-in model, ``--builtin-model liver`` by default, or ``liver_lesions``): pipelines ``liverseg`` (``liverseg predict CT
 -o OUT`` as a user runs it: ONNX Runtime, staged computation), ``faithful`` (``--backend torch``: the
 same road with the whole 189x162x162 patch through PyTorch, the reference for "within 0.005 Dice")
 and ``kul-package`` (``scripts/kul_reference.py``: the package's own recipe, lung/hip crop, one fixed
-patch). Dice of every pipeline against ``faithful`` and, with ``--mask INPUT=MASK``, against that mask. ``--as-dicom CT[:TOP_MM]=MASK`` first writes CT (a NIfTI; only its top TOP_MM mm
+patch; the liver model only). Dice of every pipeline against ``faithful`` and, with ``--mask INPUT=MASK``,
+against that mask (liver: every label > 0; with ``liver_lesions`` also the lesion label 2 on its own). ``--as-dicom CT[:TOP_MM]=MASK`` first writes CT (a NIfTI; only its top TOP_MM mm
 when given) as a 512x512x119 uncompressed DICOM series over a 400 mm field of view, the typical
 abdominal CT layout, and MASK on the same grid.
 
@@ -211,14 +212,18 @@ def ct_as_dicom_series(ct_path: Path, folder: Path, mask_path: Path | None, top_
     return folder, mask_out
 
 
-def mask_dice(prediction: Path, reference: Path) -> float:
+def mask_dice(prediction: Path, reference: Path, value: int | None = None) -> float:
+    """Dice of the foreground (every label > 0), or of label ``value`` only (NaN when neither holds it)."""
     import SimpleITK as sitk
 
     from liverseg.metrics import dice
 
-    a = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))) > 0
-    b = sitk.GetArrayFromImage(sitk.ReadImage(str(reference))) > 0
-    return float(dice(a, b))
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction)))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
+    if value is None:
+        return float(dice(a > 0, b > 0))
+    a, b = a == value, b == value
+    return float(dice(a, b)) if a.any() or b.any() else float("nan")
 
 
 def builtin_bench(args, cases: list[tuple[str, str, Path | None]], env: dict, workdir: Path) -> None:
@@ -233,13 +238,16 @@ def builtin_bench(args, cases: list[tuple[str, str, Path | None]], env: dict, wo
             return [sys.executable, str(KUL_REFERENCE), input_path, "-o", str(output(key, name)),
                     "--threads", str(args.threads), *extra]
         extra = ["--backend", "torch"] if key == "faithful" else []
+        extra += ["--model", args.builtin_model]
         return [sys.executable, "-m", "liverseg", "predict", input_path, "-o", str(workdir / key), *extra,
                 "--threads", str(args.threads), "--device", "cpu", "-q", "--overwrite"]
 
-    keys = ["liverseg", "faithful"] + ([] if args.no_reference else ["kul-package"])
-    print(f"built-in liver model; threads: {args.threads}; runs: {args.runs} each, alternating")
+    lesions = args.builtin_model != "liver"
+    # the package's recipe is benchmarked for the liver model only (its lesion stage takes 5-7 minutes a CT)
+    keys = ["liverseg", "faithful"] + ([] if args.no_reference or lesions else ["kul-package"])
+    print(f"built-in model {args.builtin_model}; threads: {args.threads}; runs: {args.runs} each, alternating")
     print(f"{'case':<20} {'pipeline':<12} {'median s':>8} {'runs s':<22} {'peak RSS MB':>11} "
-          f"{'Dice vs faithful':>16} {'Dice vs mask':>12}")
+          f"{'Dice vs faithful':>16} {'Dice vs mask':>12}" + (f" {'lesion Dice vs faithful / mask':>31}" if lesions else ""))
     for name, input_path, mask in cases:
         times: dict[str, list[float]] = {key: [] for key in keys}
         rss: dict[str, list[float]] = {key: [] for key in keys}
@@ -261,8 +269,13 @@ def builtin_bench(args, cases: list[tuple[str, str, Path | None]], env: dict, wo
             versus = "-" if "faithful" in failures else f"{mask_dice(output(key, name), output('faithful', name)):.4f}"
             against = f"{mask_dice(output(key, name), mask):.4f}" if mask else "-"
             runs = " ".join(f"{t:.1f}" for t in times[key])
+            lesion = ""
+            if lesions:
+                lv = "-" if "faithful" in failures else f"{mask_dice(output(key, name), output('faithful', name), 2):.4f}"
+                lm = f"{mask_dice(output(key, name), mask, 2):.4f}" if mask else "-"
+                lesion = f" {lv + ' / ' + lm:>31}"
             print(f"{name[:20]:<20} {key:<12} {statistics.median(times[key]):8.1f} {runs:<22} "
-                  f"{statistics.median(rss[key]):11.0f} {versus:>16} {against:>12}")
+                  f"{statistics.median(rss[key]):11.0f} {versus:>16} {against:>12}{lesion}")
         if "liverseg" not in failures:
             base = statistics.median(times["liverseg"])
             ratios = ", ".join(f"{key} {statistics.median(times[key]) / base:.2f}x" for key in keys[1:]
@@ -289,8 +302,11 @@ def main() -> int:
     parser.add_argument("--large-only", action="store_true", help="only the 512x512x1000 memory check")
     parser.add_argument("--builtin", action="store_true",
                         help="the built-in liver model against its faithful whole-patch run and the package's recipe")
+    parser.add_argument("--builtin-model", default="liver", metavar="NAME",
+                        help="with --builtin: which built-in model (liver, liver_lesions); default liver")
     parser.add_argument("--mask", action="append", default=[], metavar="INPUT=MASK",
-                        help="with --builtin: a reference liver mask for one of the INPUTs (repeatable)")
+                        help="with --builtin: a reference liver mask (or liver 1 / lesion 2 label map) for one of "
+                             "the INPUTs (repeatable)")
     parser.add_argument("--as-dicom", action="append", default=[], metavar="CT[:TOP_MM]=MASK",
                         help="with --builtin: benchmark CT written as a 512x512x119 DICOM series (and MASK on its grid)")
     args = parser.parse_args()

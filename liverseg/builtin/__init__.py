@@ -39,7 +39,20 @@ class BuiltinModel:
     citation: str
     figures: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    network: str = "kul_unet"  # the registry name of the network the weights belong to
+    first_stage: str | None = None  # a built-in model run first, whose mask this one works inside
+    stage_labels: tuple[str, ...] | None = None  # the network's own labels, where they differ from ``labels``
 
+    @property
+    def network_labels(self) -> tuple[str, ...]:
+        """What the network itself outputs (the two-stage model's lesion network: background, lesion)."""
+        return self.stage_labels or self.labels
+
+
+# measured with scripts/bench_predict.py --builtin and check_kul_lesion_port.py (see README)
+LESION_FIGURES = (
+    "faithful to the original network: see scripts/check_kul_lesion_port.py",
+)
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "liver": BuiltinModel(
@@ -65,6 +78,31 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
                  "faithful to the original network: max probability difference 1.4e-5 against an independent "
                  "Keras rebuild on the original weights (scripts/check_kul_port.py)"),
         notes=("not validated for clinical use",),
+    ),
+    "liver_lesions": BuiltinModel(
+        name="liver_lesions",
+        title="Liver and liver lesions in CT (the liver model, then the KU Leuven lesion U-Net inside the liver, "
+              "1 x 1 x 3 mm)",
+        weights="kul_lesion_1x1x3mm.npz",
+        factor=2,
+        channels=(20, 40, 80, 160),
+        labels=("background", "liver", "liver lesion"),
+        modality="CT (Hounsfield units); trained on CT and MR, only CT is supported here",
+        spacing_mm=(1.0, 1.0, 3.0),
+        source="pyliverlesionseg 0.3 (PyPI), KU Leuven: trained_models/model_unet_ct_mr_lesion_seg_resize_1mm_1mm_"
+               "3mm_20220207_dice_loss_val_binary_dice_mean.hdf5 (after the built-in 'liver' model), converted to "
+               "PyTorch by scripts/convert_kul_weights.py",
+        licence="Apache-2.0 (liverseg/builtin/LICENSE-Apache-2.0.txt; attribution in liverseg/builtin/NOTICE.md)",
+        citation="pyliverlesionseg 0.3, KU Leuven (Tang X, Jafargholi Rangraz E, Coudyzer W, et al.), "
+                 "https://pypi.org/project/pyliverlesionseg/0.3/; the liver stage: Eur J Nucl Med Mol Imaging 47, "
+                 "2742-2752 (2020). doi:10.1007/s00259-020-04800-3",
+        figures=LESION_FIGURES,
+        notes=("not validated for clinical use",
+               "lesions are searched only inside the liver found by the first stage (dilated by about 2 mm "
+               "in-plane, 6 mm along z): a tumour that the liver mask leaves out is missed"),
+        network="kul_resunet",
+        first_stage="liver",
+        stage_labels=("background", "liver lesion"),
     ),
 }
 DEFAULT_MODEL = "liver"
@@ -105,33 +143,72 @@ def load_weights(name: str) -> dict[str, np.ndarray]:
 
 
 def torch_module(name: str):
-    """``KulUNet`` with the built-in weights (PyTorch; for fine-tuning, CUDA and the full computation)."""
+    """The built-in's network (``KulUNet`` or ``KulResUNet``) with its weights (PyTorch; for fine-tuning, CUDA
+    and the full computation). For a two-stage model: its own (last) stage's network."""
     import torch
 
-    from ..models.kul_unet import KulUNet
-
     model = get(name)
-    module = KulUNet(3, 1, len(model.labels), model.channels, model.factor)
+    if model.network == "kul_resunet":
+        from ..models.kul_resunet import KulResUNet
+
+        module = KulResUNet(3, 1, len(model.network_labels), model.channels)
+    else:
+        from ..models.kul_unet import KulUNet
+
+        module = KulUNet(3, 1, len(model.network_labels), model.channels, model.factor)
     module.load_state_dict({k: torch.from_numpy(v) for k, v in load_weights(name).items()})
     return module.eval()
 
 
 class BuiltinPredictor:
-    """``segment_volume(volume) -> (labels, warnings, details)`` for ``predict_batch``."""
+    """``segment_volume(volume) -> (labels, warnings, details)`` for ``predict_batch``.
 
-    def __init__(self, name: str, engine) -> None:
+    ``engines``: one per stage, the first stage's first (the liver, then the lesions inside it)."""
+
+    def __init__(self, name: str, engines: list) -> None:
         self.name = name
-        self.engine = engine
+        self.engines = engines
 
     def segment_volume(self, volume, threads: int | None = None):
         from .kul_liver import segment
 
-        result = segment(volume, self.engine, threads=threads)
-        return result.labels, result.warnings, result.details
+        result = segment(volume, self.engines[0], threads=threads)
+        labels, warnings, details = result.labels, result.warnings, result.details
+        if len(self.engines) > 1:
+            from .kul_lesion import LESION_LABEL, segment_lesions
+
+            release_free_memory()  # the liver stage's freed maps, before the lesion stage allocates its own
+
+            lesions = segment_lesions(volume, labels, self.engines[1])
+            labels[lesions.mask] = LESION_LABEL
+            warnings += lesions.warnings
+            details.update(lesions.details)
+        return labels, warnings, details
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it for reuse otherwise, and peak RSS is
+    what the user sees); nothing where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+def stages(name: str) -> list[str]:
+    """The built-in models a prediction with ``name`` runs, first stage first."""
+    model = get(name)
+    return (stages(model.first_stage) if model.first_stage else []) + [name]
 
 
 def make_engine(name: str, device: Any = None, threads: int | None = None, backend: str = "auto"):
-    """ONNX Runtime (staged) on a CPU; PyTorch (whole patch) on CUDA or when ``backend='torch'``.
+    """The engine of one built-in network. The liver model: ONNX Runtime (staged) on a CPU, PyTorch (whole
+    patch) on CUDA or when ``backend='torch'``. The lesion model: PyTorch, tiles in slabs on a CPU
+    (``resunet_stream``), whole tiles on CUDA or when ``backend='torch'``.
 
     ``device`` auto: CUDA when an NVIDIA driver is loaded and PyTorch can use it, the CPU otherwise."""
     model = get(name)
@@ -144,6 +221,19 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         # the driver check is free; importing torch to ask it costs seconds, so only where there is a driver
         wants_cuda = nvidia_gpu_present() and _torch_sees_cuda()
+    if model.network == "kul_resunet":
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        from ..infer import resolve_device
+        from .kul_lesion import StreamedTileEngine, TorchTileEngine
+
+        if backend == "torch" or wants_cuda:
+            return TorchTileEngine(torch_module(name), resolve_device(device if device_name != "auto" else None))
+        if device_name not in ("auto", "cpu"):
+            raise InputError(f"--device {device_name}: use --backend torch for CUDA")
+        return StreamedTileEngine(torch_module(name))
     if backend == "torch" or (wants_cuda and backend != "onnx"):
         import torch
 
@@ -175,17 +265,19 @@ def load_builtin(name: str = DEFAULT_MODEL, device: Any = None, threads: int | N
     from ..infer import TrainedModel
 
     model = get(name)
-    engine = make_engine(name, device, threads, backend)
+    engines = [make_engine(stage, device, threads, backend) for stage in stages(name)]
+    engine_names = " + ".join(e.name for e in engines)
     cfg = ExperimentConfig(
         data=DataConfig(labels=model.labels),
         preprocess=PreprocessConfig(spacing_mm=model.spacing_mm, hu_window=(-200.0, 200.0)),
-        model=ModelConfig(name="kul_unet", channels=model.channels, strides=(model.factor,) * (len(model.channels) - 1),
-                          norm="patch"),
-        infer=InferConfig(roi_size=(189, 162, 162), largest_component=("liver",), coarse_to_fine=False),
+        model=ModelConfig(name=model.network, channels=model.channels,
+                          strides=(model.factor,) * (len(model.channels) - 1), norm="patch"),
+        infer=InferConfig(roi_size=(180, 172, 86) if model.network == "kul_resunet" else (189, 162, 162),
+                          largest_component=("liver",), coarse_to_fine=False),
     )
-    record = provenance(model)
-    model_id = f"{name} (built-in: {model.title}; weights sha256:{record['weights_sha256'][:12]})"
-    return TrainedModel(cfg, BuiltinPredictor(name, engine), WEIGHTS / model.weights, 0, f"builtin {engine.name}",
+    shas = ", ".join(f"{stage} sha256:{provenance(get(stage))['weights_sha256'][:12]}" for stage in stages(name))
+    model_id = f"{name} (built-in: {model.title}; weights {shas})"
+    return TrainedModel(cfg, BuiltinPredictor(name, engines), WEIGHTS / model.weights, 0, f"builtin {engine_names}",
                         model_id, {"builtin": name, "threads": threads}, str(device or "auto"))
 
 
@@ -206,4 +298,4 @@ def describe(name: str) -> str:
 
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "BuiltinModel", "is_builtin", "get", "load_weights", "torch_module",
-           "load_builtin", "describe", "make_engine", "provenance"]
+           "load_builtin", "describe", "make_engine", "provenance", "stages"]

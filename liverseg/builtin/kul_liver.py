@@ -132,11 +132,15 @@ def windows(length: int, limit: int, overlap: int) -> list[slice]:
 
 @dataclass(frozen=True)
 class Grid:
-    """The 3 mm grid of the body box: ``ceil(ceil(n * s / 1.5) / 2)`` voxels per axis, centred on the box."""
+    """A grid resampled from a canonical box with ``zoom3d``'s rules, centred on the box.
+
+    The liver model's 3 mm grid (``Grid.of``: ``ceil(ceil(n * s / 1.5) / 2)`` voxels per axis, the
+    1.5 mm step and then 3 mm) or any direct one (``Grid.direct``: ``ceil(n * s / t)`` voxels)."""
 
     box: tuple[slice, slice, slice]  # canonical voxels
     spacing_mm: tuple[float, float, float]  # canonical voxel size
     shape: tuple[int, int, int]
+    network_mm: tuple[float, float, float] = (NETWORK_SPACING_MM,) * 3  # this grid's voxel size
 
     @classmethod
     def of(cls, box: Sequence[slice], spacing_mm: Sequence[float]) -> "Grid":
@@ -144,15 +148,25 @@ class Grid:
                                   MEDIAN_SPACING_MM / NETWORK_SPACING_MM) for b, s in zip(box, spacing_mm))
         return cls(tuple(box), tuple(float(s) for s in spacing_mm), shape)  # type: ignore[arg-type]
 
+    @classmethod
+    def direct(cls, box: Sequence[slice], spacing_mm: Sequence[float], network_mm: Sequence[float]) -> "Grid":
+        shape = tuple(zoomed_size(b.stop - b.start, float(s) / float(t)) for b, s, t in zip(box, spacing_mm, network_mm))
+        return cls(tuple(box), tuple(float(s) for s in spacing_mm), shape,  # type: ignore[arg-type]
+                   tuple(float(t) for t in network_mm))  # type: ignore[arg-type]
+
+    @property
+    def zoom(self) -> tuple[float, float, float]:
+        return tuple(s / t for s, t in zip(self.spacing_mm, self.network_mm))  # type: ignore[return-value]
+
     def position(self, axis: int, canonical_index: np.ndarray) -> np.ndarray:
-        """Continuous 3 mm-grid index of canonical voxel centres (the two zooms compose to this map)."""
+        """Continuous grid index of canonical voxel centres (for ``Grid.of`` the two zooms compose to this map)."""
         b = self.box[axis]
         n = b.stop - b.start
-        ratio = self.spacing_mm[axis] / NETWORK_SPACING_MM
+        ratio = self.spacing_mm[axis] / self.network_mm[axis]
         return (np.asarray(canonical_index, dtype=np.float64) - b.start - (n - 1) / 2.0) * ratio + self.shape[axis] / 2.0 - 0.5
 
     def canonical_range(self, axis: int, grid_slice: slice) -> slice:
-        """Canonical voxels whose 3 mm-grid position lies in ``grid_slice`` (widened by one 3 mm voxel)."""
+        """Canonical voxels whose grid position lies in ``grid_slice`` (widened by one grid voxel)."""
         b = self.box[axis]
         index = np.arange(b.start, b.stop)
         pos = self.position(axis, index)
@@ -341,18 +355,28 @@ def _liver_window(engine: Engine, image: np.ndarray, details: dict) -> tuple[sli
 
 def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: Sequence[int], ornt: np.ndarray,
                           shape: Sequence[int]) -> np.ndarray:
-    """The 3 mm probability -> uint8 liver labels on the input grid (linear, > 0.5, largest component).
-
-    Only the bounding box of the 3 mm voxels at or above 0.5 (plus one voxel) is interpolated: a linear
-    blend of values below 0.5 stays below it.
-    """
+    """The 3 mm probability -> uint8 liver labels on the input grid (linear, > 0.5, largest component)."""
     from ..postprocess import keep_largest_component_inplace
 
     labels = np.zeros(shape, dtype=np.uint8)
-    canonical_labels = to_canonical(labels, ornt)  # a view: writes land in ``labels``
-    hits = probability >= 0.5
+    found = interpolate_mask(probability, grid)
+    if found is not None:
+        to_canonical(labels, ornt)[found[0]] = found[1]  # a view: writes land in ``labels``
+        keep_largest_component_inplace(labels, 1)
+    return labels
+
+
+def interpolate_mask(probability: np.ndarray, grid: Grid, threshold: float = 0.5
+                     ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Where the probability on ``grid``, interpolated linearly onto the canonical voxels, exceeds
+    ``threshold``: (canonical box, boolean mask in it); None when no grid voxel reaches it.
+
+    Only the bounding box of the grid voxels at or above the threshold (plus one voxel) is
+    interpolated: a linear blend of values below it stays below it.
+    """
+    hits = probability >= threshold
     if not hits.any():
-        return labels
+        return None
     box = []
     for axis in range(3):
         h = np.flatnonzero(hits.any(axis=tuple(a for a in range(3) if a != axis)))
@@ -373,9 +397,7 @@ def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: 
         hi *= weight.reshape(wshape)
         lo += hi
         values = lo
-    canonical_labels[tuple(ranges)] = values > 0.5
-    keep_largest_component_inplace(labels, 1)
-    return labels
+    return tuple(ranges), values > threshold  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- warnings
@@ -423,5 +445,5 @@ def liver_warnings(liver_ml: float, cut: Sequence[str]) -> list[str]:
 
 
 __all__ = ["segment", "LiverResult", "Grid", "body_box", "windows", "resample_body", "scale_hu",
-           "probability_to_labels", "input_warnings", "lattice", "PATCH", "OUTPUT", "MARGIN",
+           "probability_to_labels", "interpolate_mask", "input_warnings", "lattice", "PATCH", "OUTPUT", "MARGIN",
            "NETWORK_SPACING_MM", "COARSE_STRIDE", "FINE_STRIDE", "statistics_slices"]

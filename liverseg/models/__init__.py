@@ -12,6 +12,7 @@ in a ``SizeAdapter`` so that every registered model
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch
@@ -20,14 +21,27 @@ from torch import nn
 
 from ..config import PHOTO_CHANNELS, ExperimentConfig, ModelConfig
 from ..errors import ConfigError
-from .classic import build_unet_classic
 from .kul_resunet import build_kul_resunet
 from .kul_unet import build_kul_unet
-from .ma_unet import build_ma_unet
-from .monai_nets import build_attention_unet, build_dynunet
-from .unet import build_unet
 
 Builder = Callable[[ModelConfig, int, int], nn.Module]
+
+
+def _monai_builder(module: str, name: str) -> Builder:
+    """A builder whose module (which imports MONAI, 140 MB and seconds) loads on first use: the built-in
+    models' prediction path imports this registry and never needs MONAI."""
+    def build(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+        return getattr(importlib.import_module(module, __package__), name)(cfg, in_channels, out_channels)
+
+    build.__name__ = name
+    return build
+
+
+build_unet = _monai_builder(".unet", "build_unet")
+build_attention_unet = _monai_builder(".monai_nets", "build_attention_unet")
+build_dynunet = _monai_builder(".monai_nets", "build_dynunet")
+build_ma_unet = _monai_builder(".ma_unet", "build_ma_unet")
+build_unet_classic = _monai_builder(".classic", "build_unet_classic")
 
 MODELS: dict[str, Builder] = {
     "unet": build_unet,                      # MONAI residual U-Net
