@@ -135,7 +135,7 @@ def _builtin_source(name: str) -> InitSource:
     from .config import DataConfig, InferConfig, TrainConfig
 
     cfg = ExperimentConfig(
-        data=DataConfig(labels=tuple(model.labels)),
+        data=DataConfig(labels=tuple(model.network_labels)),
         preprocess=PreprocessConfig(spacing_mm=tuple(model.spacing_mm), **KUL_CT_SCALING),
         model=model_cfg,
         train=TrainConfig(patch_size=KUL_UNET_TRAIN_PATCH if network == "kul_unet" else TrainConfig().patch_size,
@@ -144,7 +144,7 @@ def _builtin_source(name: str) -> InitSource:
                           largest_component=tuple(n for n in ("liver",) if n in model.labels), coarse_to_fine=False),
     ).validate()
     weights = {f"net.{key}": value for key, value in module.state_dict().items()}  # build_model's SizeAdapter
-    fresh = build_model(model_cfg, 1, len(model.labels)).state_dict()
+    fresh = build_model(model_cfg, 1, len(model.network_labels)).state_dict()
     if {k: tuple(v.shape) for k, v in fresh.items()} != {k: tuple(v.shape) for k, v in weights.items()}:
         raise InputError(f"--init {name}: the built-in's weights do not fit liverseg's {network} with "
                          f"channels {list(model.channels)}; fine-tuning this built-in model is not supported")

@@ -36,6 +36,7 @@ from .atomic import atomic_path
 from .config import ExperimentConfig, save_config, to_dict
 from .data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
 from .errors import InputError, surface_user_errors
+from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init, write_init_record
 from .infer import network_probabilities, resolve_device
 from .metrics import dice
 from .losses import SegmentationLoss
@@ -60,8 +61,6 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
         if resume:
             raise InputError(f"--init {getattr(init, 'spec', init)} starts a new run; --resume continues {run_dir} "
                              "from its last.pt")
-        from .finetune import InitSource, check_compatible, resolve_init
-
         source = init if isinstance(init, InitSource) else resolve_init(init)
         check_compatible(cfg, source)
     ctx, torch_device = dist_utils.setup(resolve_device(device))
@@ -152,8 +151,6 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=n_classes)
     init_record = None
     if source is not None:  # fine-tuning: the source's weights where they fit (before the optimizer sees them)
-        from .finetune import load_init, write_init_record
-
         init_record = load_init(model, source)
         if ctx.is_main:
             write_init_record(init_record, run_dir / "init.json")
@@ -259,7 +256,12 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
                                patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world,
                                inputs="CT" if cfg.data.modality == "ct" else "PHOTO"))
         if t.export_onnx and cfg.data.modality == "ct":
-            export_for_prediction(run_dir)
+            if cfg.model.name in FIXED_SHAPE_ONNX:
+                # their forward pads and crops from Python-computed sizes, which an ONNX trace fixes to the
+                # example tile's: the file would fail on other tile sizes (see finetune.FIXED_SHAPE_ONNX)
+                log.info("model.onnx not written: %s predicts from its checkpoint with PyTorch", cfg.model.name)
+            else:
+                export_for_prediction(run_dir)
     dist_utils.barrier(ctx)
     return run_dir / "best.pt"
 
