@@ -6,6 +6,8 @@
     labels, volume = liverseg.segment(nibabel_image)          # nibabel image (its affine is RAS)
     labels, volume = liverseg.segment((array, affine_ras))    # numpy array + 4x4 RAS affine
     result = liverseg.segment(path); result.warnings          # what makes the result doubtful
+    result = liverseg.segment(ct, model="liver_lesions")      # liver 1, liver lesion 2
+    result = liverseg.segment(ct, model="liver_lesions", liver_mask="liver.nii.gz")  # lesions in your liver
 
 ``labels`` is a uint8 array on exactly the input's voxel grid (0 background, 1 liver for the built-in
 model; a run's own labels otherwise, names in ``result.label_names``); ``volume`` is the input as a
@@ -79,12 +81,23 @@ def _model(model: str, device: str | None, threads: int | None, backend: str):
 
 
 def segment(image: Any, model: str | Path = "liver", *, device: str | None = None, threads: int | None = None,
-            backend: str = "auto") -> Segmentation:
-    """Segment one CT; see the module docstring."""
+            backend: str = "auto", liver_mask: Any = None) -> Segmentation:
+    """Segment one CT; see the module docstring. ``liver_mask`` (``model="liver_lesions"`` only): a liver on
+    the CT's grid (path, image, (array, affine) or array) used instead of the liver stage."""
     volume = as_volume(image)
     bundle = _model(str(model), device, threads, backend)
     segment_volume = getattr(bundle.model, "segment_volume", None)
-    if segment_volume is not None:
+    if liver_mask is not None:
+        if segment_volume is None:
+            raise InputError(f"liver_mask: only the two-stage built-in model (liver_lesions) takes one, not {model}")
+        mask = liver_mask if isinstance(liver_mask, np.ndarray) else as_volume(liver_mask)
+        if isinstance(mask, Volume):
+            if mask.shape != volume.shape or not np.allclose(mask.affine_ras, volume.affine_ras, atol=1e-3):
+                raise InputError("liver_mask: its grid (shape and affine) differs from the CT's; resample it onto "
+                                 "the CT first")
+            mask = np.asarray(mask.array)
+        labels, warnings, details = segment_volume(volume, threads=threads, liver_mask=mask)
+    elif segment_volume is not None:
         labels, warnings, details = segment_volume(volume, threads=threads)
     else:
         if bundle.cfg.data.modality != "ct":
