@@ -239,3 +239,27 @@ def test_liver_lesions_end_to_end_on_lits117(tmp_path):
     assert (case / "lesions.csv").is_file()
     header = (case / "segmentation.seg.nrrd").read_bytes()[:4000].decode("latin-1")
     assert "Segment1_Name:=liver lesion" in header or "liver lesion" in header
+
+
+def test_api_liver_mask_replaces_the_liver_stage(monkeypatch):
+    from types import SimpleNamespace
+
+    import liverseg
+    from liverseg import api
+    from liverseg.errors import InputError
+
+    volume, liver, lesion = liver_with_lesion((110, 100, 40), (1.0, 1.0, 3.0))
+    cfg = SimpleNamespace(data=SimpleNamespace(labels=("background", "liver", "liver lesion")))
+    two_stage = SimpleNamespace(model=BuiltinPredictor("liver_lesions", [None, IntensityTiles()]), cfg=cfg)
+    monkeypatch.setattr(api, "_model", lambda *args: two_stage)
+    result = liverseg.segment((volume.array, volume.affine_ras), model="liver_lesions", liver_mask=liver)
+    assert dice_of(result.labels == 2, lesion) > 0.9 and np.all((result.labels > 0) == liver)
+    assert result.details["liver"] == "given mask" and result.label_names[2] == "liver lesion"
+    with pytest.raises(InputError, match="grid"):
+        liverseg.segment(volume, model="liver_lesions", liver_mask=(liver, volume.affine_ras * 2))
+    with pytest.raises(InputError, match="does not fit"):
+        liverseg.segment(volume, model="liver_lesions", liver_mask=liver[:-1])
+    one_stage = SimpleNamespace(model=BuiltinPredictor("liver", [None]), cfg=cfg)
+    monkeypatch.setattr(api, "_model", lambda *args: one_stage)
+    with pytest.raises(InputError, match="two-stage"):
+        liverseg.segment(volume, model="liver", liver_mask=liver)
