@@ -94,27 +94,13 @@ def resolve_init(spec: str | Path) -> InitSource:
             return _builtin_source(text)
         raise InputError(f"--init {text}: no such run folder or checkpoint file, and not a built-in model "
                          f"(built-in: {', '.join(builtin.BUILTIN_MODELS)}; see `liverseg models`)")
-    import torch
-
-    from .infer import find_checkpoint
+    from .infer import find_checkpoint, load_checkpoint_file
 
     kind = "run" if path.is_dir() else "checkpoint"
     checkpoint_path = find_checkpoint(path) if path.is_dir() else path
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise InputError(f"--init {checkpoint_path}: cannot be loaded as a liverseg checkpoint "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); give a run "
-                         "folder, its best.pt/last.pt, or a built-in model name (exported ONNX/TorchScript files "
-                         "hold no trainable weights)") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise InputError(f"--init {checkpoint_path}: not a liverseg checkpoint (no model weights or config)")
-    from .config import from_dict
-
-    try:
-        cfg = from_dict(checkpoint["config"]).validate()
-    except ConfigError as exc:
-        raise InputError(f"--init {checkpoint_path}: its stored config is invalid ({exc})") from None
+    checkpoint, cfg = load_checkpoint_file(
+        checkpoint_path, "; --init takes a run folder, its best.pt/last.pt, or a built-in model name (exported "
+                         "ONNX/TorchScript files hold no trainable weights)")
     return InitSource(text, kind, checkpoint_path, _sha256(checkpoint_path), cfg, dict(checkpoint["model"]))
 
 

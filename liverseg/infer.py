@@ -429,24 +429,32 @@ def file_digest(path: Path, length: int = 12) -> str:
 
 def read_checkpoint(run_dir: str | Path) -> tuple[Path, dict, ExperimentConfig]:
     """(checkpoint path, checkpoint dict, validated config) of a run folder."""
-    import torch
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: model folder not found; give the --run-dir of a `liverseg train` run")
     checkpoint_path = find_checkpoint(run_dir)
+    checkpoint, cfg = load_checkpoint_file(checkpoint_path)
+    return checkpoint_path, checkpoint, cfg
+
+
+def load_checkpoint_file(checkpoint_path: Path, hint: str = "") -> tuple[dict, ExperimentConfig]:
+    """(checkpoint dict, validated config) of a ``best.pt``/``last.pt``; InputError naming the file and
+    ``hint`` (what to give instead) when it is not one."""
+    import torch
+
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file; all mean the same to a user
+        first_line = (str(exc).splitlines() or [""])[0][:160]  # an empty file's message is empty
         raise InputError(f"{checkpoint_path}: cannot be loaded as a liverseg checkpoint "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+                         f"({type(exc).__name__}: {first_line}){hint}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise InputError(f"{checkpoint_path}: is not a liverseg checkpoint (no model weights or config)")
+        raise InputError(f"{checkpoint_path}: is not a liverseg checkpoint (no model weights or config){hint}")
     try:
         cfg = from_dict(checkpoint["config"]).validate()
     except ConfigError as exc:
         raise InputError(f"{checkpoint_path}: stored config is invalid ({exc})") from None
-    return checkpoint_path, checkpoint, cfg
+    return checkpoint, cfg
 
 
 def load_trained_model(run_dir: str | Path, device: Any = "cpu") -> TrainedModel:
