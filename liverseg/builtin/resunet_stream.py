@@ -141,17 +141,15 @@ class StreamedResUNet:
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:
         m = self.module
-        sizes = []  # per level: down input, down output
-        n = list(image.shape)
-        for axis in range(3):
-            if m._output_size(n[axis], axis) is None:
+        for axis, n in enumerate(image.shape):
+            if m._output_size(n, axis) is None:
                 raise ValueError(f"input {list(image.shape)} is not a size the lesion network takes")
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
         x = x.contiguous(memory_format=CHANNELS_LAST)
         level_input, level_moments = x, None
         skips: list[tuple[torch.Tensor, Moments]] = []
         bottom = None
-        # the up path's sizes decide the skip crops: compute the down sizes first
+        # the sizes first: the up path's decide the skip crops (what the down path keeps of each level)
         down_shapes = []
         shape = tuple(image.shape)
         for level, block in enumerate(m.down):
