@@ -215,6 +215,7 @@ def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: P
     else:
         labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress,
                                 memory_gb=options.memory_gb)
+    warnings = [*volume.meta.get("warnings", []), *warnings]  # the reader's repairs (e.g. qform/sform) first
     runtime_s = time.perf_counter() - start
     for warning in warnings:
         log.warning("%s: warning: %s", case.case_id, warning)
