@@ -16,9 +16,23 @@ from pathlib import Path
 
 
 def _umask() -> int:
+    """The process umask; read from /proc where it can be (setting and restoring it, the only portable
+    way, briefly leaves other threads with umask 0)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def shared_mode(base: int = 0o777) -> int:
+    """``base`` less the umask: the permissions a plain ``mkdir`` (0o777) or ``open`` (0o666) gives."""
+    return base & ~_umask()
 
 
 @contextmanager
@@ -32,7 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, shared_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -46,4 +60,4 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["atomic_path", "write_text_atomic", "shared_mode"]

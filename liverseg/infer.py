@@ -413,9 +413,16 @@ class TrainedModel:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
+    """``best.pt``, else ``last.pt``; a checkpoint name that is not a plain file (a folder, a broken link)
+    is refused rather than skipped, so a damaged ``best.pt`` never falls back to ``last.pt`` unnoticed."""
     for name in CHECKPOINT_NAMES:
-        if (run_dir / name).is_file():
-            return run_dir / name
+        candidate = run_dir / name
+        if candidate.is_file():
+            return candidate
+        if candidate.exists() or candidate.is_symlink():
+            kind = "a folder" if candidate.is_dir() else ("a broken link" if not candidate.exists() else "not a file")
+            raise InputError(f"{candidate}: is {kind}, not a checkpoint file; restore the file (or remove it "
+                             "to predict with the next checkpoint of the run)")
     raise InputError(f"{run_dir}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder; give the "
                      "--run-dir of a finished `liverseg train` run")
 
@@ -505,7 +512,7 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
     path = Path(path)
     from .export import current_onnx_export, find_exported, is_current_export, load_exported
 
-    if path.is_dir() and not any((path / name).is_file() for name in CHECKPOINT_NAMES):
+    if path.is_dir() and not any(os.path.lexists(path / name) for name in CHECKPOINT_NAMES):
         exported = find_exported(path)
         if exported is not None:
             path = exported

@@ -3,13 +3,21 @@
 One generic loop over cases calls one per-case function. Every case folder is assembled under a
 hidden temporary name inside ``OUT`` and renamed into place only when complete, so a killed run
 leaves no partial case folder (only a ``.<case>.*.partial`` folder, removed on the way out when
-Python still can). A case that fails is reported in one line and skipped; the others go on.
+Python still can, and by the next run in ``OUT`` once its process is gone: ``clean_stale_partials``).
+A case that fails (an unreadable input included) is reported in one line and skipped; the others go
+on, and ``OUT/batch_summary.csv`` lists every case at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import json
 import logging
+import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +28,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import shared_mode, write_text_atomic
 from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import TrainedModel, load_model, predict_volume
@@ -34,6 +43,9 @@ log = logging.getLogger(__name__)
 
 SEGMENTATION = "segmentation.nii.gz"
 LESIONS_CSV = "lesions.csv"
+BATCH_SUMMARY = "batch_summary.csv"
+OWNER_FILE = ".liverseg-owner.json"  # inside a .partial/.old folder: the process that made it
+STALE_AGE_S = 48 * 3600  # debris of another host (or without an owner record) untouched this long is removed
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class BatchResult:
     segmentations: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)  # the rows of batch_summary.csv, in case order
 
 
 # ----------------------------------------------------------------------------- which cases
@@ -72,6 +85,11 @@ def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
     A folder with NIfTI/NRRD/MHA files directly in it gives one case per file. Any other folder is one
     DICOM input (searched recursively, as ``read_volume`` does), so a nested PACS export keeps working;
     give several series folders as several inputs (``series_root/*``).
+
+    A case is named after its file (without the image suffix) or its DICOM folder. When several inputs
+    would get the same name (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``), each of them is named after the
+    folder holding it instead (``s0001``, ``s0002``; ``a_s0001`` when those clash too): unique, and the
+    same on every run with the same inputs.
     """
     cases = []
     for raw in inputs:
@@ -90,7 +108,29 @@ def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
                 cases += [Case(case_name(c), c, None) for c in images]
                 continue
         cases.append(Case(case_name(path), path, None))
-    return cases
+    return _unique_case_names(cases)
+
+
+def _unique_case_names(cases: list[Case]) -> list[Case]:
+    """Cases sharing a name are named after the folder holding their input (more of its path when the
+    folders' names clash too); a clash that no folder resolves (one folder, or one file twice) is left
+    for ``predict_cases`` to refuse."""
+    names = [case.case_id for case in cases]
+    result = list(cases)
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        group = [i for i, n in enumerate(names) if n == name]
+        parents = [Path(os.path.abspath(cases[i].image)).parent.parts[1:] for i in group]
+        for depth in range(1, max(len(parts) for parts in parents) + 1):
+            candidates = ["_".join(parts[-depth:]) for parts in parents]
+            if all(candidates) and len(set(candidates)) == len(candidates):
+                break
+        else:
+            continue
+        for i, new_name in zip(group, candidates):
+            result[i] = replace(cases[i], case_id=new_name)
+        log.info("%d inputs are named %s: their cases are named after their folders (%s%s)", len(group), name,
+                 ", ".join(candidates[:3]), ", ..." if len(candidates) > 3 else "")
+    return result
 
 
 def cases_from_manifest(manifest: str | Path, root: str | Path | None, split: str) -> list[Case]:
@@ -108,14 +148,20 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
                   options: PredictOptions = PredictOptions()) -> BatchResult:
     """Predict every case into ``out_dir/<case id>/``; failures are reported, skipped and returned.
 
-    Checked before anything is predicted (an error here writes nothing): the model, every input's
-    header or DICOM series, clashing case names, and case folders that already exist (kept unless
-    ``overwrite``; ``skip_existing`` leaves them and predicts the rest).
+    Checked before anything is predicted (an error here writes nothing): the options, the model,
+    clashing case names, case folders that already exist (kept unless ``overwrite``;
+    ``skip_existing`` leaves them and predicts the rest) and, when there is only one case, its header
+    or DICOM series. In a batch each input is checked when its turn comes (the next one's header in a
+    background thread while the current one is predicted): an unreadable input, or one that does not
+    exist, is one failed case, reported in one line and skipped. Stale ``.partial`` folders of dead
+    runs are removed first (``clean_stale_partials``); ``out_dir/batch_summary.csv`` (case, status
+    ok/failed/skipped, seconds, volume per label in mL, warnings, error) is written at the end.
     """
     cases = list(cases)
     if not cases:
         raise InputError("no input given: pass DICOM folders or NIfTI/NRRD/MHA files, a folder of them, "
                          "or --manifest M.json --split NAME")
+    _check_memory_gb(options.memory_gb)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"-o {out_dir}: exists and is not a folder; give a folder for the outputs")
@@ -129,16 +175,9 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         raise InputError(f"--set {options.overrides[0]}: a built-in model has no run config to override")
     if options.overrides:
         bundle = replace(bundle, cfg=_infer_overrides(bundle.cfg, options.overrides))
-    if bundle.cfg.data.modality == "ct":
-        problems = []
-        for case in cases:
-            try:
-                check_input(case.image, series=options.series, allow_gaps=options.allow_gaps)
-            except LiversegError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise InputError("; ".join(problems) + ("" if len(problems) == 1 else
-                             f" ({len(problems)} inputs fail this check; fix or leave them out)"))
+    check_headers = bundle.cfg.data.modality == "ct"
+    if check_headers and len(cases) == 1:  # a batch of one: its error is the run's, nothing written
+        check_input(cases[0].image, series=options.series, allow_gaps=options.allow_gaps)
     result = BatchResult()
     existing = [case.case_id for case in cases if (out_dir / case.case_id).exists()]
     if existing and options.skip_existing:
@@ -150,21 +189,42 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
         raise InputError(f"{shown}{more}: output folder(s) already exist; pass --overwrite to replace them, "
                          "--skip-existing to keep them and predict the rest, or choose another -o")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out_dir)
+    label_names = list(bundle.cfg.data.labels)
+    rows = {name: _summary_row(name, "skipped", out_dir / name, label_names) for name in result.skipped}
     single = len(cases) == 1
+    checks = _HeaderChecks(cases, options) if check_headers and not single else None
     bar = tqdm(cases, desc="cases", unit="case", disable=not options.progress or single)
-    for case in bar:
-        bar.set_postfix_str(case.case_id, refresh=False)
-        try:
-            case_dir = predict_case(bundle, case, out_dir, options, progress=options.progress and single)
-        except (LiversegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            result.failed.append((case.case_id, reason))
-            log.error("%s: failed, skipped (%s: %s)", case.case_id, type(exc).__name__, reason[:300])
-            continue
-        result.case_dirs[case.case_id] = case_dir
-        if (case_dir / SEGMENTATION).is_file():
-            result.segmentations.append(case_dir / SEGMENTATION)
-    bar.close()
+    try:
+        for index, case in enumerate(bar):
+            bar.set_postfix_str(case.case_id, refresh=False)
+            start = time.perf_counter()
+            try:
+                if checks is not None:
+                    checks.wait(index)
+                case_dir = predict_case(bundle, case, out_dir, options, progress=options.progress and single)
+            except (LiversegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                result.failed.append((case.case_id, reason))
+                log.error("%s: failed, skipped (%s: %s)", case.case_id, type(exc).__name__, reason[:300])
+                rows[case.case_id] = _summary_row(case.case_id, "failed", None, label_names,
+                                                  time.perf_counter() - start, f"{type(exc).__name__}: {reason}")
+                continue
+            result.case_dirs[case.case_id] = case_dir
+            if (case_dir / SEGMENTATION).is_file():
+                result.segmentations.append(case_dir / SEGMENTATION)
+            rows[case.case_id] = _summary_row(case.case_id, "ok", case_dir, label_names, time.perf_counter() - start)
+    finally:
+        bar.close()
+        if checks is not None:
+            checks.close()
+    order = [name for name in names if name in rows]
+    result.summary = [rows[name] for name in order]
+    try:
+        write_batch_summary(result.summary, out_dir / BATCH_SUMMARY, label_names)
+    except OSError as exc:  # the cases are written; a summary that cannot be is a warning, not a failure
+        log.warning("%s not written (%s)", out_dir / BATCH_SUMMARY, exc)
     return result
 
 
@@ -173,7 +233,7 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
     """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / case.case_id
-    work = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.", suffix=".partial", dir=out_dir))
+    work = _owned_temp_dir(out_dir, case.case_id, ".partial")
     try:
         if bundle.cfg.data.modality == "photo":
             from .photos import predict_photo_case
@@ -181,6 +241,7 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
             predict_photo_case(bundle, case, work)
         else:
             predict_ct_case(bundle, case, work, options, progress)
+        (work / OWNER_FILE).unlink()
         _commit(work, final, options.overwrite)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -194,7 +255,7 @@ def _commit(work: Path, final: Path, overwrite: bool) -> None:
     if final.exists():
         if not overwrite:
             raise InputError(f"{final}: appeared while predicting; pass --overwrite to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        old = _owned_temp_dir(final.parent, final.name, ".old")
         os.rename(final, old / final.name)
     os.rename(work, final)
     if old is not None:
@@ -281,6 +342,236 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
         return files.result() + written
 
 
+# ----------------------------------------------------------------------------- checks, summary
+
+def _check_memory_gb(memory_gb: float | None) -> None:
+    if memory_gb is None:
+        return
+    try:
+        fine = math.isfinite(memory_gb) and memory_gb > 0
+    except TypeError:
+        fine = False
+    if not fine:
+        raise InputError(f"--memory-gb {memory_gb}: give a positive number of GB (e.g. 8), or leave it out "
+                         "for the default budget")
+
+
+class _HeaderChecks:
+    """``check_input`` of the cases in order, one ahead: the next case's header (or DICOM series) is
+    checked in a background thread while the current case is predicted."""
+
+    def __init__(self, cases: Sequence[Case], options: PredictOptions) -> None:
+        self._cases = list(cases)
+        self._options = options
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverseg-check")
+        self._futures: dict = {}
+
+    def _check(self, image: Path) -> None:
+        try:
+            check_input(image, series=self._options.series, allow_gaps=self._options.allow_gaps)
+        except LiversegError:
+            raise
+        except Exception as exc:  # a reader's own exception types: still one unreadable input
+            message = (str(exc).splitlines() or [""])[0][:200]
+            raise InputError(f"{image}: cannot be read ({type(exc).__name__}: {message})") from None
+
+    def _submit(self, index: int) -> None:
+        if index < len(self._cases) and index not in self._futures:
+            self._futures[index] = self._pool.submit(self._check, self._cases[index].image)
+
+    def wait(self, index: int) -> None:
+        """Raise the check's error of case ``index`` (if any), after starting the next case's check."""
+        self._submit(index)
+        future = self._futures.pop(index)
+        self._submit(index + 1)
+        future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _summary_row(case_id: str, status: str, case_dir: Path | None, label_names: Sequence[str],
+                 seconds: float | None = None, error: str = "") -> dict:
+    """One row of batch_summary.csv; volumes and warnings come from the case's report.json."""
+    row: dict = {"case": case_id, "status": status, "seconds": "" if seconds is None else f"{seconds:.1f}"}
+    report: dict = {}
+    if case_dir is not None and (case_dir / "report.json").is_file():
+        try:
+            report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            report = {}
+    labels = report.get("labels") or {}
+    for name in label_names[1:]:
+        volume = (labels.get(name) or {}).get("volume_ml")
+        row[f"{name}_ml"] = "" if volume is None else f"{volume:.2f}"
+    warnings = (report.get("extra") or {}).get("warnings") or []
+    row["warnings"] = " | ".join(" ".join(str(w).split()) for w in warnings)
+    row["error"] = error
+    return row
+
+
+def write_batch_summary(rows: Sequence[dict], path: str | Path, label_names: Sequence[str]) -> Path:
+    """``batch_summary.csv``: case, status (ok/failed/skipped), seconds, ``<label>_ml`` per foreground
+    label, warnings (`` | ``-separated), error; written atomically."""
+    columns = ["case", "status", "seconds", *[f"{name}_ml" for name in label_names[1:]], "warnings", "error"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(buffer.getvalue(), path)
+
+
+# ----------------------------------------------------------------------------- debris of killed runs
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc; None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_record() -> dict:
+    pid = os.getpid()
+    stat = _process_start(pid)
+    return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
+            "start_ticks": stat[1] if stat else None, "created": time.time()}
+
+
+def _owned_temp_dir(parent: Path, name: str, suffix: str) -> Path:
+    """A new hidden ``.<name>.XXXX<suffix>`` folder in ``parent`` with the umask's permissions (not
+    mkdtemp's 0700) and an owner record, so a later run can tell when its process is gone."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent))
+    try:
+        os.chmod(folder, shared_mode(0o777))
+        (folder / OWNER_FILE).write_text(json.dumps(_owner_record()), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def _owner_gone(owner: dict) -> bool:
+    """Whether the process recorded in ``owner`` (made on this host) no longer runs."""
+    boot = _boot_id()
+    if owner.get("boot_id") and boot and owner["boot_id"] != boot:
+        return True  # rebooted since
+    try:
+        pid = int(owner["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    except OSError:
+        return False
+    stat = _process_start(pid)
+    if stat is None:
+        return False
+    state, start = stat
+    return state in ("Z", "X") or (owner.get("start_ticks") is not None and start != owner["start_ticks"])
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = folder.stat().st_mtime
+    for entry in os.scandir(folder):
+        try:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except OSError:
+            pass
+    return newest
+
+
+def _stale_reason(folder: Path, now: float) -> str | None:
+    """Why ``folder`` (a ``.partial``/``.old`` folder) is debris of a dead run, or None to keep it."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        if not isinstance(owner, dict):
+            owner = None
+    except (OSError, ValueError):
+        owner = None
+    try:
+        idle_h = (now - _newest_mtime(folder)) / 3600
+    except OSError:
+        return None  # removed meanwhile, or unreadable: not ours to judge
+    old_enough = idle_h * 3600 > STALE_AGE_S
+    if owner is None:  # an older liverseg's, or one whose owner record is being written right now
+        return f"no owner record, untouched for {idle_h:.0f} h" if old_enough else None
+    if owner.get("host") != socket.gethostname():
+        return f"made on {owner.get('host')}, untouched for {idle_h:.0f} h" if old_enough else None
+    if _owner_gone(owner):
+        return f"its process {owner.get('pid')} is gone"
+    return None
+
+
+def _remove_debris(folder: Path) -> None:
+    """Remove ``folder``, its owner record last: a cleaner killed halfway leaves it stale, not anonymous."""
+    for entry in list(os.scandir(folder)):
+        if entry.name == OWNER_FILE:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(folder / OWNER_FILE)
+    os.rmdir(folder)
+
+
+def clean_stale_partials(out_dir: str | Path) -> list[Path]:
+    """Remove the ``.<case>.*.partial`` (and ``.old``) folders that killed runs left in ``out_dir``.
+
+    Removed: those whose owner process (recorded in the folder) is gone on this host (a reused pid is
+    told apart by its start time; a reboot by the boot id). Kept: those of running processes, of
+    other hosts, and without an owner record (an older liverseg's, or one being made this instant),
+    unless untouched for ``STALE_AGE_S`` (48 h). A temporary ``.batch_summary.csv.*`` file an hour
+    old goes too. Returns what was removed.
+    """
+    out_dir = Path(out_dir)
+    removed: list[Path] = []
+    if not out_dir.is_dir():
+        return removed
+    now = time.time()
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name.startswith(f".{BATCH_SUMMARY}.") and entry.is_file():  # atomic_path's, of a killed run
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > 3600:  # written in milliseconds: an hour old is debris
+                    entry.unlink()
+                    removed.append(entry)
+            continue
+        if not (entry.name.startswith(".") and entry.name.endswith((".partial", ".old"))):
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        reason = _stale_reason(entry, now)
+        if reason is None:
+            continue
+        try:
+            _remove_debris(entry)
+        except FileNotFoundError:  # another run removed it first
+            continue
+        except OSError as exc:
+            log.warning("%s: stale (%s) but not removed: %s", entry, reason, exc)
+            continue
+        log.info("removed %s, left by a killed run (%s)", entry.name, reason)
+        removed.append(entry)
+    return removed
+
+
 def _infer_overrides(cfg, overrides: Sequence[str]):
     for item in overrides:
         if not item.strip().startswith("infer."):
@@ -298,4 +589,5 @@ def _label_summary(labels: np.ndarray, volume: Volume, names: Sequence[str]) -> 
 
 
 __all__ = ["PredictOptions", "BatchResult", "cases_from_inputs", "cases_from_manifest", "predict_batch",
-           "predict_cases", "predict_case", "predict_ct_case"]
+           "predict_cases", "predict_case", "predict_ct_case", "clean_stale_partials", "write_batch_summary",
+           "BATCH_SUMMARY"]

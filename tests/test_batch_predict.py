@@ -49,7 +49,7 @@ def _one_line_errors(err: str) -> list[str]:
 def test_a_folder_of_inputs_gives_one_case_folder_each(run_dir, inputs, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["predict", str(inputs), "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "case0", "case1", "case2"]
     for case in ("case0", "case1", "case2"):
         written = sitk.ReadImage(str(out / case / "segmentation.nii.gz"))
         assert written.GetSize() == sitk.ReadImage(str(inputs / f"{case}.nii.gz")).GetSize()
@@ -65,7 +65,7 @@ def test_manifest_split_predicts_its_cases_into_case_id_folders(run_dir, inputs,
     out = tmp_path / "out"
     assert main(["predict", "--manifest", str(manifest), "--root", str(inputs), "--split", "test", "-o", str(out),
                  "--model", str(run_dir), "--device", "cpu", "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["id0", "id2"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "id0", "id2"]
 
 
 def test_a_failing_case_is_reported_and_skipped_and_the_run_exits_2(run_dir, inputs, tmp_path, capfd, monkeypatch):
@@ -81,7 +81,7 @@ def test_a_failing_case_is_reported_and_skipped_and_the_run_exits_2(run_dir, inp
     code = main(["predict", str(inputs), "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q"])
     captured = capfd.readouterr()
     assert code == 2
-    assert sorted(p.name for p in out.iterdir()) == ["case0", "case2"]  # no partial folder for case1
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "case0", "case2"]  # no partial for case1
     lines = [line for line in captured.err.splitlines() if "case1" in line]
     assert any("simulated out-of-memory" in line for line in lines)
     assert "1 of 3 case(s) failed: case1" in captured.err
@@ -102,7 +102,7 @@ def test_existing_outputs_are_kept_unless_overwrite(run_dir, inputs, tmp_path, c
     assert main(["predict", image, "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q",
                  "--overwrite"]) == 0
     assert marker.stat().st_mtime_ns != before
-    assert [p.name for p in out.iterdir()] == ["case0"]  # nothing left over from the swap
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "case0"]  # nothing left from the swap
 
 
 def test_an_interrupted_case_leaves_no_partial_folder(run_dir, inputs, tmp_path, monkeypatch):

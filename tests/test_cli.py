@@ -244,16 +244,19 @@ def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(untrained_run, 
     assert not out_dir.exists()
 
 
-def test_a_bad_input_among_good_ones_stops_before_any_output(untrained_run, tiny_dataset, tmp_path, capfd):
-    """Headers of every input are checked first, so the good case before the bad one is not written."""
+def test_a_bad_input_among_good_ones_is_one_failed_case(untrained_run, tiny_dataset, tmp_path, capfd):
+    """In a batch each input is checked when its turn comes: the good case is written, the bad one is
+    reported in one line and the run exits 2 (tests/test_predict_robust.py has more)."""
     bad = _write_corrupt(tmp_path)
     out_dir = tmp_path / "out"
     code = main(["predict", str(_images(tiny_dataset)[0]), str(bad), "-o", str(out_dir), "--model",
-                 str(untrained_run), "--device", "cpu", "-q"])
+                 str(untrained_run), "--device", "cpu", "-q", "--no-preview"])
     captured = capfd.readouterr()
     assert code == 2
-    _assert_one_error_line(captured.err, str(bad))
-    assert not out_dir.exists()
+    assert "Traceback" not in captured.err
+    assert len([line for line in captured.err.splitlines() if str(bad) in line]) == 1
+    assert (out_dir / CASE_IDS[0] / "segmentation.nii.gz").is_file()
+    assert not (out_dir / "corrupt").exists()
 
 
 def test_predict_picks_the_series_with_most_slices_and_says_so(untrained_run, tmp_path, capfd):
