@@ -250,16 +250,16 @@ def test_random_file_order_does_not_change_the_result(tmp_path):
 
 # ----------------------------------------------------------------------------- discovery cache
 
-def _count_header_reads(monkeypatch) -> list[Path]:
+def _count_header_reads(monkeypatch) -> list:
     """Every header-only pydicom read from now on (discovery's; decoding reads whole files)."""
     import pydicom
 
-    reads: list[Path] = []
+    reads: list = []
     real = pydicom.dcmread
 
     def counting(path, *args, **kwargs):
         if kwargs.get("stop_before_pixels"):
-            reads.append(Path(path))
+            reads.append(path)  # a path, or the file discovery opened
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(pydicom, "dcmread", counting)
@@ -283,7 +283,7 @@ def test_unchanged_folder_is_discovered_once_and_a_changed_file_invalidates(tmp_
         assert len(reads) == 6  # read_volume's discovery parsed nothing
         assert dicom.find_series(tmp_path)[0].n_slices == 5 and len(reads) == 6
     np.testing.assert_array_equal(volume.array, _expected_hu(stored))
-    assert sum("junk.bin: skipped" in r.getMessage() for r in caplog.records) == 1  # said once, not per discovery
+    assert sum("junk.bin" in r.getMessage() for r in caplog.records) == 1  # said once, not per discovery
     # a cached result handed out is the caller's own: changing it does not change the next one
     found = dicom.find_series(tmp_path)
     found[0].frames.clear()
@@ -318,7 +318,8 @@ def test_files_written_moments_ago_are_not_cached(tmp_path, monkeypatch):
 
 def test_file_listing_follows_os_walk_order_and_opens_nothing(tmp_path):
     """One scandir pass lists what os.walk listed before (sorted files, then sorted subfolders depth
-    first, links to folders not entered) and only stats each file: a FIFO would block an open."""
+    first, links to folders not entered) and only stats each file: a FIFO would block an open, so it
+    is not listed but passed over as a special file."""
     from liverseg.io.dicom import _all_files, _list_files
 
     for name in ("b/z.dcm", "b/a/y", "a.dcm", "c/x", "B.dcm", "b/a/deeper/w"):
@@ -330,7 +331,9 @@ def test_file_listing_follows_os_walk_order_and_opens_nothing(tmp_path):
     for directory, subdirs, names in os.walk(tmp_path):
         subdirs.sort()
         walked.extend(Path(directory) / n for n in sorted(names))
-    files, stamps = _list_files(tmp_path)
+    walked.remove(tmp_path / "b" / "pipe")
+    files, stamps, others = _list_files(tmp_path)
     assert files == walked == _all_files(tmp_path)
-    assert tmp_path / "b" / "pipe" in files and all(stamps)
-    assert _list_files(tmp_path / "a.dcm") == ([tmp_path / "a.dcm"], [stamps[files.index(tmp_path / "a.dcm")]])
+    assert all(stamps) and [(o.path, o.kind, o.reason) for o in others] == [
+        (tmp_path / "link", "link", "link to a folder"), (tmp_path / "b" / "pipe", "special", "FIFO")]
+    assert _list_files(tmp_path / "a.dcm") == ([tmp_path / "a.dcm"], [stamps[files.index(tmp_path / "a.dcm")]], [])

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .dicom import Frame, SeriesInfo, _fmt, _map
+from .dicom import (NATIVE_SYNTAXES, Frame, SeriesInfo, _fmt, _map, _Skip, compressed_magic, native_size_problem,
+                    open_regular, pixel_layout, transfer_syntax)
 from .volume import Volume, affine_from_lps
 
 log = logging.getLogger("liverseg.io.dicom")
 
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 DUPLICATE_TOL_MM = 0.01      # two slices closer than this along the normal sit at the same position
 GAP_FACTOR = 1.5             # a step above this many median spacings is a missing slice
 UNIFORM_TOL = 0.02           # positions within 2% of a spacing from a uniform grid count as uniform
@@ -50,7 +50,20 @@ class SeriesPlan:
 
 
 def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> SeriesPlan:
+    if info.rejected:
+        bad = info.rejected[0]
+        more = f" and {len(info.rejected) - 1} more file(s)" if len(info.rejected) > 1 else ""
+        raise InputError(f"{source}: series {info.label}: {bad.path}{more} cannot be used ({bad.reason}); a slice "
+                         "may be missing, so the series is refused: export it again, or move the file(s) out of "
+                         "the folder if they are not part of it")
     first = info.frames[0]
+    odd = next((f for f in info.frames if f.rescale_tags != first.rescale_tags), None)
+    if odd is not None:
+        def tags(f: Frame) -> str:
+            given = [n for n, g in zip(("RescaleSlope", "RescaleIntercept"), f.rescale_tags) if g]
+            return " and ".join(given) or "neither RescaleSlope nor RescaleIntercept"
+        raise InputError(f"{source}: series {info.label}: {odd.path} gives {tags(odd)}, {first.path.name} gives "
+                         f"{tags(first)}; the slices would not share one intensity scale, so the series is refused")
     normal = first.normal
     dist = np.array([f.position @ normal for f in info.frames])
     order = np.argsort(dist, kind="stable")
@@ -110,26 +123,24 @@ def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Ser
 # Decoding and assembly
 # ----------------------------------------------------------------------------------------------------
 
-def _native_pixels(ds: Any) -> np.ndarray | None:
-    """Uncompressed little-endian pixel data straight from the bytes (None: let pydicom decode it)."""
-    ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
-    bits, stored, signed = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated)), int(ds.PixelRepresentation)
-    if ts not in _NATIVE_SYNTAXES or bits not in (8, 16, 32) or (signed and stored != bits):
-        return None
-    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
-    n = int(ds.get("NumberOfFrames", 1) or 1) * int(ds.Rows) * int(ds.Columns)
-    raw = ds.PixelData
-    if len(raw) < n * dtype.itemsize:
-        raise ValueError(f"pixel data holds {len(raw)} bytes, {n * dtype.itemsize} expected")
-    array = np.frombuffer(raw, dtype=dtype, count=n)
-    if not signed and stored < bits:
-        array = array & np.array((1 << stored) - 1, dtype=dtype)
-    return array.reshape(-1, int(ds.Rows), int(ds.Columns))
+def _native_pixels(raw: bytes, layout: tuple, order: str) -> np.ndarray:
+    """Uncompressed pixel data (exactly the bytes the header describes, checked before) as
+    (frames, rows, cols), BitsStored applied (masked, or sign-extended when signed)."""
+    frames, rows, cols, bits, stored, signed = layout
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder(order)
+    array = np.frombuffer(raw, dtype=dtype, count=frames * rows * cols).astype(dtype.newbyteorder("="))
+    if stored < bits:
+        if signed:
+            shift = array.dtype.type(bits - stored)
+            array = (array << shift) >> shift
+        else:
+            array = array & array.dtype.type((1 << stored) - 1)
+    return array.reshape(frames, rows, cols)
 
 
 def _decode_with_gdcm(path: Path) -> np.ndarray:
-    """Last resort for transfer syntaxes that pydicom's plug-ins cannot decode: SimpleITK's GDCM (which
-    applies the rescale itself)."""
+    """Last resort for compressed transfer syntaxes that pydicom's plug-ins cannot decode: SimpleITK's
+    GDCM (which applies the rescale itself)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -137,21 +148,48 @@ def _decode_with_gdcm(path: Path) -> np.ndarray:
     reader.SetFileName(str(path))
     image = reader.Execute()
     array = sitk.GetArrayFromImage(image)
+    if array.ndim not in (2, 3) or image.GetNumberOfComponentsPerPixel() != 1:
+        raise RuntimeError(f"GDCM decoded an array of shape {array.shape}")
     return array.reshape(-1, array.shape[-2], array.shape[-1])
 
 
 def _decode(path: Path, ds: Any) -> tuple[np.ndarray, bool]:
-    """All frames of one file as (frames, rows, cols); True when the rescale was already applied."""
+    """All frames of one file as (frames, rows, cols); True when the rescale was already applied.
+
+    Native transfer syntaxes: only pixel data of exactly the size the header describes (one pad byte
+    allowed for an odd size), never a compressed stream. Compressed ones: a decoder (pydicom's
+    plug-ins, then GDCM) must succeed and give the header's frames x rows x columns. Anything else is
+    refused naming the file (a fallback decoder never guesses)."""
     try:
-        array = _native_pixels(ds)
-        if array is None:
-            array = np.asarray(ds.pixel_array)
-            array = array.reshape(-1, array.shape[-2], array.shape[-1])
+        layout = pixel_layout(ds)
+    except _Skip as exc:
+        raise InputError(f"{path}: {exc}; the file is damaged") from None
+    expected = layout[:3]
+    ts = transfer_syntax(ds)
+    raw = ds.get("PixelData")
+    if raw is None:
+        raise InputError(f"{path}: has no pixel data; remove it from the series folder")
+    if ts in NATIVE_SYNTAXES:
+        if not isinstance(raw, (bytes, bytearray)) or compressed_magic(bytes(raw[:12])):
+            raise InputError(f"{path}: pixel data holds a compressed stream but the transfer syntax {ts} says "
+                             "uncompressed; the file is damaged")
+        problem = native_size_problem(len(raw), layout)
+        if problem:
+            raise InputError(f"{path}: {problem}; the file is damaged or its header is wrong")
+        return _native_pixels(raw, layout, NATIVE_SYNTAXES[ts]), False
+    try:
+        array = np.asarray(ds.pixel_array)
+        array = array.reshape(-1, array.shape[-2], array.shape[-1]) if array.ndim in (2, 3) else array
+        if array.shape != expected:
+            raise ValueError(f"decoded shape {array.shape}, the header says {expected}")
         return array, False
     except Exception as exc:  # noqa: BLE001 - any decoder failure: try GDCM, then refuse with the reason
         first = f"{type(exc).__name__}: {' '.join(str(exc).split())[:150]}"
     try:
-        return _decode_with_gdcm(path), True
+        array = _decode_with_gdcm(path)
+        if array.shape == expected:
+            return array, True
+        first += f"; GDCM decoded shape {array.shape}, the header says {expected}"
     except RuntimeError:
         pass
     raise InputError(f"{path}: pixel data cannot be decoded ({first}); the file is damaged or uses a transfer "
@@ -223,12 +261,11 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
 
     def decode(path: Path) -> tuple[np.ndarray, bool]:
         try:
-            ds = pydicom.dcmread(path)
+            with open_regular(path) as fp:
+                ds = pydicom.dcmread(fp)
         except Exception as exc:  # noqa: BLE001 - it parsed a moment ago: changed or damaged since
             raise InputError(f"{path}: cannot be read again for its pixel data ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:150]})") from None
-        if "PixelData" not in ds:
-            raise InputError(f"{path}: has no pixel data; remove it from the series folder")
         return _decode(path, ds)
 
     decoded = dict(zip(files, _map(decode, list(files))))
