@@ -92,22 +92,70 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict_batch import PredictOptions, cases_from_inputs, cases_from_manifest, predict_cases
+    from .cohort import parse_part, select_part, torchrun_context
+    from .predict_batch import cases_from_inputs, cases_from_manifest, predict_cases
 
+    part = parse_part(args.part) if args.part is not None else None
     if args.manifest is not None and args.inputs:
         raise InputError("give either input paths or --manifest, not both")
     if args.manifest is None and (args.root is not None or args.split is not None):
         raise InputError("--root and --split go with --manifest M.json")
     cases = (cases_from_manifest(args.manifest, args.root, args.split or "test") if args.manifest is not None
              else cases_from_inputs(args.inputs))
-    options = PredictOptions(device=args.device, threads=args.threads, progress=not args.quiet,
-                             overwrite=args.overwrite, skip_existing=args.skip_existing, series=args.series,
-                             allow_gaps=args.allow_gaps, memory_gb=args.memory_gb, overrides=tuple(args.set),
-                             preview=not args.no_preview, backend=args.backend)
-    result = predict_cases(cases, args.output, args.model, options)
+    if part is not None:  # a job array's share: sorted case ids, case i to part i % N + 1
+        total, cases = len(cases), select_part(cases, *part)
+        if not cases and total:
+            print(f"liverseg predict: --part {args.part}: no case in this share ({total} case(s) in all)",
+                  file=sys.stderr)
+            return 0
+    ctx, device = torchrun_context(args.device)  # torchrun: each rank its share, one GPU each
+    if ctx is not None:
+        return _predict_ranks(ctx, select_part(cases, ctx.rank + 1, ctx.world), args, device)
+    result = predict_cases(cases, args.output, args.model, _predict_options(args, args.device))
+    return _print_result(result, cases)
+
+
+def _predict_options(args: argparse.Namespace, device: str | None):
+    from .predict_batch import PredictOptions
+
+    return PredictOptions(device=device, threads=args.threads, progress=not args.quiet, overwrite=args.overwrite,
+                          skip_existing=args.skip_existing, series=args.series, allow_gaps=args.allow_gaps,
+                          memory_gb=args.memory_gb, overrides=tuple(args.set), preview=not args.no_preview,
+                          backend=args.backend)
+
+
+def _predict_ranks(ctx, cases: list, args: argparse.Namespace, device: str | None) -> int:
+    """One torchrun rank's share; after a barrier rank 0 prints the summary of all ranks."""
+    from . import distributed
+    from .cohort import rank_summary
+    from .predict_batch import BatchResult, predict_cases
+
+    result, error = BatchResult(), None
+    try:
+        try:
+            if cases:
+                result = predict_cases(cases, args.output, args.model, _predict_options(args, device))
+        except LiversegError as exc:
+            error = exc
+        counts = {"cases": len(cases), "done": len(result.case_dirs), "skipped": len(result.skipped),
+                  "failed": len(result.failed)}
+        line, bad = rank_summary(ctx, counts, [case for case, _ in result.failed],
+                                 None if error is None else " ".join(str(error).split()))
+    finally:
+        distributed.cleanup(ctx)
+    if error is not None:
+        raise error
+    _print_result(result, cases, report_failures=False)
+    if line is not None:
+        print(line, file=sys.stderr)
+    return 2 if bad else 0
+
+
+def _print_result(result, cases: list, report_failures: bool = True) -> int:
     for case_dir in result.case_dirs.values():
-        print(case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir)
-    if result.failed:
+        print(case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir,
+              flush=True)  # whole lines: torchrun ranks share one stdout
+    if result.failed and report_failures:
         print(f"liverseg predict: {len(result.failed)} of {len(cases)} case(s) failed: "
               f"{', '.join(case for case, _ in result.failed)}", file=sys.stderr)
         return 2
@@ -267,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
                    help="override an inference setting of the run, e.g. --set infer.tta_flip_axes=[0,1,2]")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument("--part", default=None, metavar="K/N",
+                   help="predict share K of N (case ids sorted, case i to share i %% N + 1), for job arrays; "
+                        "any number of workers may share one -o (claims in OUTPUT/.claims; add --skip-existing)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="for a run folder: its model.onnx with ONNX Runtime, or the checkpoint with PyTorch "
                         "(auto: ONNX on a CPU when model.onnx is current, else PyTorch)")

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .atomic import shared_mode, write_text_atomic
+from .cohort import CaseSteps, pipeline_enabled, run_cases
 from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import TrainedModel, load_model, predict_volume
@@ -63,6 +63,7 @@ class PredictOptions:
     overrides: tuple[str, ...] = ()  # infer.KEY=VALUE
     preview: bool = True
     backend: str = "auto"  # auto | torch | onnx: see infer.load_model
+    pipeline: bool = True  # read the next case and write the last while the network runs (liverseg.cohort)
 
 
 @dataclass
@@ -194,29 +195,40 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
     label_names = list(bundle.cfg.data.labels)
     rows = {name: _summary_row(name, "skipped", out_dir / name, label_names) for name in result.skipped}
     single = len(cases) == 1
-    checks = _HeaderChecks(cases, options) if check_headers and not single else None
-    bar = tqdm(cases, desc="cases", unit="case", disable=not options.progress or single)
+    pipelined = check_headers and not single and pipeline_enabled(options.pipeline)
+    checks = _HeaderChecks(cases, options) if check_headers and not single and not pipelined else None
+    position = {case.case_id: index for index, case in enumerate(cases)}
+
+    def whole(case: Case) -> Path:  # one case at a time
+        if checks is not None:
+            checks.wait(position[case.case_id])
+        return predict_case(bundle, case, out_dir, options, progress=options.progress and single)
+
+    def done(case: Case, case_dir: Path, seconds: float) -> None:
+        result.case_dirs[case.case_id] = case_dir
+        if (case_dir / SEGMENTATION).is_file():
+            result.segmentations.append(case_dir / SEGMENTATION)
+        rows[case.case_id] = _summary_row(case.case_id, "ok", case_dir, label_names, seconds)
+
+    def failed(case: Case, exc: BaseException, seconds: float) -> None:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        result.failed.append((case.case_id, reason))
+        log.error("%s: failed, skipped (%s: %s)", case.case_id, type(exc).__name__, reason[:300])
+        rows[case.case_id] = _summary_row(case.case_id, "failed", None, label_names, seconds,
+                                          f"{type(exc).__name__}: {reason}")
+
+    def skipped(case: Case) -> None:  # done, or being done, by another worker on this -o (liverseg.cohort)
+        result.skipped.append(case.case_id)
+        rows[case.case_id] = _summary_row(case.case_id, "skipped", out_dir / case.case_id, label_names)
+
+    steps = CaseSteps(read=lambda case: _read_case(case, options),
+                      compute=lambda case, read: segment_ct_case(bundle, case, options, volume=read[0], read_s=read[1]),
+                      write=lambda case, segmented: predict_case(bundle, case, out_dir, options, segmented=segmented),
+                      whole=whole)
     try:
-        for index, case in enumerate(bar):
-            bar.set_postfix_str(case.case_id, refresh=False)
-            start = time.perf_counter()
-            try:
-                if checks is not None:
-                    checks.wait(index)
-                case_dir = predict_case(bundle, case, out_dir, options, progress=options.progress and single)
-            except (LiversegError, OSError, RuntimeError, ValueError, MemoryError) as exc:
-                reason = " ".join(str(exc).split()) or type(exc).__name__
-                result.failed.append((case.case_id, reason))
-                log.error("%s: failed, skipped (%s: %s)", case.case_id, type(exc).__name__, reason[:300])
-                rows[case.case_id] = _summary_row(case.case_id, "failed", None, label_names,
-                                                  time.perf_counter() - start, f"{type(exc).__name__}: {reason}")
-                continue
-            result.case_dirs[case.case_id] = case_dir
-            if (case_dir / SEGMENTATION).is_file():
-                result.segmentations.append(case_dir / SEGMENTATION)
-            rows[case.case_id] = _summary_row(case.case_id, "ok", case_dir, label_names, time.perf_counter() - start)
+        run_cases(cases, out_dir, steps, on_done=done, on_fail=failed, on_skip=skipped, overwrite=options.overwrite,
+                  existing=existing, pipeline=pipelined, progress=options.progress and not single)
     finally:
-        bar.close()
         if checks is not None:
             checks.close()
     order = [name for name in names if name in rows]
@@ -229,8 +241,9 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
 
 
 def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions,
-                 progress: bool = False) -> Path:
-    """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed."""
+                 progress: bool = False, segmented: dict | None = None) -> Path:
+    """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed.
+    ``segmented``: ``segment_ct_case``'s result when the case is segmented already (only written here)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / case.case_id
     work = _owned_temp_dir(out_dir, case.case_id, ".partial")
@@ -239,6 +252,8 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
             from .photos import predict_photo_case
 
             predict_photo_case(bundle, case, work)
+        elif segmented is not None:
+            write_ct_case(bundle, case, work, options, segmented)
         else:
             predict_ct_case(bundle, case, work, options, progress)
         (work / OWNER_FILE).unlink()
@@ -265,9 +280,16 @@ def _commit(work: Path, final: Path, overwrite: bool) -> None:
 def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
                     progress: bool = False) -> list[Path]:
     """Read, segment and write one CT case into ``case_dir``; returns the files written."""
+    return write_ct_case(bundle, case, case_dir, options, segment_ct_case(bundle, case, options, progress))
+
+
+def segment_ct_case(bundle: TrainedModel, case: Case, options: PredictOptions, progress: bool = False,
+                    volume: Volume | None = None, read_s: float = 0.0) -> dict:
+    """Read (unless ``volume`` is given, read in ``read_s`` seconds) and segment one CT case."""
     cfg = bundle.cfg
-    start = time.perf_counter()
-    volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
+    start = time.perf_counter() - read_s
+    if volume is None:
+        volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
     segment_volume = getattr(bundle.model, "segment_volume", None)  # built-in models bring their own road
     warnings: list[str] = []
     details: dict = {}
@@ -277,7 +299,16 @@ def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: P
         labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress,
                                 memory_gb=options.memory_gb)
     warnings = [*volume.meta.get("warnings", []), *warnings]  # the reader's repairs (e.g. qform/sform) first
-    runtime_s = time.perf_counter() - start
+    return {"volume": volume, "labels": labels, "warnings": warnings, "details": details,
+            "runtime_s": time.perf_counter() - start}
+
+
+def write_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
+                  segmented: dict) -> list[Path]:
+    """Write ``segment_ct_case``'s result into ``case_dir``; returns the files written."""
+    cfg = bundle.cfg
+    volume, labels, warnings, details = (segmented[key] for key in ("volume", "labels", "warnings", "details"))
+    runtime_s = segmented["runtime_s"]
     for warning in warnings:
         log.warning("%s: warning: %s", case.case_id, warning)
     burden = tumour_burden(labels, volume.affine_ras, cfg.data.labels, volume.array)
@@ -354,6 +385,20 @@ def _check_memory_gb(memory_gb: float | None) -> None:
     if not fine:
         raise InputError(f"--memory-gb {memory_gb}: give a positive number of GB (e.g. 8), or leave it out "
                          "for the default budget")
+
+
+def _read_case(case: Case, options: PredictOptions) -> tuple[Volume, float]:
+    """(volume, seconds) of a CT case, read ahead in a pipelined batch; any reader's error is one
+    unreadable input (``InputError``), as ``_HeaderChecks`` makes it."""
+    start = time.perf_counter()
+    try:
+        volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
+    except (LiversegError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reader's own exception types
+        message = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(f"{case.image}: cannot be read ({type(exc).__name__}: {message})") from None
+    return volume, time.perf_counter() - start
 
 
 class _HeaderChecks:

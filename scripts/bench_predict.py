@@ -6,6 +6,15 @@
     python scripts/bench_predict.py --manifest M.json --split test [--model RUN_DIR]   # + Dice vs labels
     python scripts/bench_predict.py --large-only --model RUN_DIR                        # 512x512x1000 memory
     python scripts/bench_predict.py --builtin [INPUT ...] [--mask INPUT=MASK ...] [--as-dicom CT[:TOP_MM]=MASK ...]
+    python scripts/bench_predict.py --cohort 20 [CT] [--model RUN_DIR | --builtin-model liver]     # pipelining
+
+``--cohort N``: a batch of N copies of one CT (default ``../shared/data/totalseg_example/ct_3mm.nii.gz``)
+predicted by one ``liverseg predict`` process (``--threads``, default 2) with pipelining off
+(``LIVERSEG_PIPELINE=0``: read, segment, write one case after the other) and on (the next case read
+and the last written while the network runs), alternately, ``--runs`` times each; prints every run's
+wall time, the medians in cases/hour and their ratio. The model: ``--model RUN_DIR``, ``--builtin-model
+NAME`` when given explicitly, else ``COHORT_CONFIG`` with random weights (a small U-Net at 3 mm, so
+reading and writing are a visible share of a case, as with a fast GPU).
 
 ``--builtin`` (a built-in model, ``--builtin-model liver`` by default, or ``liver_lesions``): pipelines ``liverseg`` (``liverseg predict CT
 -o OUT`` as a user runs it: ONNX Runtime, staged computation), ``faithful`` (``--backend torch``: the
@@ -283,6 +292,64 @@ def builtin_bench(args, cases: list[tuple[str, str, Path | None]], env: dict, wo
             print(f"{name[:20]:<20} {'speed-up':<12} liverseg is faster than: {ratios}")
 
 
+# The network of --cohort without --model: a small U-Net at 3 mm, one tile (random weights: speed only).
+COHORT_CONFIG = {
+    "data": {"labels": ["background", "liver"]},
+    "preprocess": {"spacing_mm": [3.0, 3.0, 3.0], "hu_window": [-200.0, 300.0]},
+    "model": {"name": "unet", "spatial_dims": 3, "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
+              "num_res_units": 1, "norm": "instance"},
+    "train": {"auto_plan": False, "export_onnx": False},
+    "infer": {"roi_size": [128, 128, 128], "overlap": 0.25},
+}
+
+
+def cohort_bench(args, workdir: Path) -> None:
+    """Throughput of one process on an N-case batch, pipelining off vs on (see the module docstring)."""
+    import torch
+
+    from liverseg.config import from_dict, to_dict
+    from liverseg.models import build_model
+
+    source = Path(args.inputs[0]) if args.inputs else REPO.parent / "shared" / "data" / "totalseg_example" / "ct_3mm.nii.gz"
+    inputs = workdir / "cohort"
+    inputs.mkdir()
+    for i in range(args.cohort):
+        shutil.copy2(source, inputs / f"case{i:03d}.nii.gz")
+    if args.model is not None:
+        model = ["--model", str(args.model)]
+    elif args.builtin_model_given:
+        model = ["--model", args.builtin_model]
+    else:
+        cfg = from_dict(COHORT_CONFIG)
+        torch.manual_seed(0)
+        net = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
+        (workdir / "run").mkdir()
+        torch.save({"model": net.state_dict(), "config": to_dict(cfg), "epoch": 1}, workdir / "run" / "best.pt")
+        model = ["--model", str(workdir / "run")]
+    print(f"cohort: {args.cohort} copies of {source}; model {model[1]}; threads {args.threads}; "
+          f"runs {args.runs} each, alternating; cpu cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.runs):
+        for key in ("off", "on"):
+            out = workdir / f"out_{key}"
+            shutil.rmtree(out, ignore_errors=True)
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1",
+                       LIVERSEG_PIPELINE="1" if key == "on" else "0")
+            command = [sys.executable, "-m", "liverseg", "predict", str(inputs), "-o", str(out), *model,
+                       "--threads", str(args.threads), "--device", "cpu", "-q"]
+            wall, peak, code, tail = run_measured(command, env)
+            if code != 0:
+                print(f"pipelining {key}: failed: {tail.strip().splitlines()[-1:]}")
+                return
+            times[key].append(wall)
+            print(f"pipelining {key:<3} {wall:7.1f} s  {args.cohort * 3600 / wall:7.0f} cases/h  peak RSS {peak:6.0f} MB",
+                  flush=True)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    for key in ("off", "on"):
+        print(f"median pipelining {key:<3} {medians[key]:7.1f} s  {args.cohort * 3600 / medians[key]:7.0f} cases/h")
+    print(f"throughput ratio on/off: {medians['off'] / medians['on']:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="CT files or DICOM folders (no Dice without --manifest)")
@@ -309,7 +376,16 @@ def main() -> int:
                              "the INPUTs (repeatable)")
     parser.add_argument("--as-dicom", action="append", default=[], metavar="CT[:TOP_MM]=MASK",
                         help="with --builtin: benchmark CT written as a 512x512x119 DICOM series (and MASK on its grid)")
+    parser.add_argument("--cohort", type=int, default=None, metavar="N",
+                        help="throughput of one process on N copies of one CT, pipelining off vs on")
     args = parser.parse_args()
+    args.builtin_model_given = "--builtin-model" in sys.argv
+    if args.cohort is not None:
+        if args.runs < 3 or args.cohort < 2:
+            parser.error("--cohort N needs N >= 2 and --runs >= 3")
+        with tempfile.TemporaryDirectory(prefix="liverseg-bench-") as tmp:
+            cohort_bench(args, Path(tmp))
+        return 0
     if args.builtin:
         if args.runs < 3:
             parser.error("--runs must be at least 3 for a meaningful median")
