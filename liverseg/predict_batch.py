@@ -33,6 +33,7 @@ from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import TrainedModel, load_model, predict_volume
 from .io import case_name, check_input, is_image_file, read_volume, write_label_map
+from .io.dicom import holds_dicom
 from .io.outputs import label_voxel_counts
 from .io.photos import is_photo_file
 from .io.volume import Volume
@@ -101,7 +102,8 @@ def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
         if path.is_dir():
             children = sorted(path.iterdir())
             photos = [c for c in children if c.is_file() and is_photo_file(c)]
-            if photos and not any(is_image_file(c) for c in children):
+            # a DICOM export with a viewer thumbnail (PACS CDs) is DICOM, not a folder of photographs
+            if photos and not any(is_image_file(c) for c in children) and not holds_dicom(path):
                 cases += [Case(c.stem, c, None) for c in photos]
                 continue
             images = [c for c in children if is_image_file(c)]

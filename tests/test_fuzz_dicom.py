@@ -677,9 +677,6 @@ def test_cli_predict_reads_a_series_beside_a_fifo_and_junk(template, untrained_r
     assert sitk.ReadImage(str(out_dir / "case" / "segmentation.nii.gz")).GetSize() == (COLS, ROWS, N)
 
 
-@pytest.mark.xfail(reason="predict_batch.cases_from_inputs takes a folder holding one .jpg and no NIfTI for a folder "
-                          "of photographs; it needs `and not holds_dicom(path)` (liverseg.io.dicom.holds_dicom)",
-                   strict=False)
 def test_cli_predict_takes_a_dicom_folder_with_a_thumbnail_as_dicom(template, untrained_run, tmp_path, capfd):
     folder = _copy(template, tmp_path)
     (folder / "thumb.jpg").write_bytes(b"\xff\xd8\xff\xe0 a thumbnail")
