@@ -4,6 +4,7 @@ refused in one line, `sNNNN/ct.nii.gz` layouts get unique names, and batch_summa
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -295,3 +296,33 @@ def test_sigkill_at_random_moments_leaves_nothing_a_rerun_does_not_clean(run_dir
         assert {p.name for p in (out / name).iterdir()} == CASE_FILES
         json.loads((out / name / "report.json").read_text())
     print(f"kills that left a partial folder behind: {debris_seen} of 4")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs, nearly full: writes there fail with ENOSPC (skipped where it cannot be mounted)."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:100]}")
+    try:
+        filler = mount / "filler"
+        with filler.open("wb") as handle:  # leave a few KB: the first files fit, a later one does not
+            with contextlib.suppress(OSError):
+                handle.write(b"\0" * (1024 * 1024 - 12 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_dir, tmp_path, small_disk, capfd):
+    ct = _write_ct(tmp_path / "in" / "big.nii.gz", 7, shape=(64, 64, 40))
+    out = small_disk / "out"
+    assert _predict(ct, "-o", out, "--model", run_dir) == 2
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert any("No space left on device" in line for line in err), err
+    assert not any("Traceback" in line for line in err)
+    assert not (out / "big").exists() and not any(p.name.startswith(".") for p in out.iterdir())
