@@ -107,6 +107,37 @@ class Claim:
     token: str
 
 
+def stale_claim(content: bytes, mtime: float, host: str, timeout_s: float) -> bool:
+    """Whether a claim (its file's content and mtime) belongs to a worker that is gone: on ``host``, its
+    process has ended; elsewhere, its heartbeat is older than ``timeout_s``."""
+    age = time.time() - mtime
+    try:
+        record = json.loads(content)
+        owner, pid = record["host"], int(record["pid"])
+    except (ValueError, KeyError, TypeError):  # written half by a worker killed at that moment
+        return age > min(timeout_s, 30.0)
+    if owner == host and not pid_alive(pid, record.get("process_start")):
+        return True
+    return age > timeout_s
+
+
+def live_claims(out_dir: str | Path) -> list[str]:
+    """Cases that live workers are predicting into ``out_dir`` right now (their claims are fresh)."""
+    folder = Path(out_dir) / CLAIMS
+    if not folder.is_dir():
+        return []
+    timeout_s = float(os.environ.get("LIVERSEG_CLAIM_TIMEOUT", 300))
+    host, live = socket.gethostname(), []
+    for path in sorted(folder.glob("*.claim")):
+        try:
+            content, mtime = path.read_bytes(), path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if not stale_claim(content, mtime, host, timeout_s):
+            live.append(path.stem)
+    return live
+
+
 class Claims:
     """The claims of one worker on one output folder (see the module's docstring)."""
 
@@ -159,15 +190,7 @@ class Claims:
             return None
 
     def _stale(self, content: bytes, mtime: float) -> bool:
-        age = time.time() - mtime
-        try:
-            record = json.loads(content)
-            host, pid = record["host"], int(record["pid"])
-        except (ValueError, KeyError, TypeError):  # written half by a worker killed at that moment
-            return age > min(self.timeout_s, 30.0)
-        if host == self.host and not pid_alive(pid, record.get("process_start")):
-            return True
-        return age > self.timeout_s
+        return stale_claim(content, mtime, self.host, self.timeout_s)
 
     # -- claiming
     def acquire(self, case_id: str) -> Claim | None:

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .atomic import shared_mode, write_text_atomic
-from .cohort import CaseSteps, pipeline_enabled, run_cases
+from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import TrainedModel, load_model, predict_volume
@@ -183,6 +183,12 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         check_input(cases[0].image, series=options.series, allow_gaps=options.allow_gaps)
     result = BatchResult()
     existing = [case.case_id for case in cases if (out_dir / case.case_id).exists()]
+    if existing and not options.skip_existing and not options.overwrite and live_claims(out_dir):
+        # other workers are filling this folder now (a job array started at slightly different times):
+        # the finished cases are theirs, not outputs of an earlier run to protect
+        log.info("other workers are predicting into %s: their %d finished case(s) are left as they are",
+                 out_dir, len(existing))
+        options = replace(options, skip_existing=True)
     if existing and options.skip_existing:
         result.skipped = existing
         cases = [case for case in cases if case.case_id not in existing]

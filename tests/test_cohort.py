@@ -154,6 +154,27 @@ def test_cases_done_or_claimed_by_another_worker_are_skipped_not_failed(run_dir,
     assert not (out / CLAIMS).exists() and not [p for p in out.iterdir() if p.name.endswith((".partial", ".old"))]
 
 
+def test_a_worker_joining_late_needs_no_skip_existing_while_others_work(run_dir, tmp_path, capfd):
+    """Workers of one job array start at different times: a late one finds finished cases, and while
+    another worker's claim is live they are that cohort's work, not an earlier run's outputs to protect."""
+    inputs = _inputs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    assert main(["predict", str(inputs / "case0.nii.gz"), "-o", str(out), "--model", str(run_dir), "--device",
+                 "cpu", "-q"]) == 0
+    other = Claims(out, timeout_s=60)
+    held = other.acquire("case1")
+    try:
+        assert main(["predict", str(inputs), "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q"]) == 0
+        assert _complete(out / "case2") and not (out / "case1").exists()
+    finally:
+        other.release(held)
+        other.close()
+    capfd.readouterr()
+    # nobody at work any more: finished outputs are protected again
+    assert main(["predict", str(inputs), "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q"]) == 2
+    assert "already exist" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("pipeline", ["1", "0"])
 def test_pipelined_and_sequential_runs_give_the_same_outputs(run_dir, tmp_path, monkeypatch, pipeline):
     import SimpleITK as sitk
