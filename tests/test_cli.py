@@ -107,7 +107,8 @@ def test_predict_writes_uint8_label_maps_on_the_input_grid(run_dir, tiny_dataset
                  "-q"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(CASE_IDS)
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == sorted(CASE_IDS)
+    assert (out_dir / "batch_summary.csv").is_file()
     for image_path, case in zip(images, CASE_IDS):
         seg_path = out_dir / case / "segmentation.nii.gz"
         assert seg_path.is_file()
