@@ -166,3 +166,20 @@ def tiny_dataset(tmp_path_factory) -> Path:
         cases.append({"id": case_id, "image": f"images/{case_id}.nii.gz", "label": f"labels/{case_id}.nii.gz"})
     return write_manifest(root / "manifest.json", "tiny", {"background": 0, "liver": 1}, cases,
                           {"train": list(TRAIN_IDS), "val": list(VAL_IDS)})
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory) -> Path:
+    """A run folder with the smoke config's model, untrained (seed 0): enough for `predict` to run end to
+    end in well under a second (batch, cohort, robustness and fuzz tests)."""
+    import torch
+
+    from liverseg.config import load_config, to_dict
+    from liverseg.models import build_model
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke_3d.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
+    folder = tmp_path_factory.mktemp("untrained_run")
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epoch": 0}, folder / "best.pt")
+    return folder

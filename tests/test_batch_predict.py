@@ -8,28 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from liverseg import predict_batch as batch_module
 from liverseg.cli import main
-from liverseg.config import load_config, to_dict
 from liverseg.io import write_volume
-from liverseg.models import build_model
 
 from conftest import make_volume
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "smoke_3d.yaml"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    cfg = load_config(SMOKE)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
-    folder = tmp_path_factory.mktemp("run")
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epoch": 3}, folder / "best.pt")
-    return folder
+def run_dir(untrained_run) -> Path:
+    return untrained_run
 
 
 @pytest.fixture()

@@ -632,19 +632,6 @@ def test_cli_inspect_and_check_never_hang_on_a_fifo_and_sum_up_junk(template, tm
     assert f"{N}" in captured.out
 
 
-@pytest.fixture(scope="module")
-def untrained_run(tmp_path_factory) -> Path:
-    """A run folder with the smoke config and an untrained model: enough for `predict` to start."""
-    import torch
-
-    from liverseg.config import load_config, to_dict
-    from liverseg.models import build_model
-
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke_3d.yaml")
-    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
-    folder = tmp_path_factory.mktemp("untrained_run")
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epoch": 0}, folder / "best.pt")
-    return folder
 
 
 def test_cli_predict_refuses_a_damaged_series_in_one_line_and_writes_nothing(template, untrained_run, tmp_path,

@@ -288,18 +288,6 @@ def test_damaged_images_are_refused_in_one_line_or_read_exactly(good, reference,
 
 # ----------------------------------------------------------------------------- through the CLI
 
-@pytest.fixture(scope="module")
-def untrained_run(tmp_path_factory) -> Path:
-    import torch
-
-    from liverseg.config import load_config, to_dict
-    from liverseg.models import build_model
-
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke_3d.yaml")
-    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
-    folder = tmp_path_factory.mktemp("untrained_run")
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epoch": 0}, folder / "best.pt")
-    return folder
 
 
 def _cli_inputs(good: dict[str, Path]):

@@ -18,31 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from liverseg import predict_batch as batch_module
 from liverseg.cli import main
-from liverseg.config import load_config, to_dict
 from liverseg.io import write_volume
-from liverseg.models import build_model
 from liverseg.predict_batch import OWNER_FILE, cases_from_inputs, clean_stale_partials
 
 from conftest import make_volume
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "smoke_3d.yaml"
 CASE_FILES = {"segmentation.nii.gz", "segmentation.seg.nrrd", "labels.ctbl", "report.json"}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """An untrained smoke-config model: enough for `predict` to run end to end in well under a second."""
-    cfg = load_config(SMOKE)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, in_channels=1, out_channels=len(cfg.data.labels))
-    folder = tmp_path_factory.mktemp("run")
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epoch": 1}, folder / "best.pt")
-    return folder
+def run_dir(untrained_run) -> Path:
+    return untrained_run
 
 
 def _write_ct(path: Path, seed: int, shape=(18, 16, 8)) -> Path:
