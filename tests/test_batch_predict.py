@@ -16,7 +16,6 @@ from liverseg.io import write_volume
 from conftest import make_volume
 
 
-
 @pytest.fixture(scope="module")
 def run_dir(untrained_run) -> Path:
     return untrained_run
