@@ -1,6 +1,6 @@
 """Dataset manifests: which cases exist, where their files are, how labels are stored, fixed splits.
 
-Two layouts are read (the JSON format is documented in ``data_manifests/README.md``):
+Three layouts are read (the JSON format is documented in ``data_manifests/README.md``):
 
 * liverseg's own JSON::
 
@@ -16,11 +16,15 @@ Two layouts are read (the JSON format is documented in ``data_manifests/README.m
   Task03_Liver. Its cases are sorted by id and split into 5 fixed folds by position (case i goes to
   fold i % 5): split ``val`` is fold 0, ``train`` the other four, ``fold0``..``fold4`` name each fold.
 
+* an nnU-Net v2 ``dataset.json`` (``channel_names``, ``labels``, ``file_ending``, ``numTraining``) with
+  ``imagesTr/<case>_0000<ending>`` + ``labelsTr/<case><ending>`` and ``imagesTs/`` as split ``test``; folds
+  from ``splits_final.json`` beside it, else nnU-Net's own default folds (see ``liverseg.nnunet``).
+
 Paths inside a manifest are relative to ``root`` (default: the manifest's folder).
 
 Importers (``IMPORTERS``, ``import_manifest``) scan a dataset as its publisher ships it and write a
 liverseg manifest with fixed folds: ``msd`` (Task03_Liver), ``lits``, ``ircadb`` (3D-IRCADb-01),
-``chaos`` (CHAOS CT).
+``chaos`` (CHAOS CT), ``nnunet`` (an nnU-Net v2 dataset folder).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from .atomic import write_text_atomic
 from .download import file_hash
 from .io.images import strip_image_suffix
 from .io.labels import LABEL_FORMATS, natural_key
+from .nnunet import is_nnunet_v2, read_nnunet
 from .photo_manifests import PHOTO_IMPORTERS
 
 N_FOLDS = 5
@@ -82,6 +87,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
     # --root wins; else the dataset folder recorded by `liverseg manifest import` (when the manifest
     # was written outside it); else the manifest's own folder.
     base = Path(root) if root else Path(data["root"]) if isinstance(data.get("root"), str) else path.parent
+    if is_nnunet_v2(data):
+        return _from_nnunet(data, path, base)
     if "training" in data and "cases" not in data:
         return _from_msd(data, path, base)
     return _from_liverseg(data, path, base)
@@ -132,13 +139,33 @@ def _from_liverseg(data: dict, path: Path, base: Path) -> Manifest:
     return Manifest(str(data.get("name", path.stem)), path, cases, splits, _label_values(data, path))
 
 
+def _from_nnunet(data: dict, path: Path, base: Path) -> Manifest:
+    read = read_nnunet(data, path, base)
+    cases = {c["id"]: Case(c["id"], base / c["image"], base / c["label"] if c.get("label") else None)
+             for c in read["cases"]}
+    return Manifest(read["name"], path, cases, {k: tuple(v) for k, v in read["splits"].items()}, read["labels"])
+
+
+def _channel_file(image: Path) -> Path:
+    """nnU-Net (v1) lists ``imagesTr/la_003.nii.gz`` in dataset.json but stores ``la_003_0000.nii.gz``."""
+    if image.exists():
+        return image
+    stem = strip_image_suffix(image.name)
+    channel0 = image.with_name(stem + "_0000" + image.name[len(stem):])
+    return channel0 if channel0.exists() else image
+
+
 def _from_msd(data: dict, path: Path, base: Path) -> Manifest:
+    modalities = data.get("modality")
+    if isinstance(modalities, dict) and len(modalities) > 1:
+        raise InputError(f"{path}: {len(modalities)} input channels {modalities}; liverseg segments single-channel "
+                         "CT and needs exactly one")
     cases: dict[str, Case] = {}
     for index, entry in enumerate(data["training"]):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise InputError(f"{path}: training entry #{index} needs 'image' and 'label', got {entry!r}")
         case_id = strip_image_suffix(Path(entry["image"]).name)
-        cases[case_id] = Case(case_id, base / entry["image"], base / entry["label"])
+        cases[case_id] = Case(case_id, _channel_file(base / entry["image"]), base / entry["label"])
     splits = {k: tuple(v) for k, v in fold_splits(list(cases), N_FOLDS).items()}
     labels = {str(name): int(value) for value, name in (data.get("labels") or {}).items() if str(value).isdigit()}
     return Manifest(str(data.get("name", path.stem)), path, cases, splits, labels)
@@ -188,16 +215,23 @@ def _need(root: Path, found: list, what: str) -> None:
 
 
 def import_msd(root: Path) -> dict:
-    """Task03_Liver as the Decathlon ships it: imagesTr/liver_N.nii.gz + labelsTr/liver_N.nii.gz."""
+    """Task03_Liver as the Decathlon ships it: imagesTr/liver_N.nii.gz + labelsTr/liver_N.nii.gz; also
+    as nnU-Net stores it, imagesTr/liver_N_0000.nii.gz (channel 0) + labelsTr/liver_N.nii.gz."""
     root = Path(root)
     images = _visible(sorted((root / "imagesTr").glob("*.nii.gz"))) if (root / "imagesTr").is_dir() else []
     _need(root, images, "imagesTr/*.nii.gz (give the Task03_Liver folder)")
     cases = []
     for image in images:
-        label = root / "labelsTr" / image.name
+        case_id, label = strip_image_suffix(image.name), root / "labelsTr" / image.name
+        channel = re.fullmatch(r"(.+)_(\d{4})", case_id)
+        if not label.is_file() and channel:  # nnU-Net's <case>_XXXX channel suffix
+            if channel.group(2) != "0000":
+                raise InputError(f"{root}: imagesTr/{image.name} is channel {channel.group(2)}; liverseg "
+                                 "segments single-channel CT (only <case>_0000.nii.gz)")
+            case_id, label = channel.group(1), root / "labelsTr" / f"{channel.group(1)}.nii.gz"
         if not label.is_file():
-            raise InputError(f"{root}: {image.name} has no label labelsTr/{image.name}")
-        cases.append({"id": strip_image_suffix(image.name), "image": _rel(image, root), "label": _rel(label, root)})
+            raise InputError(f"{root}: {image.name} has no label labelsTr/{label.name}")
+        cases.append({"id": case_id, "image": _rel(image, root), "label": _rel(label, root)})
     cases.sort(key=lambda c: natural_key(c["id"]))
     return {"name": "msd_task03_liver",
             "source": "http://medicaldecathlon.com/ (Task03_Liver.tar; mirror used by MONAI and `liverseg download "
@@ -275,11 +309,37 @@ def import_chaos(root: Path) -> dict:
             "cases": cases, "splits": fold_splits([c["id"] for c in cases])}
 
 
+def import_nnunet(root: Path) -> dict:
+    """An nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/, imagesTs/, and optionally
+    splits_final.json copied from nnUNet_preprocessed/DatasetXXX_Name/)."""
+    root = Path(root)
+    dataset_json = root / "dataset.json"
+    if not dataset_json.is_file():
+        _need(root, [root], "")  # a missing folder
+        raise InputError(f"{root}: no dataset.json here; give the nnU-Net dataset folder, e.g. "
+                         "nnUNet_raw/Dataset003_Liver")
+    try:
+        data = json.loads(dataset_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{dataset_json}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not is_nnunet_v2(data):
+        raise InputError(f"{dataset_json}: not an nnU-Net v2 dataset.json (no 'channel_names' / 'file_ending'); "
+                         "for a Decathlon dataset.json use `liverseg manifest import msd`")
+    read = read_nnunet(data, dataset_json, root)
+    return {"name": read["name"], "labels": read["labels"],
+            "source": f"nnU-Net v2 raw dataset {root.resolve().name}/dataset.json",
+            "description": f"Imported from an nnU-Net v2 dataset folder: imagesTr/labelsTr training cases, "
+                           f"imagesTs as split 'test'. Folds: {read['folds_from']}; fold{{k}} = nnU-Net fold k's "
+                           "val cases, train_fold{k} its train cases, train/val = fold 0.",
+            "cases": read["cases"], "splits": read["splits"]}
+
+
 IMPORTERS: dict[str, Callable[[Path], dict]] = {
     "msd": import_msd,
     "lits": import_lits,
     "ircadb": import_ircadb,
     "chaos": import_chaos,
+    "nnunet": import_nnunet,
     **PHOTO_IMPORTERS,  # drive, chase: 2D retinal photographs
 }
 
