@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "from its last.pt")
         config_path = args.config or Path(args.run_dir) / "config.yaml"
     elif args.config is None and args.init is None:
-        raise InputError("--config is required (except with --resume or --init); try configs/smoke_3d.yaml")
+        raise InputError("--config is required (except with --resume or --init); try --config smoke_3d")
     else:
         config_path = args.config  # with --init alone: the defaults, the source's model and preprocessing
     shortcuts = [f"data.manifest={args.manifest}"] * bool(args.manifest) + [f"data.root={args.root}"] * bool(args.root)
@@ -191,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = _parse_label_names(args.labels) or (
         {value: name for name, value in manifest.labels.items() if value != 0} if manifest and manifest.labels
         else None)
-    out_dir = args.out or (args.prediction / EVALUATION_FOLDER if args.prediction.is_dir() else None)
+    out_dir = args.output or (args.prediction / EVALUATION_FOLDER if args.prediction.is_dir() else None)
     pooled: dict[str, float] = {}
     lesion_label = _parse_lesion_label(args.lesion_label)
     lesions: list | None = None if lesion_label is False else []
@@ -219,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), minutes=args.minutes, device=args.device, threads=args.threads,
+    return run_demo(Path(args.output), minutes=args.minutes, device=args.device, threads=args.threads,
                     progress=not args.quiet, train_models=args.train)
 
 
@@ -252,14 +252,97 @@ def cmd_manifest_import(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download_dataset
 
-    print(download_dataset(args.dataset, args.dest, progress=not args.quiet, extract=not args.no_extract))
+    print(download_dataset(args.dataset, args.output, progress=not args.quiet, extract=not args.no_extract))
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written, and "(default: X)" after every option that has a default worth naming
+    (not None, False or an empty list) unless its help already speaks of its default. An action's
+    ``more_help`` (a callable) appends text computed only when --help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        more = getattr(action, "more_help", None)
+        if more is not None:
+            text += more()
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or default == []
+                or "default" in text.lower()):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """liverseg's argument parser: _HelpFormatter, and hidden deprecated aliases (_DeprecatedAlias)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        required = [(action, action.required) for action in self._actions]
+        try:
+            return super().parse_known_args(args, namespace)
+        finally:  # an alias used in this parse may have relaxed its new option's ``required``
+            for action, flag in required:
+                action.required = flag
+
+
+class _SubcommandParser(_Parser):
+    """A subcommand's parser: an unknown argument is an error here, reported with this subcommand's usage
+    (argparse leaves a subparser's leftovers to the top-level parser, which would print its own usage)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option (``--out``, ``--dest``), hidden from --help: it still works, into the
+    new option's dest, and says on stderr in one line that it is deprecated."""
+
+    def __init__(self, option_strings, dest, target: argparse.Action | None = None, **kwargs):
+        self.target = target
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "/".join(self.target.option_strings)
+        print(f"{parser.prog}: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+        self.target.required = False  # given, under its old name (restored after the parse)
+
+
+def _output(p: argparse.ArgumentParser, *old: str, **kwargs) -> argparse.Action:
+    """``-o/--output``, the one spelling of every subcommand's output folder or file, plus hidden deprecated
+    aliases ``old`` (e.g. ``--out``)."""
+    action = p.add_argument("-o", "--output", **kwargs)
+    for alias in old:
+        p.add_argument(alias, dest=action.dest, type=action.type, metavar=action.metavar, action=_DeprecatedAlias,
+                       target=action, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return action
+
+
+def _shipped_configs_help() -> str:
+    from .config import shipped_configs
+
+    return f" ({', '.join(shipped_configs())})"
+
+
+def _importer_kinds_help() -> str:
+    from .manifest import IMPORTERS
+
+    return f": {', '.join(IMPORTERS)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liverseg", description="Liver segmentation in CT with exact geometry.")
+    parser = _Parser(prog="liverseg", description="Liver segmentation in CT with exact geometry.")
     parser.add_argument("--version", action="version", version=f"liverseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_SubcommandParser)
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -267,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model from a config into a run folder")
-    p.add_argument("--config", type=Path, default=None, help="experiment YAML (configs/*.yaml)")
-    p.add_argument("--run-dir", type=Path, required=True, help="folder for config, checkpoints, metrics, log")
+    p.add_argument("--config", type=Path, default=None,
+                   help="experiment YAML: a file, or the name of a config shipped with liverseg").more_help = \
+        _shipped_configs_help
+    p.add_argument("-o", "--output", "--run-dir", dest="run_dir", metavar="RUN_DIR", type=Path, required=True,
+                   help="the run folder: config, checkpoints, metrics, log")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
@@ -291,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="plan spacing, CT normalisation, patch and batch size from a dataset")
     p.add_argument("manifest", help="a liverseg manifest JSON or an MSD dataset.json")
     p.add_argument("--root", default=None, help="folder the manifest's relative paths start from")
-    p.add_argument("--config", type=Path, default=None, help="experiment YAML to plan for (default: defaults)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="experiment YAML to plan for, a file or the name of a shipped config (default: the "
+                        "defaults)").more_help = _shipped_configs_help
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value before planning (repeatable)")
     p.add_argument("-o", "--output", type=Path, default=None, help="write the planned config YAML here")
@@ -330,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (config embedded)")
     p.add_argument("run_dir", type=Path, help="a run folder written by liverseg train")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="what to write")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
     p.set_defaults(func=cmd_export)
@@ -343,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "this manifest's --split")
     p.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
     p.add_argument("--root", default=None, help="folder the manifest's paths are relative to")
-    p.add_argument("--out", type=Path, default=None, help="folder for per_case.csv, summary.csv and qc/ "
-                   "(default: PREDICTION/evaluation when PREDICTION is a folder)")
+    _output(p, "--out", type=Path, default=None, help="folder for per_case.csv, summary.csv and qc/ "
+            "(default: PREDICTION/evaluation when PREDICTION is a folder)")
     p.add_argument("--csv", type=Path, default=None, help="also write the per-case results to this CSV file")
     p.add_argument("--no-qc", action="store_true", help="skip the QC pictures")
     p.add_argument("--tolerance", type=float, default=1.0,
@@ -366,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="segment the CT that ships with liverseg using the built-in liver model "
                                      "(--train: train and evaluate a model on synthetic phantoms)")
-    p.add_argument("--out", default="demo_output", help="demo folder (default: demo_output)")
+    _output(p, "--out", type=Path, default=Path("demo_output"), help="demo folder")
     p.add_argument("--train", action="store_true",
                    help="the training road instead: synthetic phantoms -> train -> predict -> evaluate (minutes)")
     p.add_argument("--minutes", type=float, default=10.0,
@@ -388,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", help="dataset manifests")
     manifest_sub = p.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
     q = manifest_sub.add_parser("import", help="scan a public dataset's folder and write a manifest with fixed folds")
-    q.add_argument("kind", help="msd, lits, ircadb or chaos")
+    q.add_argument("kind", help="the dataset's kind, one of").more_help = \
+        _importer_kinds_help  # every importer in manifest.IMPORTERS, listed when --help is printed
     q.add_argument("root", type=Path, help="the dataset's root folder as its publisher ships it")
     q.add_argument("-o", "--output", type=Path, required=True, help="e.g. data_manifests/NAME.json")
     q.add_argument("--sha256", action="store_true", help="record the sha256 of every image/label file")
@@ -396,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="download a public dataset (resumable, checksum-verified)")
     p.add_argument("dataset", choices=("msd_liver",), help="msd_liver: Medical Segmentation Decathlon Task03_Liver")
-    p.add_argument("--dest", type=Path, required=True, help="folder to download and extract into")
+    _output(p, "--dest", type=Path, required=True, help="folder to download and extract into")
     p.add_argument("--no-extract", action="store_true", help="keep the archive, do not extract it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)

@@ -359,13 +359,36 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 # ----------------------------------------------------------------------------- files and overrides
 
+# The configs shipped inside the package (configs/ at the repository root links here).
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with liverseg (``--config NAME`` finds them)."""
+    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it is a file (a path always wins), else the shipped config of
+    that name (``demo_3d`` or ``demo_3d.yaml``); otherwise an error that lists the shipped names."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:  # a bare name, no folder
+        stem = path.name[:-len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
+        shipped = SHIPPED_CONFIGS / f"{stem}.yaml"
+        if stem and shipped.is_file():
+            return shipped
+    raise ConfigError(f"{path}: config file not found (nor a shipped config of that name; shipped: "
+                      f"{', '.join(shipped_configs())})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Defaults, updated by a YAML file, updated by ``a.b=value`` overrides; validated."""
+    """Defaults, updated by a YAML file (a path, or the name of a shipped config), updated by ``a.b=value``
+    overrides; validated."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        path = resolve_config(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:

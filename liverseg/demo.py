@@ -43,7 +43,7 @@ def demo_config_path() -> Path:
 def _prepare_folder(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
-            raise InputError(f"{out}: exists and is not a liverseg demo folder; choose another --out")
+            raise InputError(f"{out}: exists and is not a liverseg demo folder; choose another -o")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by liverseg demo; deleted and rewritten by the next demo run\n")

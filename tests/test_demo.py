@@ -12,7 +12,7 @@ from liverseg.cli import main
 @pytest.mark.slow
 def test_demo_segments_the_packaged_ct_with_the_built_in_model(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--threads", "2", "-q"]) == 0
+    assert main(["demo", "-o", str(out), "--threads", "2", "-q"]) == 0
     printed = capsys.readouterr().out
     dice = float(printed.split("Dice ")[1].split(",")[0])
     assert dice > 0.9, printed  # against TotalSegmentator v1's (model-made) mask
@@ -24,7 +24,7 @@ def test_demo_segments_the_packaged_ct_with_the_built_in_model(tmp_path, capsys)
 @pytest.mark.slow
 def test_training_demo_runs_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--train", "--out", str(out), "--minutes", "0.3", "-q"]) == 0
+    assert main(["demo", "--train", "-o", str(out), "--minutes", "0.3", "-q"]) == 0
     printed = capsys.readouterr().out
     assert "Mean liver Dice" in printed
     with (out / "evaluation.csv").open() as handle:
@@ -35,12 +35,12 @@ def test_training_demo_runs_end_to_end(tmp_path, capsys) -> None:
     for row in rows:
         assert (out / "predictions" / row["case"] / "segmentation.nii.gz").is_file()
     # A second run replaces the demo folder instead of failing on the existing run.
-    assert main(["demo", "--train", "--out", str(out), "--minutes", "0.1", "-q"]) == 0
+    assert main(["demo", "--train", "-o", str(out), "--minutes", "0.1", "-q"]) == 0
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, capsys) -> None:
     (tmp_path / "precious.txt").write_text("not a demo")
-    assert main(["demo", "--out", str(tmp_path), "--minutes", "0.1", "-q"]) == 2
+    assert main(["demo", "-o", str(tmp_path), "--minutes", "0.1", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path) in err
     assert (tmp_path / "precious.txt").exists()

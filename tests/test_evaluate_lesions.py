@@ -85,12 +85,12 @@ def test_cli_min_volume_iou_and_explicit_label(lesion_cases, tmp_path, capsys):
     root = lesion_cases
     # FP1 is 8 voxels = 0.0128 mL, every other component at least 12 voxels = 0.0192 mL
     assert main(["evaluate", str(root / "pred"), str(root / "ref"), "--lesion-label", "2", "--lesion-min-volume",
-                 "0.015", "--no-qc", "--out", str(tmp_path / "small")]) == 0
+                 "0.015", "--no-qc", "-o", str(tmp_path / "small")]) == 0
     [c1] = [row for row in _rows(tmp_path / "small" / "lesions.csv") if row["case"] == "c1"]
     assert c1["name"] == "label_2" and [int(c1[k]) for k in ("pred_lesions", "tp", "fp", "fn")] == [4, 2, 1, 1]
     assert float(c1["precision"]) == pytest.approx(2 / 3, abs=1e-6)
     assert main(["evaluate", str(root / "pred"), str(root / "ref"), "--labels", "1=liver,2=Tumor", "--lesion-min-iou",
-                 "0.5", "--lesion-connectivity", "6", "--no-qc", "--out", str(tmp_path / "iou")]) == 0
+                 "0.5", "--lesion-connectivity", "6", "--no-qc", "-o", str(tmp_path / "iou")]) == 0
     [c1] = [row for row in _rows(tmp_path / "iou" / "lesions.csv") if row["case"] == "c1"]
     assert [int(c1[k]) for k in ("tp", "fp", "fn")] == [1, 4, 2] and c1["connectivity"] == "6"
     capsys.readouterr()
@@ -100,7 +100,7 @@ def test_no_lesion_label_leaves_the_outputs_as_they_were(lesion_cases, tmp_path,
     root = lesion_cases
     for extra, out in ((["--labels", "1=liver,2=vessel"], "named"), (["--labels", "1=liver,2=tumour",
                                                                      "--lesion-label", "none"], "none"), ([], "bare")):
-        assert main(["evaluate", str(root / "pred"), str(root / "ref"), "--no-qc", "--out", str(tmp_path / out),
+        assert main(["evaluate", str(root / "pred"), str(root / "ref"), "--no-qc", "-o", str(tmp_path / out),
                      *extra]) == 0
         assert not (tmp_path / out / "lesions.csv").exists()
         assert not any(row["metric"].startswith("lesion") for row in _rows(tmp_path / out / "summary.csv"))
