@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def _predict_options(args: argparse.Namespace, device: str | None):
     return PredictOptions(device=device, threads=args.threads, progress=not args.quiet, overwrite=args.overwrite,
                           skip_existing=args.skip_existing, series=args.series, allow_gaps=args.allow_gaps,
                           memory_gb=args.memory_gb, overrides=tuple(args.set), preview=not args.no_preview,
-                          backend=args.backend)
+                          backend=args.backend, save_probabilities=args.save_probabilities)
 
 
 def _predict_ranks(ctx, cases: list, args: argparse.Namespace, device: str | None) -> int:
@@ -256,6 +257,10 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# a help text that already states its option's default: "(default: test)", "(default 26)", "auto (default): ..."
+_NAMES_DEFAULT = re.compile(r"\(default\b|\bdefault:", re.IGNORECASE)
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Descriptions as written, and "(default: X)" after every option that has a default worth naming
     (not None, False or an empty list) unless its help already speaks of its default. An action's
@@ -268,7 +273,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
             text += more()
         default = action.default
         if (default is None or default is False or default is argparse.SUPPRESS or default == []
-                or "default" in text.lower()):
+                or _NAMES_DEFAULT.search(text)):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return f"{text} (default: %(default)s)" if text else "default: %(default)s"
@@ -388,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment CT volumes (the built-in liver model, or a trained run)")
     p.add_argument("inputs", nargs="*", help="DICOM series folders, NIfTI/NRRD/MHA files, or folders of them")
     p.add_argument("-o", "--output", type=Path, required=True, help="writes OUTPUT/<case>/segmentation.nii.gz")
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", action="append", default=None,
                    help="a built-in model name (default: liver; see `liverseg models`), a run folder written by "
-                        "liverseg train, or a file/folder written by liverseg export")
+                        "liverseg train, or a file/folder written by liverseg export; repeat it (run folders or "
+                        "exported files with the same labels) for an ensemble: probabilities averaged, then argmax")
     p.add_argument("--manifest", type=Path, default=None, help="predict the cases of a manifest split instead")
     p.add_argument("--root", type=Path, default=None, help="with --manifest: folder its paths are relative to")
     p.add_argument("--split", default=None, help="with --manifest: the split to predict (default: test)")
@@ -409,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="for a run folder: its model.onnx with ONNX Runtime, or the checkpoint with PyTorch "
                         "(auto: ONNX on a CPU when model.onnx is current, else PyTorch)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write OUTPUT/<case>/probabilities.nii.gz: the softmax per label on the input grid, "
+                        "4D uint8 (x, y, z, label), value = round(255 p) (not for built-in models)")
     runtime(p)
     p.set_defaults(func=cmd_predict)
 

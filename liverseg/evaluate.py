@@ -4,7 +4,9 @@ Cases come from two files, two folders, or a prediction folder plus a manifest s
 images and field-of-view masks from the manifest). Volumes (NIfTI/NRRD/MHA/DICOM label maps) must
 share the reference's grid; surface distances are in mm. Photographs (PNG/JPG/TIFF/GIF masks) are
 scored inside their field-of-view mask when the manifest gives one, surface distances in pixels, and
-ROC AUC from the 16-bit probability map ``liverseg predict`` writes beside the mask.
+ROC AUC from the 16-bit probability map ``liverseg predict`` writes beside the mask. Volumes: ROC AUC
+and ECE (10 bins) per label from ``probabilities.nii.gz`` when ``liverseg predict --save-probabilities``
+wrote one beside ``segmentation.nii.gz``. ECE (expected calibration error) is reported wherever AUC is.
 
 Outputs (``out_dir``): ``per_case.csv``, ``summary.csv`` (mean, sd, median, min, max of every metric
 per label), ``qc/<case>.png`` with false negatives in blue, false positives in red and true positives
@@ -39,7 +41,9 @@ from .preprocess import canonical_ornt, remap_labels, to_canonical
 PREDICTION_FILES = ("segmentation.nii.gz", "mask.png")
 EVALUATION_FOLDER = "evaluation"
 METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "hd95", "assd", "surface_dice",
-           "relative_volume_error", "auc")
+           "relative_volume_error", "auc", "ece")
+# What liverseg predict --save-probabilities writes beside segmentation.nii.gz (io.outputs.write_probability_map).
+PROBABILITY_FILE = "probabilities.nii.gz"
 # A label whose name contains one of these (any case) is the lesion label unless evaluate() is told
 # otherwise: "tumour", "Liver_Tumor", "lesions" (the rule of liverseg.tumour_burden).
 LESION_WORDS = ("lesion", "tumour", "tumor")
@@ -64,6 +68,7 @@ class CaseResult:
     pred_voxels: int
     ref_voxels: int
     unit: str  # "mm" (volumes) or "px" (photographs)
+    ece: float = float("nan")  # expected calibration error (10 bins) of the probability map; NaN without one
 
 
 @dataclass(frozen=True)
@@ -272,15 +277,17 @@ def _label_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name
     else:
         p_in, r_in = p, r
     surface = metrics.surface_metrics(p, r, spacing, tolerance)  # one set of distance transforms for all three
-    auc = float("nan")
+    auc = ece = float("nan")
     if probability is not None and r_in.any() and not r_in.all():
         auc = metrics.roc_auc(probability, r, region)
+    if probability is not None and r_in.size:
+        ece = metrics.expected_calibration_error(probability, r, region)
     overlap = metrics.overlap_scores(p_in, r_in)  # one count of tp/fp/fn/tn for all of them
     return CaseResult(
         case, value, name,
         overlap["dice"], overlap["iou"], overlap["precision"], overlap["recall"], overlap["specificity"],
         overlap["accuracy"], surface["hd95"], surface["assd"], surface["surface_dice"],
-        overlap["relative_volume_error"], auc, overlap["pred_voxels"], overlap["ref_voxels"], unit)
+        overlap["relative_volume_error"], auc, overlap["pred_voxels"], overlap["ref_voxels"], unit, ece)
 
 
 def _lesion_scores(case: str, pred: np.ndarray, ref: np.ndarray, value: int, name: str, spacing,
@@ -312,9 +319,13 @@ def _score_volume(case: EvalCase, label_names, ref_remap, tolerance, qc_dir, poo
     pred_labels = _as_labels(prediction.array, case.prediction)
     ref_labels = remap_labels(_as_labels(reference.array, case.reference), ref_remap)
     spacing = np.asarray(prediction.spacing_mm, dtype=float)
+    probabilities = _volume_probabilities_beside(case.prediction, pred_labels.shape)
     results = [_label_scores(case.case, pred_labels, ref_labels, v, (label_names or {}).get(v, f"label_{v}"),
-                             spacing, "mm", tolerance, None, None)
+                             spacing, "mm", tolerance, None,
+                             None if probabilities is None or v >= probabilities.shape[3]
+                             else np.asarray(probabilities[..., v], dtype=np.float32) / 255.0)
                for v in _values(pred_labels, ref_labels, label_names)]
+    del probabilities
     if lesion is not None and lesion.value is not None:
         name = (label_names or {}).get(lesion.value, f"label_{lesion.value}")
         lesion.out.append(_lesion_scores(case.case, pred_labels, ref_labels, lesion.value, name, spacing, lesion))
@@ -358,6 +369,25 @@ def _probability_beside(prediction: Path, value: int, label_names, n_classes: in
     names = [(label_names or {}).get(v, f"label_{v}") for v in range(n_classes)]
     candidate = prediction.parent / probability_filename(names, value)
     return read_probability_png(candidate) if candidate.is_file() else None
+
+
+def _volume_probabilities_beside(prediction: Path, shape: tuple) -> np.ndarray | None:
+    """The uint8 (X, Y, Z, K) probabilities ``liverseg predict --save-probabilities`` wrote beside a label
+    map (value = round(255 p)), or None when there are none; refused when not on the label map's grid."""
+    candidate = prediction.parent / PROBABILITY_FILE
+    if not candidate.is_file() or candidate == prediction:
+        return None
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(candidate))
+        raw = np.asanyarray(image.dataobj.get_unscaled())
+    except Exception as exc:  # noqa: BLE001 - nibabel's many error types
+        raise InputError(f"{candidate}: cannot be read as a probability map ({type(exc).__name__}: {exc})") from None
+    if raw.ndim != 4 or tuple(raw.shape[:3]) != tuple(shape) or raw.dtype != np.uint8:
+        raise InputError(f"{candidate}: {raw.dtype} of shape {tuple(raw.shape)}, not uint8 probabilities (x, y, z, "
+                         f"label) on the grid {tuple(shape)} of {prediction.name}; remove it or predict again")
+    return raw
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -522,14 +552,16 @@ def format_table(results: list[CaseResult], lesions: list[LesionResult] | None =
     then, when ``lesions`` holds any, the lesion table (see ``format_lesion_table``)."""
     has_auc = any(not math.isnan(r.auc) for r in results)
     unit = results[0].unit if results else "mm"
+    has_ece = any(not math.isnan(r.ece) for r in results)
     head = f"{'case':<28} {'label':<12} {'Dice':>7} {'IoU':>7} {'Sens':>7} {'Spec':>7} {'HD95':>8}"
-    lines = [head + (f" {'AUC':>7}" if has_auc else "")]
+    lines = [head + (f" {'AUC':>7}" if has_auc else "") + (f" {'ECE':>7}" if has_ece else "")]
     for r in results:
         line = (f"{r.case:<28} {r.name:<12} {r.dice:7.4f} {r.iou:7.4f} {r.recall:7.4f} {r.specificity:7.4f} "
                 f"{r.hd95:8.2f}")
-        lines.append(line + (f" {r.auc:7.4f}" if has_auc else ""))
+        lines.append(line + (f" {r.auc:7.4f}" if has_auc else "") + (f" {r.ece:7.4f}" if has_ece else ""))
     summary = {(row["label"], row["metric"]): row for row in summarise(results)}
-    shown = ["dice", "iou", "recall", "specificity", "accuracy", "hd95", "assd", "surface_dice"] + (["auc"] if has_auc else [])
+    shown = (["dice", "iou", "recall", "specificity", "accuracy", "hd95", "assd", "surface_dice"]
+             + (["auc"] if has_auc else []) + (["ece"] if has_ece else []))
     for name, worst in worst_cases(results).items():
         lines.append("")
         lines.append(f"{name}: {sum(1 for r in results if r.name == name)} cases (distances in {unit})")

@@ -17,6 +17,8 @@ PyTorch, which is two of the few seconds a small CT takes end to end.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from .io.volume import Volume
@@ -136,29 +138,40 @@ def preprocess_image_chunked(volume: Volume, spacing_mm: tuple[float, float, flo
     return out, record
 
 
-def probabilities_to_labels_chunked(probabilities: np.ndarray, record: GridRecord,
-                                    chunk: int = 32) -> np.ndarray:
-    """Class probabilities (K, X', Y', Z') on the network grid -> uint8 labels on the input grid,
-    ``chunk`` input-grid slices at a time.
+def probabilities_to_input_grid(probabilities: np.ndarray, record: GridRecord,
+                                chunk: int = 32) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Class probabilities (K, X', Y', Z') on the network grid -> slabs on the input grid, trilinear.
 
-    Probabilities, not labels, are resampled back (trilinear) before the argmax: smoother boundaries
-    on a finer input grid. ``probabilities`` may be float16 (converted slab by slab). Ties go to the
-    lower class.
+    Yields ``(z0, z1, slab)``: float32 (K, X, Y, z1 - z0), slices [z0, z1) of the input grid in its
+    canonical (RAS) axis order (``preprocess.to_canonical`` of an input-grid array gives the matching
+    view). Only one slab of ``chunk`` slices exists at a time; ``probabilities`` may be float16.
     """
     probabilities = np.asarray(probabilities)
     nx, ny, nz = record.canonical_shape
     tz = record.target_shape[2]
     lo, hi, w = linear_source(tz, nz)
-    labels = np.empty(record.original_shape, dtype=np.uint8)
-    canonical = to_canonical(labels, record.ornt)  # a view: slabs are written straight into ``labels``
     for z0 in range(0, nz, max(1, chunk)):
         z1 = min(nz, z0 + max(1, chunk))
         need_lo, need_hi = int(lo[z0:z1].min()), int(hi[z0:z1].max()) + 1
         slab = probabilities[..., need_lo:need_hi].astype(np.float32)
-        slab = _resize_slab(slab, (nx, ny), lo[z0:z1] - need_lo, hi[z0:z1] - need_lo, w[z0:z1])
+        yield z0, z1, _resize_slab(slab, (nx, ny), lo[z0:z1] - need_lo, hi[z0:z1] - need_lo, w[z0:z1])
+
+
+def probabilities_to_labels_chunked(probabilities: np.ndarray, record: GridRecord,
+                                    chunk: int = 32) -> np.ndarray:
+    """Class probabilities (K, X', Y', Z') on the network grid -> uint8 labels on the input grid,
+    ``chunk`` input-grid slices at a time (``probabilities_to_input_grid``).
+
+    Probabilities, not labels, are resampled back (trilinear) before the argmax: smoother boundaries
+    on a finer input grid. ``probabilities`` may be float16 (converted slab by slab). Ties go to the
+    lower class.
+    """
+    labels = np.empty(record.original_shape, dtype=np.uint8)
+    canonical = to_canonical(labels, record.ornt)  # a view: slabs are written straight into ``labels``
+    for z0, z1, slab in probabilities_to_input_grid(probabilities, record, chunk):
         canonical[:, :, z0:z1] = np.argmax(slab, axis=0).astype(np.uint8)
     return labels
 
 
 __all__ = ["linear_source", "resize_linear", "resample_matrix", "preprocess_image_chunked",
-           "probabilities_to_labels_chunked"]
+           "probabilities_to_labels_chunked", "probabilities_to_input_grid"]

@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from .config import ExperimentConfig, from_dict
 from .errors import ConfigError, InputError
-from .gridstream import preprocess_image_chunked, probabilities_to_labels_chunked
+from .gridstream import preprocess_image_chunked, probabilities_to_input_grid, probabilities_to_labels_chunked
 from .io.volume import Volume
 from .postprocess import postprocess_labels
+from .preprocess import to_canonical
 
 if TYPE_CHECKING:
     import torch
@@ -356,13 +357,11 @@ def plan_memory(volume: Volume, cfg: ExperimentConfig, memory_gb: float | None) 
     return MemoryPlan(chunk, dtype)
 
 
-def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, device: Any = "cpu",
-                   progress: bool = False, memory_gb: float | None = None) -> np.ndarray:
-    """Segment one CT volume; returns uint8 labels on exactly the volume's grid (post-processed).
-
-    ``model``: a torch module (run on ``device``) or a numpy ``Network`` such as an ONNX session.
-    """
-    plan = plan_memory(volume, cfg, memory_gb)
+def network_grid_probabilities(model: Any, volume: Volume, cfg: ExperimentConfig, device: Any = "cpu",
+                               progress: bool = False, plan: MemoryPlan | None = None) -> tuple[np.ndarray, Any]:
+    """(class probabilities (K, X', Y', Z') on the network grid, ``GridRecord``) of one CT volume:
+    preprocessing slab by slab, the optional coarse pass, the sliding window (``plan``'s precision)."""
+    plan = plan or plan_memory(volume, cfg, None)
     image, record = preprocess_image_chunked(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window,
                                              chunk=plan.chunk_slices)
     from .preprocess import standardize_ct  # z-scoring of planned CT runs (intensity_std_hu > 0)
@@ -385,12 +384,140 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, device: An
         probabilities[0] = 1.0  # outside the box: background
         probabilities[(slice(None), *box)] = inside
         del inside
-    del image
-    labels = probabilities_to_labels_chunked(probabilities, record, chunk=plan.chunk_slices)
-    del probabilities
+    return probabilities, record
+
+
+def _postprocess(labels: np.ndarray, volume: Volume, cfg: ExperimentConfig) -> np.ndarray:
     return postprocess_labels(labels, cfg.data.labels, volume.voxel_volume_ml,
                               largest_component=cfg.infer.largest_component, fill_holes=cfg.infer.fill_holes,
                               min_object_ml=cfg.infer.min_object_ml, copy=False)
+
+
+def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, device: Any = "cpu",
+                   progress: bool = False, memory_gb: float | None = None) -> np.ndarray:
+    """Segment one CT volume; returns uint8 labels on exactly the volume's grid (post-processed).
+
+    ``model``: a torch module (run on ``device``) or a numpy ``Network`` such as an ONNX session.
+    """
+    plan = plan_memory(volume, cfg, memory_gb)
+    probabilities, record = network_grid_probabilities(model, volume, cfg, device, progress, plan)
+    labels = probabilities_to_labels_chunked(probabilities, record, chunk=plan.chunk_slices)
+    del probabilities
+    return _postprocess(labels, volume, cfg)
+
+
+# ----------------------------------------------------------------------------- probabilities, ensembles
+
+PROBABILITY_SCALE = 255  # saved probabilities: uint8 value = round(255 p)
+
+
+@dataclass
+class Ensemble:
+    """Several models (same label list) whose input-grid probabilities are averaged before the argmax."""
+
+    members: list  # of TrainedModel
+
+
+def predict_volume_probabilities(members: Sequence["TrainedModel"], volume: Volume, progress: bool = False,
+                                 memory_gb: float | None = None,
+                                 keep_probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels, probabilities) of one CT volume from one model or the mean of several.
+
+    ``labels``: uint8 on the volume's grid, the argmax of the (mean) probabilities, then post-processed
+    with the first member's ``infer`` settings (largest component, holes, small objects), which may
+    change labels: the probabilities are those before post-processing. ``probabilities``: uint8
+    (X, Y, Z, K) on exactly the volume's grid (a Fortran-ordered view, as NIfTI stores it), value =
+    round(255 p); None unless ``keep_probabilities``.
+
+    One member: each input-grid slab (``gridstream.probabilities_to_input_grid``) gives its argmax
+    (float32, ties to the lower label) and its uint8 probabilities; beyond the usual prediction this
+    holds K bytes per input voxel. Several: each member's slabs are added, member by member, into one
+    uint16 buffer on the input grid (round(p * (65535 // M)) per member: no overflow, steps of under
+    2e-5 for up to 256 members), whose argmax gives the labels; peak 2K bytes per input voxel for the
+    buffer + K for the uint8 result (3 bytes x 3 labels x 512x512x300 = 708 MB), besides one member's
+    network-grid probabilities at a time.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("predict_volume_probabilities needs at least one model")
+    cfg = members[0].cfg
+    count = len(cfg.data.labels)
+    nx, ny, nz = volume.shape
+
+    def storage(dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+        """A (K, Z, Y, X) C-ordered buffer: as (X, Y, Z, K) it is Fortran-ordered, as NIfTI writes it."""
+        array = np.zeros((count, nz, ny, nx), dtype=dtype)
+        return array, array.transpose(0, 3, 2, 1)  # (K, X, Y, Z) view in the input's axis order
+
+    labels = np.empty(volume.shape, dtype=np.uint8)
+    if len(members) == 1:
+        member = members[0]
+        plan = plan_memory(volume, member.cfg, memory_gb)
+        grid, record = network_grid_probabilities(member.model, volume, member.cfg, member.device, progress, plan)
+        stored, view = storage(np.uint8) if keep_probabilities else (None, None)
+        canonical_labels = to_canonical(labels, record.ornt)
+        canonical = to_canonical(view, record.ornt) if view is not None else None
+        for z0, z1, slab in probabilities_to_input_grid(grid, record, plan.chunk_slices):
+            canonical_labels[:, :, z0:z1] = np.argmax(slab, axis=0).astype(np.uint8)
+            if canonical is not None:
+                canonical[..., z0:z1] = _quantise(slab, PROBABILITY_SCALE, np.uint8)
+        del grid
+    else:
+        step = 65535 // len(members)
+        total, view = storage(np.uint16)
+        for member in members:
+            plan = plan_memory(volume, member.cfg, memory_gb)
+            grid, record = network_grid_probabilities(member.model, volume, member.cfg, member.device, progress, plan)
+            canonical = to_canonical(view, record.ornt)
+            for z0, z1, slab in probabilities_to_input_grid(grid, record, plan.chunk_slices):
+                canonical[..., z0:z1] += _quantise(slab, step, np.uint16)
+            del grid, canonical
+        stored = np.empty(total.shape, dtype=np.uint8) if keep_probabilities else None
+        chunk = max(1, (64 * 1024 ** 2) // max(1, count * nx * ny * 4))
+        for z0 in range(0, nz, chunk):  # slab by slab along the stored Z axis
+            part = total[:, z0:z0 + chunk]
+            labels[:, :, z0:z0 + chunk] = np.argmax(part, axis=0).transpose(2, 1, 0)
+            if stored is not None:
+                stored[:, z0:z0 + chunk] = _quantise(part, PROBABILITY_SCALE / (step * len(members)), np.uint8)
+        del total
+    labels = _postprocess(labels, volume, cfg)
+    return labels, (stored.transpose(3, 2, 1, 0) if stored is not None else None)
+
+
+def _quantise(values: np.ndarray, scale: float, dtype: Any) -> np.ndarray:
+    """round(values * scale) as ``dtype`` (values in [0, 1] times scale fit; clipped for float noise)."""
+    out = np.multiply(values, scale, dtype=np.float32)
+    np.rint(out, out=out)
+    np.clip(out, 0, np.iinfo(dtype).max, out=out)
+    return out.astype(dtype)
+
+
+def load_ensemble(paths: Sequence[str | Path | None], device: Any = None, threads: int | None = None,
+                  backend: str = "auto") -> "TrainedModel":
+    """One ``TrainedModel`` whose ``model`` is an ``Ensemble`` of the models at ``paths`` (run folders or
+    exported files with the same label list; built-in models give labels only and are refused)."""
+    from . import builtin
+
+    members = []
+    for path in paths:
+        trained = load_model(path, device, threads, backend)
+        if getattr(trained.model, "segment_volume", None) is not None:
+            raise InputError(f"--model {path}: a built-in model gives labels, not probabilities, so it cannot be "
+                             f"an ensemble member; use run folders or exported models "
+                             f"(built-in: {', '.join(builtin.BUILTIN_MODELS)})")
+        if trained.cfg.data.modality != "ct":
+            raise InputError(f"--model {path}: a {trained.cfg.data.modality} model; ensembles are for CT models")
+        first_path, first = (paths[0], members[0]) if members else (path, trained)
+        if tuple(trained.cfg.data.labels) != tuple(first.cfg.data.labels):
+            raise InputError(f"--model {first_path} (labels {', '.join(first.cfg.data.labels)}) and --model {path} "
+                             f"(labels {', '.join(trained.cfg.data.labels)}) have different labels; ensemble "
+                             "members must share one label list")
+        members.append(trained)
+    first = members[0]
+    ids = [m.model_id or str(m.checkpoint_path) for m in members]
+    return TrainedModel(first.cfg, Ensemble(members), first.checkpoint_path, first.epoch,
+                        "ensemble " + "+".join(m.backend for m in members), "ensemble of " + " + ".join(ids),
+                        meta={"members": ids}, device=first.device)
 
 
 # ----------------------------------------------------------------------------- loading a model
@@ -577,4 +704,5 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
 __all__ = ["sliding_window", "gaussian_importance", "tile_starts", "network_probabilities", "predict_volume",
            "predict_files", "coarse_region", "plan_memory", "softmax_predictor", "softmax", "load_model",
            "load_trained_model", "resolve_device", "find_checkpoint", "TrainedModel", "TorchNetwork",
-           "as_network", "average_pool", "BACKENDS"]
+           "as_network", "average_pool", "BACKENDS", "Ensemble", "load_ensemble",
+           "predict_volume_probabilities", "network_grid_probabilities", "PROBABILITY_SCALE"]

@@ -87,7 +87,7 @@ from scipy.stats import rankdata
 __all__ = [
     "LesionDetection", "accuracy", "assd", "confusion_matrix", "detection_scores", "dice", "f1", "hd95", "iou",
     "lesion_components", "lesion_detection", "overlap_scores", "precision", "recall", "relative_volume_error",
-    "roc_auc", "sensitivity", "specificity", "surface_dice", "surface_distances", "surface_metrics",
+    "roc_auc", "expected_calibration_error", "sensitivity", "specificity", "surface_dice", "surface_distances", "surface_metrics",
 ]
 
 
@@ -363,6 +363,35 @@ def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -
     ranks = rankdata(prob, method="average")
     u = float(ranks[ref].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)
+
+
+def expected_calibration_error(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
+                               bins: int = 10) -> float:
+    """Expected calibration error of the probabilities ``prob`` of one label against the binary reference.
+
+    The voxels (in ``mask``, all if None) are put in ``bins`` equal-width bins of [0, 1] by their
+    probability (1.0 in the last bin); ECE = sum over bins of (bin voxels / all voxels) * |fraction of
+    reference-positive voxels in the bin - mean probability in the bin|. 0 is perfectly calibrated.
+    Raises ``ValueError`` when the selection holds no voxels or non-finite probabilities.
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    ref = np.asarray(ref, dtype=bool)
+    if prob.shape != ref.shape:
+        raise ValueError(f"probability shape {prob.shape} differs from reference shape {ref.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        prob, ref = prob[mask], ref[mask]
+    else:
+        prob, ref = prob.ravel(), ref.ravel()
+    if prob.size == 0:
+        raise ValueError("ECE is undefined: no voxels")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError("ECE needs finite probabilities; found NaN or inf")
+    index = np.clip((prob * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins).astype(np.float64)
+    prob_sums = np.bincount(index, weights=prob, minlength=bins)
+    pos_sums = np.bincount(index, weights=ref.astype(np.float64), minlength=bins)
+    return float(np.abs(pos_sums - prob_sums).sum() / prob.size)
 
 
 # ----------------------------------------------------------------------------- lesion detection

@@ -31,7 +31,7 @@ from .atomic import shared_mode, write_text_atomic
 from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
-from .infer import TrainedModel, load_model, predict_volume
+from .infer import Ensemble, TrainedModel, load_ensemble, load_model, predict_volume, predict_volume_probabilities
 from .io import case_name, check_input, is_image_file, read_volume, write_label_map
 from .io.dicom import holds_dicom
 from .io.outputs import label_voxel_counts
@@ -43,6 +43,7 @@ from .tumour_burden import burden_summary, tumour_burden
 log = logging.getLogger(__name__)
 
 SEGMENTATION = "segmentation.nii.gz"
+PROBABILITIES = "probabilities.nii.gz"  # --save-probabilities: io.outputs.write_probability_map
 LESIONS_CSV = "lesions.csv"
 BATCH_SUMMARY = "batch_summary.csv"
 OWNER_FILE = ".liverseg-owner.json"  # inside a .partial/.old folder: the process that made it
@@ -65,6 +66,7 @@ class PredictOptions:
     preview: bool = True
     backend: str = "auto"  # auto | torch | onnx: see infer.load_model
     pipeline: bool = True  # read the next case and write the last while the network runs (liverseg.cohort)
+    save_probabilities: bool = False  # also write PROBABILITIES (uint8 softmax per label on the input grid)
 
 
 @dataclass
@@ -142,14 +144,19 @@ def cases_from_manifest(manifest: str | Path, root: str | Path | None, split: st
 
 # ----------------------------------------------------------------------------- the loop
 
-def predict_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path | None,
+def predict_batch(inputs: Sequence[str | Path], out_dir: str | Path,
+                  model: str | Path | Sequence[str | Path] | None,
                   options: PredictOptions = PredictOptions()) -> BatchResult:
     return predict_cases(cases_from_inputs(inputs), out_dir, model, options)
 
 
-def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path | None,
+def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path | Sequence[str | Path] | None,
                   options: PredictOptions = PredictOptions()) -> BatchResult:
     """Predict every case into ``out_dir/<case id>/``; failures are reported, skipped and returned.
+
+    ``model``: one model, or a list of them: several form an ensemble (``infer.load_ensemble``: their
+    input-grid probabilities are averaged before the argmax). ``options.save_probabilities`` writes
+    ``probabilities.nii.gz`` beside each label map (``io.outputs.write_probability_map``).
 
     Checked before anything is predicted (an error here writes nothing): the options, the model,
     clashing case names, case folders that already exist (kept unless ``overwrite``;
@@ -173,11 +180,22 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
     if duplicates:
         raise InputError(f"several inputs share the case name(s) {', '.join(duplicates)}; their outputs "
                          "would overwrite each other: predict them into separate -o folders")
-    bundle = load_model(model, options.device, options.threads, options.backend)
+    models = [model] if model is None or isinstance(model, (str, os.PathLike)) else list(model)
+    if len(models) > 1:
+        bundle = load_ensemble(models, options.device, options.threads, options.backend)
+        log.info("ensemble of %d models: %s", len(models), "; ".join(bundle.meta["members"]))
+    else:
+        bundle = load_model(models[0] if models else None, options.device, options.threads, options.backend)
+    if options.save_probabilities and getattr(bundle.model, "segment_volume", None) is not None:
+        raise InputError(f"--save-probabilities: the built-in model {getattr(bundle.model, 'name', '')} gives labels "
+                         "only; use a run folder or an exported model")
     if options.overrides and getattr(bundle.model, "segment_volume", None) is not None:
         raise InputError(f"--set {options.overrides[0]}: a built-in model has no run config to override")
     if options.overrides:
         bundle = replace(bundle, cfg=_infer_overrides(bundle.cfg, options.overrides))
+        if isinstance(bundle.model, Ensemble):
+            bundle.model.members = [replace(m, cfg=_infer_overrides(m.cfg, options.overrides))
+                                    for m in bundle.model.members]
     check_headers = bundle.cfg.data.modality == "ct"
     if check_headers and len(cases) == 1:  # a batch of one: its error is the run's, nothing written
         check_input(cases[0].image, series=options.series, allow_gaps=options.allow_gaps)
@@ -301,14 +319,20 @@ def segment_ct_case(bundle: TrainedModel, case: Case, options: PredictOptions, p
     segment_volume = getattr(bundle.model, "segment_volume", None)  # built-in models bring their own road
     warnings: list[str] = []
     details: dict = {}
+    probabilities = None
     if segment_volume is not None:
         labels, warnings, details = segment_volume(volume, threads=options.threads)
+    elif isinstance(bundle.model, Ensemble) or options.save_probabilities:
+        members = bundle.model.members if isinstance(bundle.model, Ensemble) else [bundle]
+        labels, probabilities = predict_volume_probabilities(members, volume, progress=progress,
+                                                             memory_gb=options.memory_gb,
+                                                             keep_probabilities=options.save_probabilities)
     else:
         labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress,
                                 memory_gb=options.memory_gb)
     warnings = [*volume.meta.get("warnings", []), *warnings]  # the reader's repairs (e.g. qform/sform) first
     return {"volume": volume, "labels": labels, "warnings": warnings, "details": details,
-            "runtime_s": time.perf_counter() - start}
+            "runtime_s": time.perf_counter() - start, "probabilities": probabilities}
 
 
 def write_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
@@ -321,7 +345,8 @@ def write_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: Pre
         log.warning("%s: warning: %s", case.case_id, warning)
     burden = tumour_burden(labels, volume.affine_ras, cfg.data.labels, volume.array)
     written = write_case_outputs(bundle, case, volume, labels, case_dir, runtime_s, options,
-                                 warnings=warnings, details=details, burden=burden)
+                                 warnings=warnings, details=details, burden=burden,
+                                 probabilities=segmented.get("probabilities"))
     log.info("%s: %s in %.1f s", case.case_id, _label_summary(labels, volume, cfg.data.labels), runtime_s)
     if burden is not None:
         log.info("%s: %s", case.case_id, burden_summary(burden))
@@ -330,7 +355,8 @@ def write_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: Pre
 
 def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels: np.ndarray, case_dir: Path,
                        runtime_s: float, options: PredictOptions, warnings: list[str] | None = None,
-                       details: dict | None = None, burden: dict | None = None) -> list[Path]:
+                       details: dict | None = None, burden: dict | None = None,
+                       probabilities: np.ndarray | None = None) -> list[Path]:
     """Every output of a case: the NIfTI label map and the Slicer-ready files beside it (``io.outputs``,
     ``report``).
 
@@ -339,12 +365,14 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     statistics, geometry, runtime, model, warnings; the tumour burden when the labels have a liver and
     a lesion label), ``lesions.csv`` (the lesion table, same condition) and ``preview.png`` (unless
     ``options.preview`` is off). ``burden``: ``tumour_burden.tumour_burden``'s result when the caller
-    has it already (computed here otherwise). The compressed files are written in a second thread while
+    has it already (computed here otherwise). ``probabilities`` (uint8 (X, Y, Z, K) on the volume's
+    grid, ``infer.predict_volume_probabilities``): written as ``probabilities.nii.gz`` and described in
+    the report. The compressed files are written in a second thread while
     this one writes the DICOM SEG and the report (zlib releases the GIL), so on two cores the slowest
     of them sets the time.
     """
     from .io.dicom_seg import write_dicom_seg
-    from .io.outputs import write_color_table, write_seg_nrrd
+    from .io.outputs import probability_map_description, write_color_table, write_probability_map, write_seg_nrrd
     from .report import case_report, write_lesions_csv, write_preview_png, write_report
 
     names = list(bundle.cfg.data.labels)
@@ -370,11 +398,15 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
             except (LiversegError, ValueError, AttributeError, KeyError) as exc:  # highdicom's refusals included
                 log.warning("%s: segmentation.dcm not written (%s: %s); the other outputs are complete",
                             case.case_id, type(exc).__name__, " ".join(str(exc).split())[:300])
+        extra = {"backend": bundle.backend, "case_id": case.case_id, "warnings": list(warnings or []),
+                 **({"model_details": details} if details else {})}
+        if isinstance(bundle.model, Ensemble):
+            extra["ensemble_members"] = list(bundle.meta.get("members", []))
+        if probabilities is not None:
+            written.append(write_probability_map(probabilities, volume, names, case_dir / PROBABILITIES))
+            extra["probabilities"] = {"file": PROBABILITIES, **probability_map_description(names)}
         report = case_report(volume, label_volume, names, runtime_s=runtime_s, model_id=bundle.model_id,
-                             input_path=case.image, extra={"backend": bundle.backend, "case_id": case.case_id,
-                                                           "warnings": list(warnings or []),
-                                                           **({"model_details": details} if details else {})},
-                             burden=burden)
+                             input_path=case.image, extra=extra, burden=burden)
         written.append(write_report(report, case_dir / "report.json"))
         if burden is not None:
             written.append(write_lesions_csv(burden, case_dir / LESIONS_CSV))
@@ -643,4 +675,4 @@ def _label_summary(labels: np.ndarray, volume: Volume, names: Sequence[str]) -> 
 
 __all__ = ["PredictOptions", "BatchResult", "cases_from_inputs", "cases_from_manifest", "predict_batch",
            "predict_cases", "predict_case", "predict_ct_case", "clean_stale_partials", "write_batch_summary",
-           "BATCH_SUMMARY"]
+           "BATCH_SUMMARY", "PROBABILITIES"]

@@ -5,6 +5,8 @@
   names, colours, label values, extents, terminology), following Slicer's segmentation file
   specification and ``vtkMRMLSegmentationStorageNode``'s writer.
 * ``write_color_table``: Slicer ``.ctbl`` colour table (``index name R G B A``).
+* ``write_probability_map``: 4D uint8 NIfTI (x, y, z, label) of softmax probabilities, value = round(255 p),
+  with ``scl_slope`` 1/255 so NIfTI readers (nibabel, ITK, 3D Slicer) see p itself.
 * DICOM SEG: ``dicom_seg.write_dicom_seg`` (uses the colours and codes defined here).
 
 Every file is written atomically: a temporary file in the destination folder, then ``os.replace``.
@@ -39,6 +41,53 @@ def write_label_map(labels: np.ndarray, reference: Volume, path: str | Path) -> 
     if labels.size and int(labels.max()) > 255:
         raise ValueError(f"label values up to {int(labels.max())} do not fit uint8")
     return write_volume(reference.with_array(labels.astype(np.uint8, copy=False)), Path(path))
+
+
+PROBABILITY_SLOPE = 1.0 / 255.0
+
+
+def probability_map_description(label_names: Sequence[str]) -> dict:
+    """How ``write_probability_map`` stores probabilities (for report.json)."""
+    return {"dtype": "uint8", "axes": "x, y, z, label (the label map's grid; 4th index = label value)",
+            "labels": list(label_names), "value": "round(255 * p); p = value / 255 (NIfTI scl_slope = 1/255)",
+            "per_voxel_sum": "255 up to rounding (+-1 per label)",
+            "note": "softmax of the network (mean over ensemble members) on the input grid, before post-processing "
+                    "(largest component, hole filling, small-object removal), which can change the label map"}
+
+
+def write_probability_map(probabilities: np.ndarray, reference: Volume, label_names: Sequence[str],
+                          path: str | Path) -> Path:
+    """Write uint8 probabilities (X, Y, Z, K) on ``reference``'s grid as a gzipped 4D NIfTI (nibabel).
+
+    Stored value = round(255 p); the header's ``scl_slope`` is 1/255 (so ``nibabel``'s ``get_fdata`` and
+    ITK return p), the intent is NIFTI_INTENT_ESTIMATE named ``softmax v/255``, ``descrip`` names the
+    labels in order, and qform and sform (code 1, scanner) hold ``reference``'s affine, as in the label
+    map. Written from a Fortran-ordered array (``infer.predict_volume_probabilities``'s) without a copy.
+    """
+    import nibabel as nib
+
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 4 or tuple(probabilities.shape[:3]) != reference.shape:
+        raise GeometryError(f"probability map shape {tuple(probabilities.shape)} does not fit the reference grid "
+                            f"{reference.shape} (+ one axis of labels)")
+    if probabilities.shape[3] != len(label_names):
+        raise ValueError(f"{probabilities.shape[3]} probability channels for {len(label_names)} labels")
+    if probabilities.dtype != np.uint8:
+        raise ValueError(f"probabilities must be uint8 (round(255 p)), not {probabilities.dtype}")
+    affine = np.asarray(reference.affine_ras, dtype=np.float64)
+    image = nib.Nifti1Image(probabilities, affine, dtype=np.uint8)
+    header = image.header
+    header.set_slope_inter(PROBABILITY_SLOPE, 0.0)
+    header.set_intent("estimate", (), name="softmax v/255")
+    header.set_xyzt_units("mm", "unknown")
+    header["descrip"] = ("p=v/255 " + ",".join(label_names)).encode("ascii", "replace")[:79]
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+    return path
 
 
 # ----------------------------------------------------------------------------- atomic writes
