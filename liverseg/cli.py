@@ -176,6 +176,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
+    if args.format == "monai-bundle":  # a folder, not one file: configs/, models/model.ts, docs/, LICENSE
+        from .monai_bundle import export_monai_bundle
+
+        print(export_monai_bundle(args.run_dir, args.output))
+        return 0
     print(export_model(args.run_dir, args.format, args.output))
     return 0
 
@@ -427,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (config embedded)")
     p.add_argument("run_dir", type=Path, help="a run folder written by liverseg train")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="what to write")
+    p.add_argument("--format", choices=("onnx", "torchscript", "monai-bundle"), default="onnx",
+                   help="what to write (monai-bundle: a MONAI bundle folder, RUN_DIR/monai_bundle unless -o)")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
     p.set_defaults(func=cmd_export)
