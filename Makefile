@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	bash scripts/install_torch.sh $(PY)
-	$(PY) -m pip install --quiet -e ".[test,bench,onnx]"
+	$(PY) -m pip install --quiet -e ".[test,bench,onnx,bundle]"
 	touch $(STAMP)
 
 demo: install

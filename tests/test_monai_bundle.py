@@ -136,3 +136,23 @@ def test_a_kul_unet_run_is_refused_with_the_reason(tmp_path):
     with pytest.raises(InputError, match="kul_unet.*not shape-generic.*--format onnx"):
         export_monai_bundle(run, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_command_runs_the_bundle_in_a_fresh_interpreter(fitted_run, tmp_path):
+    """`python -m monai.bundle run ...` as docs/README.md gives it (python-fire: the `bundle` extra)."""
+    pytest.importorskip("fire")
+    import subprocess
+    import sys
+
+    run, image = fitted_run
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(run), "--format", "monai-bundle", "-o", str(bundle)]) == 0
+    out = tmp_path / "monai"
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                           "--meta_file", "configs/metadata.json", "--bundle_root", str(bundle),
+                           "--dataset_dir", str(image.parent), "--output_dir", str(out)],
+                          cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = sitk.ReadImage(str(out / "ct_seg.nii.gz"))
+    assert got.GetSize() == sitk.ReadImage(str(image)).GetSize()
