@@ -186,8 +186,9 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         log.info("ensemble of %d models: %s", len(models), "; ".join(bundle.meta["members"]))
     else:
         bundle = load_model(models[0] if models else None, options.device, options.threads, options.backend)
-    if options.save_probabilities and getattr(bundle.model, "segment_volume", None) is not None:
-        raise InputError(f"--save-probabilities: the built-in model {getattr(bundle.model, 'name', '')} gives labels "
+    if options.save_probabilities and getattr(bundle.model, "segment_volume", None) is not None and \
+            getattr(bundle.model, "segment_volume_with_probabilities", None) is None:
+        raise InputError(f"--save-probabilities: the model {getattr(bundle.model, 'name', '')} gives labels "
                          "only; use a run folder or an exported model")
     if options.overrides and getattr(bundle.model, "segment_volume", None) is not None:
         raise InputError(f"--set {options.overrides[0]}: a built-in model has no run config to override")
@@ -320,7 +321,10 @@ def segment_ct_case(bundle: TrainedModel, case: Case, options: PredictOptions, p
     warnings: list[str] = []
     details: dict = {}
     probabilities = None
-    if segment_volume is not None:
+    if segment_volume is not None and options.save_probabilities:
+        labels, probabilities, warnings, details = bundle.model.segment_volume_with_probabilities(
+            volume, threads=options.threads)
+    elif segment_volume is not None:
         labels, warnings, details = segment_volume(volume, threads=options.threads)
     elif isinstance(bundle.model, Ensemble) or options.save_probabilities:
         members = bundle.model.members if isinstance(bundle.model, Ensemble) else [bundle]

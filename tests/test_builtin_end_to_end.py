@@ -50,10 +50,17 @@ def test_bad_input_with_the_built_in_model_is_one_line_and_nothing_half_written(
 @pytest.mark.slow
 def test_predict_without_model_segments_the_packaged_ct(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["predict", str(sample_path(SAMPLE_CT)), "-o", str(out), "--threads", "2", "-q"]) == 0
+    assert main(["predict", str(sample_path(SAMPLE_CT)), "-o", str(out), "--threads", "2", "-q",
+                 "--save-probabilities"]) == 0
     case = out / "totalseg_example_ct_3mm"
     assert all((case / name).is_file() for name in OUTPUTS)
     labels = np.asanyarray(nib.load(case / "segmentation.nii.gz").dataobj)
+    # the liver probability on the input grid: > 0.5 (128 of 255) exactly where the label map has the liver
+    # before its largest-component step, so the labels are within the probability's > 0.5 region
+    probabilities = nib.load(case / "probabilities.nii.gz").dataobj.get_unscaled()  # uint8 v; p = v / 255
+    assert probabilities.shape == (*labels.shape, 2) and probabilities.dtype == np.uint8
+    assert np.abs(probabilities.astype(int).sum(-1) - 255).max() <= 1
+    assert np.all(probabilities[..., 1][labels == 1] >= 127)
     reference = np.asanyarray(nib.load(sample_path(SAMPLE_REFERENCE)).dataobj) > 0
     assert dice_of(labels == 1, reference) > 0.9  # against TotalSegmentator v1's (model-made) mask
     report = json.loads((case / "report.json").read_text())

@@ -186,7 +186,7 @@ def test_two_stage_predictor_labels_liver_1_and_lesion_2():
     predictor = BuiltinPredictor("liver_lesions", [LiverFromMask(), IntensityTiles()])
     import liverseg.builtin.kul_liver as kul_liver
 
-    def fake_segment(vol, engine, threads=None):
+    def fake_segment(vol, engine, threads=None, keep_probability=False):
         return kul_liver.LiverResult(liver.astype(np.uint8), ["a liver warning"], {"liver_ml": 1.0})
 
     original = kul_liver.segment
@@ -263,3 +263,17 @@ def test_api_liver_mask_replaces_the_liver_stage(monkeypatch):
     monkeypatch.setattr(api, "_model", lambda *args: one_stage)
     with pytest.raises(InputError, match="two-stage"):
         liverseg.segment(volume, model="liver", liver_mask=liver)
+
+
+def test_two_stage_probabilities_sum_to_one_and_agree_with_the_labels(monkeypatch):
+    volume, liver, lesion = liver_with_lesion((110, 100, 40), (1.0, 1.0, 3.0))
+    predictor = BuiltinPredictor("liver_lesions", [None, IntensityTiles()])
+    labels, probabilities, warnings, details = predictor.segment_volume_with_probabilities(volume, liver_mask=liver)
+    assert probabilities.shape == (*volume.shape, 3) and probabilities.dtype == np.uint8
+    assert np.abs(probabilities.astype(int).sum(-1) - 255).max() <= 1
+    argmax = probabilities.argmax(-1)
+    agree = (argmax == labels)[labels > 0]
+    assert agree.mean() > 0.99  # ties at 0.5 may go either way
+    assert np.all(probabilities[..., 0][~liver] == 255)  # outside the given liver: background
+    plain, _, _ = predictor.segment_volume(volume, liver_mask=liver)
+    np.testing.assert_array_equal(plain, labels)

@@ -134,14 +134,6 @@ def test_members_with_different_labels_are_refused_in_one_line(untrained_run, ct
     assert not (tmp_path / "out" / "ct").exists()
 
 
-def test_builtin_models_refuse_save_probabilities_in_one_line(ct, tmp_path, capsys):
-    code = main(["predict", str(ct), "-o", str(tmp_path / "out"), "-q", "--model", "liver", "--save-probabilities"])
-    assert code != 0
-    err = capsys.readouterr().err
-    assert "--save-probabilities" in err and "built-in" in err
-    assert not (tmp_path / "out" / "ct").exists()
-
-
 def test_evaluate_reports_auc_and_ece_from_the_probabilities(untrained_run, ct, tmp_path, capsys):
     case_dir = _predict(ct, tmp_path / "out", untrained_run)
     source = nib.load(str(ct))

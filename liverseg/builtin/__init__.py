@@ -166,7 +166,8 @@ def torch_module(name: str):
 
 
 class BuiltinPredictor:
-    """``segment_volume(volume) -> (labels, warnings, details)`` for ``predict_batch``.
+    """``segment_volume(volume) -> (labels, warnings, details)`` for ``predict_batch`` (and
+    ``segment_volume_with_probabilities`` for ``--save-probabilities``).
 
     ``engines``: one per stage, the first stage's first (the liver, then the lesions inside it)."""
 
@@ -177,6 +178,20 @@ class BuiltinPredictor:
     def segment_volume(self, volume, threads: int | None = None, liver_mask: np.ndarray | None = None):
         """``liver_mask`` (two-stage models): a liver on the volume's grid (any nonzero voxel) that replaces
         the first stage, e.g. a radiologist's contour; the lesions are then searched inside it."""
+        labels, _, warnings, details = self._segment(volume, threads, liver_mask, False)
+        return labels, warnings, details
+
+    def segment_volume_with_probabilities(self, volume, threads: int | None = None,
+                                          liver_mask: np.ndarray | None = None):
+        """(labels, probabilities, warnings, details): ``probabilities`` uint8 ``round(255 p)`` of shape
+        (X, Y, Z, labels) on the volume's grid. Liver model: (1 - p_liver, p_liver). Two stages, with the
+        lesion network's p_lesion (0 outside the dilated liver): (1 - p_lesion) (1 - p_liver),
+        (1 - p_lesion) p_liver, p_lesion. A given liver mask counts as p_liver 1 inside it. The label map
+        is post-processed (largest liver component; an empty map when no liver is found), the
+        probabilities are the networks' (emptied too when no liver is found)."""
+        return self._segment(volume, threads, liver_mask, True)
+
+    def _segment(self, volume, threads, liver_mask, keep: bool):
         from .kul_liver import segment
 
         if liver_mask is not None:
@@ -186,21 +201,38 @@ class BuiltinPredictor:
                 raise InputError(f"liver mask of shape {tuple(liver_mask.shape)} does not fit the CT's "
                                  f"{tuple(volume.shape)}: it must be on the CT's own grid")
             labels = (np.asarray(liver_mask) > 0).astype(np.uint8)
+            p_liver = labels * np.uint8(255) if keep else None
             warnings, details = [], {"liver": "given mask", "liver_ml": round(float(labels.sum()) *
                                                                                 volume.voxel_volume_ml, 1)}
         else:
-            result = segment(volume, self.engines[0], threads=threads)
-            labels, warnings, details = result.labels, result.warnings, result.details
+            result = segment(volume, self.engines[0], threads=threads, keep_probability=keep)
+            labels, warnings, details, p_liver = result.labels, result.warnings, result.details, result.probability
+        p_lesion = None
         if len(self.engines) > 1:
             from .kul_lesion import LESION_LABEL, segment_lesions
 
             release_free_memory()  # the liver stage's freed maps, before the lesion stage allocates its own
-
-            lesions = segment_lesions(volume, labels, self.engines[1])
+            lesions = segment_lesions(volume, labels, self.engines[1], keep_probability=keep)
             labels[lesions.mask] = LESION_LABEL
             warnings += lesions.warnings
             details.update(lesions.details)
-        return labels, warnings, details
+            p_lesion = lesions.probability
+        if not keep:
+            return labels, None, warnings, details
+        return labels, combine_probabilities(p_liver, p_lesion), warnings, details
+
+
+def combine_probabilities(p_liver: np.ndarray, p_lesion: np.ndarray | None) -> np.ndarray:
+    """uint8 (X, Y, Z, K) from uint8 stage probabilities (see ``segment_volume_with_probabilities``);
+    the channels sum to 255 up to rounding."""
+    liver = p_liver.astype(np.float32) / 255.0
+    if p_lesion is None:
+        channels = [1.0 - liver, liver]
+    else:
+        lesion = p_lesion.astype(np.float32) / 255.0
+        rest = 1.0 - lesion
+        channels = [rest * (1.0 - liver), rest * liver, lesion]
+    return np.stack([np.rint(c * 255.0).astype(np.uint8) for c in channels], axis=-1)
 
 
 def release_free_memory() -> None:

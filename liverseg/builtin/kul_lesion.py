@@ -37,7 +37,7 @@ import numpy as np
 
 from ..io.volume import Volume
 from ..preprocess import canonical_ornt, to_canonical
-from .kul_liver import Grid, interpolate_mask, scale_hu
+from .kul_liver import Grid, interpolate_mask, probability_on_input, scale_hu
 from .zoom import zoom3d
 
 log = logging.getLogger(__name__)
@@ -146,27 +146,31 @@ class LesionResult:
     mask: np.ndarray  # bool on the input grid
     details: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    probability: np.ndarray | None = None  # with keep_probability: uint8 round(255 p_lesion) on the input grid
 
 
-def segment_lesions(volume: Volume, liver: np.ndarray, engine) -> LesionResult:
-    """Lesions of ``volume`` inside the liver mask ``liver`` (same grid), as a boolean mask on that grid."""
+def segment_lesions(volume: Volume, liver: np.ndarray, engine, keep_probability: bool = False) -> LesionResult:
+    """Lesions of ``volume`` inside the liver mask ``liver`` (same grid), as a boolean mask on that grid (and
+    with ``keep_probability`` the lesion probability there, 0 outside the gate)."""
     ornt = canonical_ornt(volume.affine_ras)
     canonical = to_canonical(volume.array, ornt)
     spacing = tuple(float(s) for s in volume.spacing_mm[np.argsort(ornt[:, 0])])
     mask = np.zeros(volume.shape, dtype=bool)
     prepared = prepare(canonical, to_canonical(liver, ornt) > 0, spacing)
     if prepared is None:
-        return LesionResult(mask, {"lesion_tiles": 0})
+        return LesionResult(mask, {"lesion_tiles": 0},
+                            probability=np.zeros(volume.shape, np.uint8) if keep_probability else None)
     crop_probability, count = lesion_probability(prepared, engine.run_tile)
     probability = np.zeros(prepared.grid.shape, dtype=np.float32)
     probability[prepared.crop] = crop_probability
     found = interpolate_mask(probability, prepared.grid)
     if found is not None:
         to_canonical(mask, ornt)[found[0]] = found[1]
+    kept = probability_on_input(probability, prepared.grid, ornt, volume.shape) if keep_probability else None
     details = {"lesion_engine": engine.name, "lesion_tiles": count,
                "lesion_grid_voxels": list(prepared.grid.shape),
                "lesion_crop_voxels": [[c.start, c.stop] for c in prepared.crop]}
-    return LesionResult(mask, details, lesion_warnings(mask, liver))
+    return LesionResult(mask, details, lesion_warnings(mask, liver), kept)
 
 
 def lesion_warnings(mask: np.ndarray, liver: np.ndarray) -> list[str]:

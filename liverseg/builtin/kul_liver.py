@@ -245,6 +245,7 @@ class LiverResult:
     labels: np.ndarray  # uint8 on the input grid, 1 = liver
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    probability: np.ndarray | None = None  # with keep_probability: uint8 round(255 p_liver) on the input grid
 
 
 def _components(found: np.ndarray) -> list[tuple[int, slice]]:
@@ -259,8 +260,10 @@ def _components(found: np.ndarray) -> list[tuple[int, slice]]:
     return [(int(sizes[k + 1]), box[2]) for k, box in enumerate(ndimage.find_objects(components)) if box is not None]
 
 
-def segment(volume: Volume, engine: Engine, threads: int | None = None) -> LiverResult:
-    """The liver of ``volume`` as uint8 labels on its own grid, with warnings and what was done."""
+def segment(volume: Volume, engine: Engine, threads: int | None = None, keep_probability: bool = False) -> LiverResult:
+    """The liver of ``volume`` as uint8 labels on its own grid, with warnings and what was done; with
+    ``keep_probability`` also the liver probability there (0 outside the region the network computed
+    exactly, which holds every voxel at or above 0.5; emptied with the labels when no liver is found)."""
     warnings = input_warnings(volume)
     ornt = canonical_ornt(volume.affine_ras)
     canonical = to_canonical(volume.array, ornt)
@@ -293,6 +296,8 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None) -> Liver
     probability[(roi[0], roi[1], slice(roi[2].start + span.start, roi[2].stop + span.start))] = run.probabilities(roi)
     del run, image
     labels = probability_to_labels(probability, grid, canonical.shape, ornt, volume.shape)
+    kept = probability_on_input(probability, grid, ornt, volume.shape) if keep_probability else None
+    del probability
     liver_ml = float(np.count_nonzero(labels)) * volume.voxel_volume_ml
     cut = cut_sides(labels, ornt)
     if liver_ml == 0:
@@ -302,11 +307,13 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None) -> Liver
                         f"the scan and is too small for a liver (at least {MIN_WHOLE_LIVER_ML:.0f} mL even in "
                         "children); this scan probably does not show the liver, so the label map is left empty")
         labels[...] = 0
+        if kept is not None:
+            kept[...] = 0
         liver_ml = 0.0
     else:
         warnings += liver_warnings(liver_ml, cut)
     details["liver_ml"] = round(liver_ml, 1)
-    return LiverResult(labels, warnings, details)
+    return LiverResult(labels, warnings, details, kept)
 
 
 def _liver_window(engine: Engine, image: np.ndarray, details: dict) -> tuple[slice, PatchRun] | None:
@@ -369,11 +376,26 @@ def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: 
 def interpolate_mask(probability: np.ndarray, grid: Grid, threshold: float = 0.5
                      ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Where the probability on ``grid``, interpolated linearly onto the canonical voxels, exceeds
-    ``threshold``: (canonical box, boolean mask in it); None when no grid voxel reaches it.
+    ``threshold``: (canonical box, boolean mask in it); None when no grid voxel reaches it."""
+    found = interpolate(probability, grid, threshold)
+    return None if found is None else (found[0], found[1] > threshold)
 
-    Only the bounding box of the grid voxels at or above the threshold (plus one voxel) is
-    interpolated: a linear blend of values below it stays below it.
-    """
+
+def probability_on_input(probability: np.ndarray, grid: Grid, ornt: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The grid's probability interpolated linearly onto the input's voxels, as uint8 ``round(255 p)``
+    (0 where no grid voxel reaches 1/510)."""
+    out = np.zeros(shape, dtype=np.uint8)
+    found = interpolate(probability, grid, 0.5 / 255.0)
+    if found is not None:
+        to_canonical(out, ornt)[found[0]] = np.rint(np.clip(found[1], 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
+
+
+def interpolate(probability: np.ndarray, grid: Grid, threshold: float
+                ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """The probability on ``grid`` interpolated linearly onto the canonical voxels of the bounding box of
+    the grid voxels at or above ``threshold`` (plus one voxel; a blend of values below the threshold
+    stays below it): (canonical box, values); None when no grid voxel reaches it."""
     hits = probability >= threshold
     if not hits.any():
         return None
@@ -397,7 +419,7 @@ def interpolate_mask(probability: np.ndarray, grid: Grid, threshold: float = 0.5
         hi *= weight.reshape(wshape)
         lo += hi
         values = lo
-    return tuple(ranges), values > threshold  # type: ignore[return-value]
+    return tuple(ranges), values  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- warnings
@@ -445,5 +467,5 @@ def liver_warnings(liver_ml: float, cut: Sequence[str]) -> list[str]:
 
 
 __all__ = ["segment", "LiverResult", "Grid", "body_box", "windows", "resample_body", "scale_hu",
-           "probability_to_labels", "interpolate_mask", "input_warnings", "lattice", "PATCH", "OUTPUT", "MARGIN",
+           "probability_to_labels", "interpolate_mask", "interpolate", "probability_on_input", "input_warnings", "lattice", "PATCH", "OUTPUT", "MARGIN",
            "NETWORK_SPACING_MM", "COARSE_STRIDE", "FINE_STRIDE", "statistics_slices"]
