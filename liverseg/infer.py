@@ -466,6 +466,15 @@ def predict_volume_probabilities(members: Sequence["TrainedModel"], volume: Volu
         step = 65535 // len(members)
         total, view = storage(np.uint16)
         for member in members:
+            with_probabilities = getattr(member.model, "segment_volume_with_probabilities", None)
+            if with_probabilities is not None:  # a built-in model: its own road gives input-grid uint8
+                _, member_uint8, warnings, _ = with_probabilities(volume)
+                for message in warnings:  # the ensemble keeps no per-member report: the log says it
+                    log.warning("%s: %s", member.model_id, message)
+                for k in range(count):
+                    view[k] += _quantise(member_uint8[..., k], step / PROBABILITY_SCALE, np.uint16)
+                del member_uint8
+                continue
             plan = plan_memory(volume, member.cfg, memory_gb)
             grid, record = network_grid_probabilities(member.model, volume, member.cfg, member.device, progress, plan)
             canonical = to_canonical(view, record.ornt)
@@ -494,14 +503,15 @@ def _quantise(values: np.ndarray, scale: float, dtype: Any) -> np.ndarray:
 
 def load_ensemble(paths: Sequence[str | Path | None], device: Any = None, threads: int | None = None,
                   backend: str = "auto") -> "TrainedModel":
-    """One ``TrainedModel`` whose ``model`` is an ``Ensemble`` of the models at ``paths`` (run folders or
-    exported files with the same label list; built-in models give labels only and are refused)."""
+    """One ``TrainedModel`` whose ``model`` is an ``Ensemble`` of the models at ``paths`` (run folders,
+    exported files or built-in models with the same label list)."""
     from . import builtin
 
     members = []
     for path in paths:
         trained = load_model(path, device, threads, backend)
-        if getattr(trained.model, "segment_volume", None) is not None:
+        if getattr(trained.model, "segment_volume", None) is not None and \
+                getattr(trained.model, "segment_volume_with_probabilities", None) is None:
             raise InputError(f"--model {path}: a built-in model gives labels, not probabilities, so it cannot be "
                              f"an ensemble member; use run folders or exported models "
                              f"(built-in: {', '.join(builtin.BUILTIN_MODELS)})")

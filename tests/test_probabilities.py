@@ -159,3 +159,31 @@ def test_expected_calibration_error():
     ref = np.array([0, 0, 1, 1, 1, 0], dtype=bool)
     assert metrics.expected_calibration_error(prob, ref) == pytest.approx((2 * 0.05 + 2 * 0.05 + 2 * 0.05) / 6)
     assert metrics.expected_calibration_error([1.0, 0.0], [1, 0]) == 0.0
+
+
+def test_a_built_in_model_joins_an_ensemble_with_its_input_grid_probabilities(untrained_run, ct):
+    """A built-in member brings its own road's uint8 probabilities (``segment_volume_with_probabilities``);
+    they are averaged with the run folder's on the input grid."""
+    from types import SimpleNamespace
+
+    from liverseg.infer import load_model, predict_volume_probabilities
+    from liverseg.io import read_volume
+
+    volume = read_volume(ct)
+    run = load_model(str(untrained_run), "cpu", None, "torch")
+    count = len(run.cfg.data.labels)
+    fixed = np.zeros((*volume.shape, count), dtype=np.uint8)
+    fixed[..., 0], fixed[..., 1] = 55, 200  # "liver" at 200/255 everywhere
+
+    class Builtin:
+        def segment_volume(self, vol, threads=None):
+            raise AssertionError("an ensemble asks for probabilities")
+
+        def segment_volume_with_probabilities(self, vol, threads=None):
+            return fixed[..., 1] > 127, fixed, ["a built-in warning"], {}
+
+    builtin = SimpleNamespace(model=Builtin(), cfg=run.cfg, model_id="builtin stand-in", device="cpu")
+    _, alone = predict_volume_probabilities([run], volume)
+    _, both = predict_volume_probabilities([run, builtin], volume)
+    expected = (alone.astype(np.float64) + fixed) / 2.0
+    assert np.abs(both.astype(np.float64) - expected).max() <= 1.0
