@@ -196,11 +196,12 @@ def inference_config(cfg: "ExperimentConfig") -> dict:
                    f"sw_batch_size={int(cfg.infer.sw_batch_size)}, overlap=@overlap, mode={cfg.infer.blend!r}, "
                    "sigma_scale=0.125, padding_mode='constant', cval=0.0)",
         "postprocessing": {"_target_": "Compose", "transforms": post},
-        "predict": "$lambda d: @postprocessing(dict(d, pred=@inferer(d['image'].shape[1:])("
+        # no_grad as a decorator, not torch.set_grad_enabled(False) in "initialize": a bundle run inside
+        # someone's Python process must not switch autograd off for what that process does next
+        "predict": "$torch.no_grad()(lambda d: @postprocessing(dict(d, pred=@inferer(d['image'].shape[1:])("
                    "d['image'][None].to(@device), "
-                   "@network_probabilities)[0].cpu()))",
-        "initialize": ["$torch.set_grad_enabled(False)",
-                       "$os.makedirs(@output_dir, exist_ok=True)"],
+                   "@network_probabilities)[0].cpu())))",
+        "initialize": ["$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$[@predict(d) for d in @dataset]"],
     }
 

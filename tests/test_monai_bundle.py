@@ -83,6 +83,7 @@ def test_the_bundle_runs_with_monai_and_agrees_with_predict(fitted_run, tmp_path
     run_bundle(config_file=str(bundle / "configs" / "inference.json"),
                meta_file=str(bundle / "configs" / "metadata.json"), bundle_root=str(bundle),
                dataset_dir=str(image.parent), output_dir=str(tmp_path / "monai"))
+    assert torch.is_grad_enabled()  # the bundle leaves the caller's autograd as it was
     assert main(["predict", str(image), "-o", str(tmp_path / "liverseg"), "--model", str(run), "--device", "cpu",
                  "-q", "--threads", "1", "--backend", "torch"]) == 0
     got = sitk.ReadImage(str(tmp_path / "monai" / "ct_seg.nii.gz"))
