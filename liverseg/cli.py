@@ -154,8 +154,11 @@ def _predict_ranks(ctx, cases: list, args: argparse.Namespace, device: str | Non
 
 def _print_result(result, cases: list, report_failures: bool = True) -> int:
     for case_dir in result.case_dirs.values():
-        print(case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir,
-              flush=True)  # whole lines: torchrun ranks share one stdout
+        path = case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir
+        # one write per line, flushed: torchrun ranks share one stdout pipe, and a write below PIPE_BUF
+        # (4 KB) reaches it whole (print writes the text and the newline separately)
+        sys.stdout.write(f"{path}\n")
+        sys.stdout.flush()
     if result.failed and report_failures:
         print(f"liverseg predict: {len(result.failed)} of {len(cases)} case(s) failed: "
               f"{', '.join(case for case, _ in result.failed)}", file=sys.stderr)
