@@ -332,6 +332,29 @@ def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
 
 # ----------------------------------------------------------------------------- ROC AUC
 
+def _scored_voxels(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None, metric: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 scores, bool reference) of the voxels in ``mask`` (all if None), flat; ValueError naming
+    ``metric`` for mismatched shapes, no voxels or non-finite scores."""
+    prob = np.asarray(prob, dtype=np.float64)
+    ref = np.asarray(ref, dtype=bool)
+    if prob.shape != ref.shape:
+        raise ValueError(f"probability shape {prob.shape} differs from reference shape {ref.shape}")
+    where = ""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != ref.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from reference shape {ref.shape}")
+        prob, ref, where = prob[mask], ref[mask], " inside the mask"
+    else:
+        prob, ref = prob.ravel(), ref.ravel()
+    if prob.size == 0:
+        raise ValueError(f"{metric} is undefined: no voxels{where}")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError(f"{metric} needs finite scores; found NaN or inf{where}")
+    return prob, ref
+
+
 def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Exact ROC AUC of scores ``prob`` against the binary reference, over the voxels in ``mask`` (all if None).
 
@@ -339,22 +362,8 @@ def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -
     ``sklearn.metrics.roc_auc_score``. Raises ``ValueError`` when the selection holds no voxels, only
     positive or only negative reference voxels, or non-finite scores.
     """
-    prob = np.asarray(prob, dtype=np.float64)
-    ref = np.asarray(ref, dtype=bool)
-    if prob.shape != ref.shape:
-        raise ValueError(f"probability shape {prob.shape} differs from reference shape {ref.shape}")
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != ref.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from reference shape {ref.shape}")
-        prob, ref = prob[mask], ref[mask]
-    else:
-        prob, ref = prob.ravel(), ref.ravel()
+    prob, ref = _scored_voxels(prob, ref, mask, "ROC AUC")
     where = " inside the mask" if mask is not None else ""
-    if prob.size == 0:
-        raise ValueError(f"ROC AUC is undefined: no voxels{where}")
-    if not np.all(np.isfinite(prob)):
-        raise ValueError(f"ROC AUC needs finite scores; found NaN or inf{where}")
     n_pos = int(np.count_nonzero(ref))
     n_neg = ref.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -374,19 +383,7 @@ def expected_calibration_error(prob: np.ndarray, ref: np.ndarray, mask: np.ndarr
     reference-positive voxels in the bin - mean probability in the bin|. 0 is perfectly calibrated.
     Raises ``ValueError`` when the selection holds no voxels or non-finite probabilities.
     """
-    prob = np.asarray(prob, dtype=np.float64)
-    ref = np.asarray(ref, dtype=bool)
-    if prob.shape != ref.shape:
-        raise ValueError(f"probability shape {prob.shape} differs from reference shape {ref.shape}")
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        prob, ref = prob[mask], ref[mask]
-    else:
-        prob, ref = prob.ravel(), ref.ravel()
-    if prob.size == 0:
-        raise ValueError("ECE is undefined: no voxels")
-    if not np.all(np.isfinite(prob)):
-        raise ValueError("ECE needs finite probabilities; found NaN or inf")
+    prob, ref = _scored_voxels(prob, ref, mask, "ECE")
     index = np.clip((prob * bins).astype(np.int64), 0, bins - 1)
     counts = np.bincount(index, minlength=bins).astype(np.float64)
     prob_sums = np.bincount(index, weights=prob, minlength=bins)
