@@ -32,7 +32,8 @@ from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from .config import apply_overrides
 from .errors import ConfigError, InputError, LiversegError
 from .infer import Ensemble, TrainedModel, load_ensemble, load_model, predict_volume, predict_volume_probabilities
-from .io import case_name, check_input, is_image_file, read_volume, write_label_map
+from .io import case_name, is_image_file, read_volume, write_label_map
+from .io.integrity import check_ct_values
 from .io.dicom import holds_dicom
 from .io.outputs import label_voxel_counts
 from .io.photos import is_photo_file
@@ -160,10 +161,10 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
 
     Checked before anything is predicted (an error here writes nothing): the options, the model,
     clashing case names, case folders that already exist (kept unless ``overwrite``;
-    ``skip_existing`` leaves them and predicts the rest) and, when there is only one case, its header
-    or DICOM series. In a batch each input is checked when its turn comes (the next one's header in a
-    background thread while the current one is predicted): an unreadable input, or one that does not
-    exist, is one failed case, reported in one line and skipped. Stale ``.partial`` folders of dead
+    ``skip_existing`` leaves them and predicts the rest) and, when there is only one case, the input
+    itself (read once, and segmented as read). In a batch each input is read, and so checked, when its
+    turn comes (the next one while the current one is predicted, unless pipelining is off): an
+    unreadable input, or one that does not exist, is one failed case, reported in one line and skipped. Stale ``.partial`` folders of dead
     runs are removed first (``clean_stale_partials``); ``out_dir/batch_summary.csv`` (case, status
     ok/failed/skipped, seconds, volume per label in mL, warnings, error) is written at the end.
     """
@@ -198,8 +199,9 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
             bundle.model.members = [replace(m, cfg=_infer_overrides(m.cfg, options.overrides))
                                     for m in bundle.model.members]
     check_headers = bundle.cfg.data.modality == "ct"
-    if check_headers and len(cases) == 1:  # a batch of one: its error is the run's, nothing written
-        check_input(cases[0].image, series=options.series, allow_gaps=options.allow_gaps)
+    # a batch of one: read (and so proven whole) before anything is written, its error the run's; the
+    # volume is then segmented as read, not read a second time
+    first_read = (cases[0].case_id, _read_case(cases[0], options)) if check_headers and len(cases) == 1 else None
     result = BatchResult()
     existing = [case.case_id for case in cases if (out_dir / case.case_id).exists()]
     if existing and not options.skip_existing and not options.overwrite and live_claims(out_dir):
@@ -223,13 +225,14 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
     rows = {name: _summary_row(name, "skipped", out_dir / name, label_names) for name in result.skipped}
     single = len(cases) == 1
     pipelined = check_headers and not single and pipeline_enabled(options.pipeline)
-    checks = _HeaderChecks(cases, options) if check_headers and not single and not pipelined else None
-    position = {case.case_id: index for index, case in enumerate(cases)}
 
     def whole(case: Case) -> Path:  # one case at a time
-        if checks is not None:
-            checks.wait(position[case.case_id])
-        return predict_case(bundle, case, out_dir, options, progress=options.progress and single)
+        if not check_headers:  # photographs: predict_case reads and predicts them
+            return predict_case(bundle, case, out_dir, options, progress=options.progress and single)
+        read = first_read[1] if first_read and first_read[0] == case.case_id else _read_case(case, options)
+        segmented = segment_ct_case(bundle, case, options, progress=options.progress and single, volume=read[0],
+                                    read_s=read[1])
+        return predict_case(bundle, case, out_dir, options, segmented=segmented)
 
     def done(case: Case, case_dir: Path, seconds: float) -> None:
         result.case_dirs[case.case_id] = case_dir
@@ -252,12 +255,8 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
                       compute=lambda case, read: segment_ct_case(bundle, case, options, volume=read[0], read_s=read[1]),
                       write=lambda case, segmented: predict_case(bundle, case, out_dir, options, segmented=segmented),
                       whole=whole)
-    try:
-        run_cases(cases, out_dir, steps, on_done=done, on_fail=failed, on_skip=skipped, overwrite=options.overwrite,
-                  existing=existing, pipeline=pipelined, progress=options.progress and not single)
-    finally:
-        if checks is not None:
-            checks.close()
+    run_cases(cases, out_dir, steps, on_done=done, on_fail=failed, on_skip=skipped, overwrite=options.overwrite,
+              existing=existing, pipeline=pipelined, progress=options.progress and not single)
     order = [name for name in names if name in rows]
     result.summary = [rows[name] for name in order]
     try:
@@ -432,8 +431,9 @@ def _check_memory_gb(memory_gb: float | None) -> None:
 
 
 def _read_case(case: Case, options: PredictOptions) -> tuple[Volume, float]:
-    """(volume, seconds) of a CT case, read ahead in a pipelined batch; any reader's error is one
-    unreadable input (``InputError``), as ``_HeaderChecks`` makes it."""
+    """(volume, seconds) of a CT case to segment, when its turn comes (read ahead in a pipelined batch).
+    The reader proves the data whole; a volume of one value (blank export) is refused here for every
+    format; any reader's error is one unreadable input (``InputError``)."""
     start = time.perf_counter()
     try:
         volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
@@ -442,41 +442,8 @@ def _read_case(case: Case, options: PredictOptions) -> tuple[Volume, float]:
     except Exception as exc:  # noqa: BLE001 - a reader's own exception types
         message = (str(exc).splitlines() or [""])[0][:200]
         raise InputError(f"{case.image}: cannot be read ({type(exc).__name__}: {message})") from None
+    check_ct_values(case.image, volume.array)
     return volume, time.perf_counter() - start
-
-
-class _HeaderChecks:
-    """``check_input`` of the cases in order, one ahead: the next case's header (or DICOM series) is
-    checked in a background thread while the current case is predicted."""
-
-    def __init__(self, cases: Sequence[Case], options: PredictOptions) -> None:
-        self._cases = list(cases)
-        self._options = options
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverseg-check")
-        self._futures: dict = {}
-
-    def _check(self, image: Path) -> None:
-        try:
-            check_input(image, series=self._options.series, allow_gaps=self._options.allow_gaps)
-        except LiversegError:
-            raise
-        except Exception as exc:  # a reader's own exception types: still one unreadable input
-            message = (str(exc).splitlines() or [""])[0][:200]
-            raise InputError(f"{image}: cannot be read ({type(exc).__name__}: {message})") from None
-
-    def _submit(self, index: int) -> None:
-        if index < len(self._cases) and index not in self._futures:
-            self._futures[index] = self._pool.submit(self._check, self._cases[index].image)
-
-    def wait(self, index: int) -> None:
-        """Raise the check's error of case ``index`` (if any), after starting the next case's check."""
-        self._submit(index)
-        future = self._futures.pop(index)
-        self._submit(index + 1)
-        future.result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _summary_row(case_id: str, status: str, case_dir: Path | None, label_names: Sequence[str],

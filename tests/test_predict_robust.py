@@ -87,6 +87,24 @@ def test_one_corrupt_input_among_two_good_is_one_failed_case(run_dir, tmp_path, 
     assert str(bad) in rows[1]["error"] and rows[1]["liver_ml"] == ""
 
 
+@pytest.mark.parametrize("pipeline", ["1", "0"])
+def test_a_blank_volume_is_refused_in_a_batch_as_alone(run_dir, tmp_path, capfd, monkeypatch, pipeline):
+    """A volume of one value (blank export) is refused whether it comes alone or in a batch, pipelined or not."""
+    monkeypatch.setenv("LIVERSEG_PIPELINE", pipeline)
+    good = _write_ct(tmp_path / "good.nii.gz", 0)
+    blank = write_volume(make_volume((18, 16, 8), (4.0, 4.0, 5.0), array=np.full((18, 16, 8), -1000, np.int16)),
+                         tmp_path / "blank.nii.gz")
+    out = tmp_path / "out"
+    assert _predict(good, blank, "-o", out, "--model", run_dir) == 2
+    rows = _summary(out)
+    assert [(r["case"], r["status"]) for r in rows] == [("good", "ok"), ("blank", "failed")]
+    assert "same value" in rows[1]["error"]
+    capfd.readouterr()
+    assert _predict(blank, "-o", tmp_path / "alone", "--model", run_dir) == 2
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "same value" in err and not (tmp_path / "alone").exists()
+
+
 def test_a_missing_path_among_others_is_a_failed_case_and_alone_an_error(run_dir, tmp_path, capfd):
     good = _write_ct(tmp_path / "good.nii.gz", 0)
     missing = tmp_path / "missing.nii.gz"
