@@ -40,6 +40,17 @@ def test_forward_returns_logits_on_the_input_size_and_core_equals_forward_inside
         out = net(x)
     assert tuple(out.shape) == (1, 2, 13, 17, 9)
     assert torch.all(out[:, 0] == 0)  # the pair (0, z): softmax = the original's sigmoid
+    # forward = core on the input centred in zeros: the smallest valid sizes (a margin of 44/44/22 plus
+    # what the pooling needs) are 108/108/54, outputs 20/20/10, so x sits at margin + (output - n) // 2
+    sizes, outputs = (108, 108, 54), (20, 20, 10)
+    padded = torch.zeros(1, 1, *sizes)
+    lead = [m + (o - n) // 2 for m, o, n in zip(net.margin, outputs, x.shape[2:])]
+    padded[0, 0, lead[0]:lead[0] + 13, lead[1]:lead[1] + 17, lead[2]:lead[2] + 9] = x[0, 0]
+    with torch.no_grad():
+        core = net.core(padded)
+    assert tuple(core.shape[2:]) == outputs
+    start = [(o - n) // 2 for o, n in zip(outputs, x.shape[2:])]
+    torch.testing.assert_close(out, core[:, :, start[0]:start[0] + 13, start[1]:start[1] + 17, start[2]:start[2] + 9])
 
 
 def test_the_streamed_evaluation_computes_core(monkeypatch):
