@@ -238,14 +238,21 @@ def combine_probabilities(p_liver: np.ndarray, p_lesion: np.ndarray | None) -> n
 def release_free_memory() -> None:
     """Hand freed heap memory back to the system (glibc keeps it for reuse otherwise, and peak RSS is
     what the user sees); nothing where there is no glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (``ctypes.util.find_library`` runs ldconfig: not per case)."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError, TypeError):
-        pass
+        return None
 
 
 def stages(name: str) -> list[str]:
