@@ -20,7 +20,7 @@ from .errors import ConfigError
 # preprocess.photo_color -> input channels of the network
 PHOTO_CHANNELS = {"rgb": 3, "green": 1, "gray": 1}
 
-LOSSES = ("dice_ce", "ce", "dice")  # train.loss; built in losses.py
+LOSSES = ("dice_ce", "ce", "dice", "ce_cldice")  # train.loss; built in losses.py
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class PreprocessConfig:
     # data.modality=photo, a case without a field-of-view mask: pixels brighter than this (0-255, any
     # channel) form its field of view (a fundus photograph's lit disc); 0 = the whole image.
     photo_fov_threshold: int = 0
+    # data.modality=photo: resolution normalisation. Each photograph is resized (for training and for
+    # prediction; predictions are resized back to the photograph's own pixels) so that its field of view
+    # is this many pixels wide, so vessels appear at similar pixel widths whatever the camera's resolution
+    # (FOV widths: DRIVE about 540 px, CHASE_DB1 about 920, HRF about 3,300). 0 = native size.
+    photo_fov_diameter: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,8 @@ class TrainConfig:
     pos_fraction: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    # dice_ce (Dice + cross-entropy) | ce (cross-entropy) | dice
+    # dice_ce (Dice + cross-entropy) | ce (cross-entropy) | dice | ce_cldice (cross-entropy + 0.5 x soft
+    # clDice, a topology term for tubular structures such as vessels; Shit et al., CVPR 2021)
     loss: str = "dice_ce"
     schedule: str = "cosine"  # cosine | poly | constant
     warmup_iters: int = 0
@@ -188,6 +194,9 @@ class ExperimentConfig:
         if not 0 <= self.preprocess.photo_fov_threshold < 255:
             raise ConfigError(f"preprocess.photo_fov_threshold={self.preprocess.photo_fov_threshold}: a grey "
                               "level in 0..254 (0 = the whole image is the field of view)")
+        if self.preprocess.photo_fov_diameter != 0 and not 32 <= self.preprocess.photo_fov_diameter <= 8192:
+            raise ConfigError(f"preprocess.photo_fov_diameter={self.preprocess.photo_fov_diameter}: a field-of-view "
+                              "width in pixels between 32 and 8192, or 0 for the native size")
         if not 0.0 <= self.preprocess.photo_clahe <= 1.0:
             raise ConfigError(f"preprocess.photo_clahe={self.preprocess.photo_clahe}: a clip limit in [0, 1] "
                               "(0 = off; 0.01 is scikit-image's default)")
@@ -240,7 +249,7 @@ class ExperimentConfig:
             raise ConfigError(f"model.slices_2d={self.model.slices_2d} applies to 2D models only; "
                               "set model.spatial_dims=2 or model.slices_2d=1")
         if self.train.loss not in LOSSES:
-            raise ConfigError(f"train.loss={self.train.loss!r}: use dice_ce, ce or dice")
+            raise ConfigError(f"train.loss={self.train.loss!r}: use {', '.join(LOSSES)}")
         if self.train.schedule not in ("cosine", "poly", "constant"):
             raise ConfigError(f"train.schedule={self.train.schedule!r}: use cosine, poly or constant")
         if self.infer.blend not in ("gaussian", "constant"):

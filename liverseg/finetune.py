@@ -177,7 +177,8 @@ def check_compatible(cfg: ExperimentConfig, source: InitSource, warn: bool = Tru
         raise ConfigError(f"--init {source.label}: train.auto_plan=true would re-plan the spacing and intensity "
                           "normalisation the source's weights were trained with; leave it false (set "
                           "train.patch_size / batch_size yourself)")
-    for key in ("spacing_mm", "hu_window", "intensity_mean_hu", "intensity_std_hu", "photo_color", "photo_clahe"):
+    for key in ("spacing_mm", "hu_window", "intensity_mean_hu", "intensity_std_hu", "photo_color", "photo_clahe",
+                "photo_fov_diameter"):
         mine, theirs = getattr(cfg.preprocess, key), getattr(src.preprocess, key)
         if mine != theirs and warn:
             log.warning("--init %s: preprocess.%s=%s differs from the source's %s: the weights start from images "

@@ -13,6 +13,12 @@ machine that has the same layout, with ``--root``. Split conventions follow the 
 
 ``val`` is the last two ``train`` cases: a monitoring subset of the training data (used only to pick
 the best checkpoint), so ``test`` stays untouched.
+
+CHASE_DB1 also gets 4 cross-validation folds over all 28 images, split by child so that both eyes of a
+child are always on the same side (the two eyes of one child look alike; splitting them would leak):
+child ``n`` (01..14) goes to fold ``(n - 1) % 4``, so folds hold 8, 8, 6 and 6 images. Splits ``cv_fold{k}``
+(held out), ``cv_train{k}`` (the other three folds) and ``cv_val{k}`` (the last child of ``cv_train{k}``,
+monitoring only, like ``val``).
 """
 from __future__ import annotations
 
@@ -78,6 +84,23 @@ def import_drive(root: str | Path) -> dict:
 
 CHASE_IMAGE = re.compile(r"^Image_(\d{2})([LR])\.jpg$", re.IGNORECASE)
 CHASE_TRAIN = 20
+CHASE_CV_FOLDS = 4
+
+
+def chase_cv_splits(ids: list[str], n_folds: int = CHASE_CV_FOLDS) -> dict[str, list[str]]:
+    """``cv_fold{k}`` / ``cv_train{k}`` / ``cv_val{k}`` for k < n_folds, grouped by child (Image_NN*)."""
+    child_of = {case_id: int(CHASE_IMAGE.match(case_id + ".jpg").group(1)) for case_id in ids}
+    children = sorted(set(child_of.values()))
+    fold_of_child = {child: i % n_folds for i, child in enumerate(children)}
+    splits: dict[str, list[str]] = {}
+    for k in range(n_folds):
+        held_out = [c for c in ids if fold_of_child[child_of[c]] == k]
+        train = [c for c in ids if fold_of_child[child_of[c]] != k]
+        last_child = child_of[train[-1]]
+        splits[f"cv_fold{k}"] = held_out
+        splits[f"cv_train{k}"] = train
+        splits[f"cv_val{k}"] = [c for c in train if child_of[c] == last_child]
+    return splits
 
 
 def import_chase(root: str | Path) -> dict:
@@ -109,10 +132,11 @@ def import_chase(root: str | Path) -> dict:
                          f"(first {CHASE_TRAIN} train, the rest test)")
     ids = [c["id"] for c in cases]
     return {"name": "CHASE_DB1", "labels": VESSEL_LABELS,
-            "description": "CHASE_DB1 retinal vessels: first 20 images train, last 8 test; first observer (1stHO)",
-            "cases": cases, "splits": _splits(ids, CHASE_TRAIN)}
+            "description": "CHASE_DB1 retinal vessels: first 20 images train, last 8 test; first observer (1stHO); "
+                           f"{CHASE_CV_FOLDS} cross-validation folds by child (cv_fold/cv_train/cv_val k)",
+            "cases": cases, "splits": {**_splits(ids, CHASE_TRAIN), **chase_cv_splits(ids)}}
 
 
 PHOTO_IMPORTERS = {"drive": import_drive, "chase": import_chase}
 
-__all__ = ["import_drive", "import_chase", "PHOTO_IMPORTERS"]
+__all__ = ["import_drive", "import_chase", "chase_cv_splits", "PHOTO_IMPORTERS"]

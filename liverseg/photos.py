@@ -94,14 +94,63 @@ def load_photo(image_path: str | Path, fov_path: str | Path | None, color: str, 
     return rgb, standardize(select_channels(rgb, color, clahe), fov), fov
 
 
+# ----------------------------------------------------------------------------- resolution normalisation
+
+def fov_width(fov: np.ndarray) -> int:
+    """Width in pixels of the field of view: the number of columns it touches."""
+    return int(fov.any(axis=0).sum())
+
+
+def network_size(fov: np.ndarray, fov_diameter: int) -> tuple[int, int]:
+    """(H, W) the network sees: the photograph scaled so its field of view is ``fov_diameter`` pixels wide
+    (``preprocess.photo_fov_diameter``; 0 = native size)."""
+    height, width = fov.shape
+    if fov_diameter <= 0:
+        return height, width
+    factor = fov_diameter / max(fov_width(fov), 1)
+    return max(int(round(height * factor)), 1), max(int(round(width * factor)), 1)
+
+
+def resize_channels(channels: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float -> (C, *size), bilinear; anti-aliased when shrinking so thin vessels fade rather than
+    alias into broken dashes."""
+    tensor = torch.as_tensor(channels, dtype=torch.float32)
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    shrinking = size[0] < tensor.shape[-2] or size[1] < tensor.shape[-1]
+    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=shrinking)[0]
+
+
+def to_network_resolution(image: np.ndarray, fov: np.ndarray, label: np.ndarray | None,
+                          fov_diameter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Image (C, H, W), fov (H, W) and label (H, W) class indices at the network's resolution. Masks are
+    resized as per-class fractions and take the class covering most of each new pixel (the FOV at 1/2),
+    so a shrunken vessel keeps the pixels it mostly fills."""
+    size = network_size(fov, fov_diameter)
+    if size == fov.shape:
+        return image, fov, label
+    image = resize_channels(image, size).numpy()
+    fov = resize_channels(fov[None].astype(np.float32), size)[0].numpy() >= 0.5
+    image[:, ~fov] = 0.0
+    if label is not None:
+        classes = int(label.max()) + 1
+        fractions = resize_channels(np.stack([label == k for k in range(classes)]).astype(np.float32), size)
+        label = fractions.argmax(0).numpy().astype(label.dtype)
+    return image, fov, label
+
+
 def load_photo_case(item: dict, cfg: ExperimentConfig) -> dict:
-    """A manifest item {id, image, label, fov} -> tensors: image (C, H, W), label (1, H, W), fov (H, W)."""
+    """A manifest item {id, image, label, fov} -> tensors at the network's resolution: image (C, H, W),
+    label (1, H, W), fov (H, W)."""
     p = cfg.preprocess
     rgb, image, fov = load_photo(item["image"], item.get("fov"), p.photo_color, p.photo_clahe, p.photo_fov_threshold)
-    case = {"id": item["id"], "image": torch.from_numpy(image), "fov": torch.from_numpy(fov)}
+    label = None
     if item.get("label"):
         label = read_mask(item["label"], len(cfg.data.labels))
         check_same_size(rgb, label, item["image"], item["label"])
+    image, fov, label = to_network_resolution(image, fov, label, p.photo_fov_diameter)
+    case = {"id": item["id"], "image": torch.from_numpy(np.ascontiguousarray(image)), "fov": torch.from_numpy(fov)}
+    if label is not None:
         case["label"] = torch.from_numpy(label.astype(np.int64))[None]
     return case
 
@@ -223,15 +272,20 @@ def photo_probabilities(model: torch.nn.Module, image: torch.Tensor | np.ndarray
 
 def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str | Path,
                   fov_path: str | Path | None, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rgb, labels uint8 (H, W), probabilities float32 (K, H, W), fov) for one photograph.
+    """(rgb, labels uint8 (H, W), probabilities float32 (K, H, W), fov) for one photograph, on its own pixels
+    (with ``preprocess.photo_fov_diameter`` the network runs on the resized photograph and its
+    probabilities are resized back, bilinear).
 
     Outside the field of view every pixel is background (probability of class 0 set to 1).
     """
     p = cfg.preprocess
     rgb, image, fov = load_photo(image_path, fov_path, p.photo_color, p.photo_clahe, p.photo_fov_threshold)
+    network_image, _, _ = to_network_resolution(image, fov, None, p.photo_fov_diameter)
     model.eval()
     with torch.inference_mode():
-        probabilities = photo_probabilities(model, image, cfg, device)
+        probabilities = photo_probabilities(model, network_image, cfg, device)
+    if probabilities.shape[1:] != fov.shape:
+        probabilities = resize_channels(probabilities, fov.shape).clamp_(0.0, 1.0).numpy()
     probabilities[:, ~fov] = 0.0
     probabilities[0, ~fov] = 1.0
     labels = probabilities.argmax(0).astype(np.uint8)
@@ -266,6 +320,7 @@ def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
     return written
 
 
-__all__ = ["select_channels", "standardize", "automatic_fov", "load_photo", "load_photo_case", "PhotoPatches", "crop_transformed",
+__all__ = ["select_channels", "standardize", "automatic_fov", "load_photo", "fov_width", "network_size",
+           "resize_channels", "to_network_resolution", "load_photo_case", "PhotoPatches", "crop_transformed",
            "photo_train_loader", "photo_validation_cases", "photo_probabilities", "predict_photo",
            "predict_photo_case"]
