@@ -65,7 +65,7 @@ class PreprocessConfig:
     # data.modality=photo: resolution normalisation. Each photograph is resized (for training and for
     # prediction; predictions are resized back to the photograph's own pixels) so that its field of view
     # is this many pixels wide, so vessels appear at similar pixel widths whatever the camera's resolution
-    # (FOV widths: DRIVE about 540 px, CHASE_DB1 about 920, HRF about 3,300). 0 = native size.
+    # (FOV widths: DRIVE about 540 px, CHASE_DB1 896-924, HRF about 3,300). 0 = native size.
     photo_fov_diameter: int = 0
 
 

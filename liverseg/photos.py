@@ -96,6 +96,11 @@ def load_photo(image_path: str | Path, fov_path: str | Path | None, color: str, 
 
 # ----------------------------------------------------------------------------- resolution normalisation
 
+# preprocess.photo_fov_diameter: photographs whose field of view is within this fraction of the target width
+# are not resampled.
+NATIVE_TOLERANCE = 0.02
+
+
 def fov_width(fov: np.ndarray) -> int:
     """Width in pixels of the field of view: the number of columns it touches."""
     return int(fov.any(axis=0).sum())
@@ -103,11 +108,14 @@ def fov_width(fov: np.ndarray) -> int:
 
 def network_size(fov: np.ndarray, fov_diameter: int) -> tuple[int, int]:
     """(H, W) the network sees: the photograph scaled so its field of view is ``fov_diameter`` pixels wide
-    (``preprocess.photo_fov_diameter``; 0 = native size)."""
+    (``preprocess.photo_fov_diameter``; 0 = native size). Within 2% of that width the photograph is used as
+    it is: resampling would only blur it (CHASE_DB1's fields of view are 896-924 px wide)."""
     height, width = fov.shape
     if fov_diameter <= 0:
         return height, width
     factor = fov_diameter / max(fov_width(fov), 1)
+    if abs(factor - 1.0) <= NATIVE_TOLERANCE:
+        return height, width
     return max(int(round(height * factor)), 1), max(int(round(width * factor)), 1)
 
 

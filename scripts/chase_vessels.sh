@@ -13,7 +13,8 @@
 #   splits cv_train<k> / cv_fold<k> of `liverseg manifest import chase`). Each fold trains on the other
 #   three, predicts and evaluates its own images into OUT/fold<k>/; then scripts/vessel_cv_table.py prints
 #   the fold table (per-fold and mean AUC, Dice, accuracy) and writes OUT/cv_table.{md,csv}.
-#   FOLDS="0 2" runs only those folds (the table then covers them only).
+#   FOLDS="0 2" runs only those folds (the table then covers them only). JOBS=2 trains two folds at a time,
+#   each with nproc/JOBS threads (THREADS overrides) and its log in OUT/fold<k>.log.
 # Extra training settings go through LIVERSEG_TRAIN_ARGS, e.g. LIVERSEG_TRAIN_ARGS="--set train.epochs=5";
 # extra prediction settings through LIVERSEG_PREDICT_ARGS.
 set -euo pipefail
@@ -39,28 +40,48 @@ start=$(date +%s)
 
 # train_and_test RUN_DIR TRAIN_SPLIT VAL_SPLIT TEST_SPLIT: train, predict TEST_SPLIT into RUN_DIR/../pred, evaluate.
 train_and_test() {
-  local dir=$1 train_split=$2 val_split=$3 test_split=$4 t0 t1
+  local dir=$1 train_split=$2 val_split=$3 test_split=$4 t0 t1 threads=()
+  [ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
   mkdir -p "$dir"
   t0=$(date +%s)
   # shellcheck disable=SC2086
   /usr/bin/time -v -o "$dir/train_time.txt" \
     "$LIVERSEG" train --config configs/vessels_2d.yaml --run-dir "$dir/run" --set data.manifest="$OUT/chase.json" \
-    --set data.train_split="$train_split" --set data.val_split="$val_split" ${LIVERSEG_TRAIN_ARGS:-}
+    --set data.train_split="$train_split" --set data.val_split="$val_split" "${threads[@]}" ${LIVERSEG_TRAIN_ARGS:-}
   t1=$(date +%s)
   echo $((t1 - t0)) > "$dir/train_seconds"
   # shellcheck disable=SC2086
   "$LIVERSEG" predict --manifest "$OUT/chase.json" --split "$test_split" -o "$dir/pred" --model "$dir/run" \
-    ${LIVERSEG_PREDICT_ARGS:-}
+    "${threads[@]}" ${LIVERSEG_PREDICT_ARGS:-}
   "$LIVERSEG" evaluate "$dir/pred" --manifest "$OUT/chase.json" --split "$test_split" | tee "$dir/evaluation.txt"
   grep -E "Elapsed|User time|System time|Maximum resident" "$dir/train_time.txt" || true
   echo "training took $(( (t1 - t0) / 60 )) min $(( (t1 - t0) % 60 )) s wall"
 }
 
 if [ $CV = 1 ]; then
+  JOBS=${JOBS:-1}
+  if [ "$JOBS" -gt 1 ]; then
+    THREADS=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
+  fi
+  pids=() failed=0
   for k in ${FOLDS:-0 1 2 3}; do
     echo "=== fold $k: train on cv_train$k, test on cv_fold$k"
-    train_and_test "$OUT/fold$k" "cv_train$k" "cv_val$k" "cv_fold$k"
+    if [ "$JOBS" -gt 1 ]; then
+      train_and_test "$OUT/fold$k" "cv_train$k" "cv_val$k" "cv_fold$k" > "$OUT/fold$k.log" 2>&1 &
+      pids+=($!)
+      if [ ${#pids[@]} -ge "$JOBS" ]; then
+        wait "${pids[0]}" || failed=1
+        pids=("${pids[@]:1}")
+      fi
+    else
+      train_and_test "$OUT/fold$k" "cv_train$k" "cv_val$k" "cv_fold$k"
+    fi
   done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  if [ $failed = 1 ]; then
+    echo "a fold failed; see $OUT/fold<k>.log" >&2
+    exit 1
+  fi
   "$PYTHON" "$HERE/vessel_cv_table.py" "$OUT"
 else
   # The standard split: the run, predictions and evaluation sit directly in OUT as before.

@@ -65,6 +65,7 @@ def test_network_size_scales_the_field_of_view_to_the_configured_width():
     assert network_size(fov, 0) == (96, 100)
     assert network_size(fov, 40) == (48, 50)
     assert network_size(fov, 160) == (192, 200)
+    assert network_size(fov, 81) == (96, 100)  # within 2%: not resampled
 
 
 def test_resizing_keeps_classes_integral_and_a_half_size_vessel_survives():
