@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, LiversegError
+from .run_folder import RUN
 
 
 def _parse_int_map(text: str | None, option: str) -> dict[int, int]:
@@ -62,8 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.init is not None:
             raise InputError(f"--init {args.init} starts a new run; --resume continues {args.run_dir} "
-                             "from its last.pt")
-        config_path = args.config or Path(args.run_dir) / "config.yaml"
+                             f"from its {RUN.last}")
+        config_path = args.config or Path(args.run_dir) / RUN.config
     elif args.config is None and args.init is None:
         raise InputError("--config is required (except with --resume or --init); try --config smoke_3d")
     else:
@@ -179,7 +180,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    if args.format == "monai-bundle":  # a folder, not one file: configs/, models/model.ts, docs/, LICENSE
+    if args.format == "monai-bundle":  # a folder, not one file (MONAI's bundle layout, see monai_bundle)
         from .monai_bundle import export_monai_bundle
 
         print(export_monai_bundle(args.run_dir, args.output))
@@ -370,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run folder: config, checkpoints, metrics, log")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
+    p.add_argument("--resume", action="store_true", help=f"continue the run in --run-dir from {RUN.last}")
     p.add_argument("--init", default=None, metavar="SOURCE",
                    help="fine-tune: start from a built-in model's weights (liver; see `liverseg models`), a run "
                         "folder's or a checkpoint file's; its model and preprocessing replace the config's")
@@ -421,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict share K of N (case ids sorted, case i to share i %% N + 1), for job arrays; "
                         "any number of workers may share one -o (claims in OUTPUT/.claims; add --skip-existing)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                   help="for a run folder: its model.onnx with ONNX Runtime, or the checkpoint with PyTorch "
-                        "(auto: ONNX on a CPU when model.onnx is current, else PyTorch)")
+                   help=f"for a run folder: its {RUN.onnx} with ONNX Runtime, or the checkpoint with PyTorch "
+                        f"(auto: ONNX on a CPU when {RUN.onnx} is current, else PyTorch)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUTPUT/<case>/probabilities.nii.gz: the softmax per label on the input grid, "
                         "4D uint8 (x, y, z, label), value = round(255 p) (not for built-in models)")
@@ -436,9 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (config embedded)")
     p.add_argument("run_dir", type=Path, help="a run folder written by liverseg train")
     p.add_argument("--format", choices=("onnx", "torchscript", "monai-bundle"), default="onnx",
-                   help="what to write (monai-bundle: a MONAI bundle folder, RUN_DIR/monai_bundle unless -o)")
+                   help=f"what to write (monai-bundle: a MONAI bundle folder, RUN_DIR/{RUN.monai_bundle} unless -o)")
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
+                   help=f"output file (default: RUN_DIR/{RUN.onnx} or RUN_DIR/{RUN.torchscript})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="per-case metrics, summary and QC pictures of predictions")

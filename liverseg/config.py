@@ -1,7 +1,7 @@
 """The experiment configuration: frozen dataclasses, YAML on disk, ``--set a.b=value`` overrides.
 
-This file is the one home of defaults. A run folder stores the fully resolved config as
-``config.yaml``; prediction rebuilds everything from it, so nothing here may depend on the machine
+This file is the one home of defaults. A run folder stores the fully resolved config (``run_folder``);
+prediction rebuilds everything from it, so nothing here may depend on the machine
 (device, threads, resume are command-line arguments, not config fields).
 """
 from __future__ import annotations
@@ -140,12 +140,12 @@ class TrainConfig:
     aug_gamma_prob: float = 0.3
     aug_gamma: tuple[float, float] = (0.7, 1.5)
     cache_rate: float = 1.0  # at most this fraction of training cases in RAM (within --ram-cache-gb)
-    # last.pt is also written every this many minutes inside an epoch (0 = at epoch ends only).
+    # The latest checkpoint is also written every this many minutes inside an epoch (0 = at epoch ends only).
     checkpoint_minutes: float = 30.0
     # Plan spacing, intensity normalisation, patch and batch size from the training data when a run
-    # starts (CT only; see `liverseg plan`); the planned values are saved in the run's config.yaml.
+    # starts (CT only; see `liverseg plan`); the planned values are saved in the run folder's config.
     auto_plan: bool = True
-    # At the end of a CT run, also write model.onnx beside the checkpoints (needs the onnx extra):
+    # At the end of a CT run, also write the ONNX export beside the checkpoints (needs the onnx extra):
     # `liverseg predict` on a CPU then runs it with ONNX Runtime and never imports PyTorch, measured
     # 2x faster per case than the checkpoint (scripts/bench_predict.py).
     export_onnx: bool = True

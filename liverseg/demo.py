@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import InputError
+from .run_folder import RUN, TRAINING_OUTPUTS
 
 TRAIN_SEEDS = tuple(range(0, 12))
 VAL_SEEDS = (12, 13)
@@ -145,9 +146,8 @@ def run_training_demo(out: Path, minutes: float = 10.0, device: str | None = Non
     first_image, first_case = test_images[0].resolve(), predictions[0].parent.resolve()
     print(f"\nMean liver Dice on {len(results)} held-out phantoms: {mean_dice:.4f}")
     print(f"Total demo time: {(time.perf_counter() - started) / 60:.1f} min")
-    exported = ", model.onnx for CPU prediction" if (run_dir / "model.onnx").is_file() else ""
-    print(f"\nOutputs:\n  model run folder : {run_dir} (config.yaml, best.pt, last.pt, metrics.csv, train.log, "
-          f"training_curves.png{exported})"
+    exported = f", {RUN.onnx} for CPU prediction" if (run_dir / RUN.onnx).is_file() else ""
+    print(f"\nOutputs:\n  model run folder : {run_dir} ({', '.join(TRAINING_OUTPUTS)}{exported})"
           f"\n  per case         : {prediction_dir}/<case>/ (segmentation.nii.gz, segmentation.seg.nrrd, labels.ctbl, "
           "report.json, preview.png)"
           f"\n  evaluation       : {csv_path}")

@@ -1,11 +1,11 @@
 """``liverseg export``: a trained run as one self-describing ONNX or TorchScript file.
 
 The resolved config (labels, preprocessing spacing and HU window, inference settings) travels inside
-the file, so ``liverseg predict --model model.onnx`` needs nothing else:
+the file, so ``liverseg predict --model EXPORTED.onnx`` needs nothing else:
 
 * ONNX: ``metadata_props`` ``liverseg.config`` (YAML), ``liverseg.size_divisor`` (inputs are padded
   to multiples of it), ``liverseg.model_id``, ``liverseg.version``, ``liverseg.epoch``,
-  ``liverseg.checkpoint_sha256`` (so a run folder's ``model.onnx`` is used only while it matches the
+  ``liverseg.checkpoint_sha256`` (so a run folder's ONNX export is used only while it matches the
   folder's checkpoint; see ``infer.load_model``).
 * TorchScript: extra files ``liverseg/config.yaml`` and ``liverseg/meta.json`` inside the archive.
 
@@ -29,12 +29,13 @@ from . import __version__
 from .atomic import atomic_path
 from .config import ExperimentConfig, config_from_yaml_text, to_dict
 from .errors import ConfigError, InputError
-from .infer import TrainedModel, file_digest, find_checkpoint, load_trained_model, resolve_device
+from .infer import TrainedModel, file_digest, load_trained_model, resolve_device
+from .run_folder import EXPORT_NAMES, export_path, find_checkpoint
 
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
     import torch
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = EXPORT_NAMES  # format -> file name in a run folder; --format monai-bundle is monai_bundle.py's
 ONNX_OPSET = 17
 
 
@@ -70,9 +71,9 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     if trained.cfg.data.modality != "ct":
         raise InputError(f"{run_dir}: export supports CT runs (data.modality=ct), this run is "
                          f"data.modality={trained.cfg.data.modality}; predict with --model {run_dir}")
-    out = Path(out) if out is not None else Path(run_dir) / FORMATS[fmt]
+    out = Path(out) if out is not None else export_path(run_dir, fmt)
     if out.is_dir():
-        out = out / FORMATS[fmt]
+        out = out / EXPORT_NAMES[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
     model = trained.model.net.eval()  # without the size adapter: padding is done around it
     example = example_input(trained.cfg)
@@ -112,31 +113,6 @@ def _export_onnx(model: "torch.nn.Module", example: "torch.Tensor", config_text:
 
 
 # ----------------------------------------------------------------------------- loading
-
-def find_exported(folder: Path) -> Path | None:
-    """The exported model inside a folder (model.onnx first), or None."""
-    for name in FORMATS.values():
-        if (folder / name).is_file():
-            return folder / name
-    onnx_files = sorted(folder.glob("*.onnx"))
-    return onnx_files[0] if len(onnx_files) == 1 else None
-
-
-def current_onnx_export(run_dir: Path) -> tuple[Path | None, str]:
-    """The run folder's ``model.onnx`` when ONNX Runtime can run it, else (None, why not).
-
-    Whether it was exported from the folder's current checkpoint is checked after loading
-    (``TrainedModel.meta["liverseg.checkpoint_sha256"]``, see ``is_current_export``).
-    """
-    import importlib.util
-
-    path = Path(run_dir) / FORMATS["onnx"]
-    if not path.is_file():
-        return None, f"there is no {path.name} in it"
-    if importlib.util.find_spec("onnxruntime") is None:
-        return None, "onnxruntime is not installed (pip install 'liverseg[onnx]')"
-    return path, ""
-
 
 def is_current_export(trained: TrainedModel, run_dir: Path) -> bool:
     """Whether an exported ONNX model was written from ``run_dir``'s current checkpoint."""
@@ -245,5 +221,4 @@ def _load_onnx(path: Path, device: Any, threads: int | None) -> TrainedModel:
                         model_id, meta, device_name)
 
 
-__all__ = ["export_model", "load_exported", "find_exported", "current_onnx_export", "is_current_export",
-           "OnnxNetwork", "example_input", "FORMATS"]
+__all__ = ["export_model", "load_exported", "is_current_export", "OnnxNetwork", "example_input", "FORMATS"]

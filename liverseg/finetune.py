@@ -7,8 +7,8 @@
   orientation, and the KU Leuven CT scaling ``clip(HU / 1000, -0.2, 0.2) * 2.5``, which liverseg's config
   writes exactly as ``hu_window [-200, 200]``, ``intensity_mean_hu 0``, ``intensity_std_hu 400``:
   ``(clip(HU, -200, 200) - 0) / 400``) replace the config's ``model`` and ``preprocess``;
-* a run folder written by ``liverseg train`` (its ``best.pt``, else ``last.pt``) or one such checkpoint
-  file (``.pt``): its ``model``, ``preprocess``, ``data.modality``, ``train.patch_size`` and
+* a run folder written by ``liverseg train`` (its best checkpoint, else its latest) or one such
+  checkpoint file (``.pt``): its ``model``, ``preprocess``, ``data.modality``, ``train.patch_size`` and
   ``infer.roi_size`` replace the config's.
 
 ``--set`` overrides are applied after that and win, except where they would make the weights
@@ -16,18 +16,17 @@ meaningless: another ``model.name`` / ``spatial_dims`` / ``channels`` / ``stride
 ``norm`` / ``aspp_dilations`` than the source's, another ``data.modality``, or ``train.auto_plan=true``
 (planning would change the spacing and intensity normalisation the weights were trained with) fail with
 a ``ConfigError``. A changed preprocessing is allowed, with a warning. The KU Leuven networks' runs skip
-``model.onnx`` (``FIXED_SHAPE_ONNX``) and predict from their checkpoint.
+the ONNX export (``FIXED_SHAPE_ONNX``) and predict from their checkpoint.
 
 Loading (``load_init``) copies every tensor whose name and shape match; tensors whose shape differs (another
 number of labels: the built-in has 2 classes, one logit; a config with 3 has 3 logits; another number of
 input channels) keep the fresh initialisation of the new model, and so do the model's tensors the source
 lacks; each group is reported in one log line, and recorded with the source and its sha256 in the run
-folder's ``init.json`` and in every checkpoint (``"init"``).
+folder's init record (``run_folder.write_init_record``) and in every checkpoint (``"init"``).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from .config import ExperimentConfig, ModelConfig, PreprocessConfig, apply_overrides, to_dict
 from .errors import ConfigError, InputError
+from .run_folder import RUN, find_checkpoint, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ KUL_CT_SCALING = {"hu_window": (-200.0, 200.0), "intensity_mean_hu": 0.0, "inten
 KUL_UNET_TRAIN_PATCH = (81, 81, 81)
 KUL_UNET_ROI = (162, 135, 135)
 # Networks whose forward computes paddings and crops from the input's shape in Python: the ONNX exporter bakes
-# the example tile's sizes into the graph, so its model.onnx fails on the smaller tiles fit_tile picks (measured:
-# a kul_unet run's model.onnx on a 3 mm abdomen CT). A fine-tune of these skips model.onnx (train.export_onnx
+# the example tile's sizes into the graph, so its ONNX export fails on the smaller tiles fit_tile picks (measured:
+# a kul_unet run's export on a 3 mm abdomen CT). A fine-tune of these skips the export (train.export_onnx
 # false unless --set) and predicts from its checkpoint with PyTorch.
 FIXED_SHAPE_ONNX = ("kul_unet", "kul_resunet")
 
@@ -94,13 +94,11 @@ def resolve_init(spec: str | Path) -> InitSource:
             return _builtin_source(text)
         raise InputError(f"--init {text}: no such run folder or checkpoint file, and not a built-in model "
                          f"(built-in: {', '.join(builtin.BUILTIN_MODELS)}; see `liverseg models`)")
-    from .infer import find_checkpoint, load_checkpoint_file
-
     kind = "run" if path.is_dir() else "checkpoint"
     checkpoint_path = find_checkpoint(path) if path.is_dir() else path
     checkpoint, cfg = load_checkpoint_file(
-        checkpoint_path, "; --init takes a run folder, its best.pt/last.pt, or a built-in model name (exported "
-                         "ONNX/TorchScript files hold no trainable weights)")
+        checkpoint_path, f"; --init takes a run folder, its {RUN.best}/{RUN.last}, or a built-in model name "
+                         "(exported ONNX/TorchScript files hold no trainable weights)")
     return InitSource(text, kind, checkpoint_path, _sha256(checkpoint_path), cfg, dict(checkpoint["model"]))
 
 
@@ -201,7 +199,7 @@ def _name(key: str) -> str:
 
 def load_init(model, source: InitSource) -> dict[str, Any]:
     """Copy the source's tensors into ``model`` where name and shape match; report the rest (logged once per
-    group) and return the record written to ``init.json``."""
+    group) and return the record the run folder keeps (``run_folder.write_init_record``)."""
     import torch
 
     own = model.state_dict()
@@ -239,11 +237,5 @@ def load_init(model, source: InitSource) -> dict[str, Any]:
             "missing": missing, "unexpected": unexpected}
 
 
-def write_init_record(record: dict, path: Path) -> Path:
-    from .atomic import write_text_atomic
-
-    return write_text_atomic(json.dumps(record, indent=2), path)
-
-
-__all__ = ["InitSource", "resolve_init", "finetune_config", "check_compatible", "load_init", "write_init_record",
+__all__ = ["InitSource", "resolve_init", "finetune_config", "check_compatible", "load_init",
            "ARCHITECTURE_KEYS", "KUL_CT_SCALING"]

@@ -1,8 +1,9 @@
 """Prediction of one volume: Gaussian sliding window, coarse-to-fine, flip TTA, bounded memory.
 
-``liverseg predict --model RUN_DIR`` needs nothing but the run folder (``config.yaml`` + a checkpoint)
-or a file written by ``liverseg export`` (ONNX or TorchScript with the config embedded). The batch
-loop over cases (outputs, failures, atomic case folders) lives in ``predict_batch.py``.
+``liverseg predict --model RUN_DIR`` needs nothing but the run folder (its config and a checkpoint, read
+by ``run_folder``) or a file written by ``liverseg export`` (ONNX or TorchScript with the config
+embedded). The batch loop over cases (outputs, failures, atomic case folders) lives in
+``predict_batch.py``.
 
 Everything between reading the CT and writing the labels is numpy: a network is any callable from a
 float32 batch (N, C, *tile) to logits (N, K, *tile). PyTorch modules are wrapped (``TorchNetwork``,
@@ -29,19 +30,19 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .config import ExperimentConfig, from_dict
-from .errors import ConfigError, InputError
+from .config import ExperimentConfig
+from .errors import InputError
 from .gridstream import preprocess_image_chunked, probabilities_to_input_grid, probabilities_to_labels_chunked
 from .io.volume import Volume
 from .postprocess import postprocess_labels
 from .preprocess import to_canonical
+from .run_folder import current_onnx_export, find_checkpoint, find_exported, is_run_folder, read_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
 Network = Callable[[np.ndarray], np.ndarray]  # float32 (N, C, *tile) -> logits (N, K, *tile)
 Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (N, C, *tile) -> what is blended (N, K, *tile)
 
@@ -549,56 +550,11 @@ class TrainedModel:
     device: Any = "cpu"  # torch.device for torch backends; "cpu" or "cuda" for ONNX Runtime
 
 
-def find_checkpoint(run_dir: Path) -> Path:
-    """``best.pt``, else ``last.pt``; a checkpoint name that is not a plain file (a folder, a broken link)
-    is refused rather than skipped, so a damaged ``best.pt`` never falls back to ``last.pt`` unnoticed."""
-    for name in CHECKPOINT_NAMES:
-        candidate = run_dir / name
-        if candidate.is_file():
-            return candidate
-        if candidate.exists() or candidate.is_symlink():
-            kind = "a folder" if candidate.is_dir() else ("a broken link" if not candidate.exists() else "not a file")
-            raise InputError(f"{candidate}: is {kind}, not a checkpoint file; restore the file (or remove it "
-                             "to predict with the next checkpoint of the run)")
-    raise InputError(f"{run_dir}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder; give the "
-                     "--run-dir of a finished `liverseg train` run")
-
-
 def file_digest(path: Path, length: int = 12) -> str:
     """The first ``length`` hex digits of the file's sha256 (model ids, export provenance)."""
     from .download import file_hash
 
     return file_hash(path, "sha256")[:length]
-
-
-def read_checkpoint(run_dir: str | Path) -> tuple[Path, dict, ExperimentConfig]:
-    """(checkpoint path, checkpoint dict, validated config) of a run folder."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: model folder not found; give the --run-dir of a `liverseg train` run")
-    checkpoint_path = find_checkpoint(run_dir)
-    checkpoint, cfg = load_checkpoint_file(checkpoint_path)
-    return checkpoint_path, checkpoint, cfg
-
-
-def load_checkpoint_file(checkpoint_path: Path, hint: str = "") -> tuple[dict, ExperimentConfig]:
-    """(checkpoint dict, validated config) of a ``best.pt``/``last.pt``; InputError naming the file and
-    ``hint`` (what to give instead) when it is not one."""
-    import torch
-
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file; all mean the same to a user
-        first_line = (str(exc).splitlines() or [""])[0][:160]  # an empty file's message is empty
-        raise InputError(f"{checkpoint_path}: cannot be loaded as a liverseg checkpoint "
-                         f"({type(exc).__name__}: {first_line}){hint}") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise InputError(f"{checkpoint_path}: is not a liverseg checkpoint (no model weights or config){hint}")
-    try:
-        cfg = from_dict(checkpoint["config"]).validate()
-    except ConfigError as exc:
-        raise InputError(f"{checkpoint_path}: stored config is invalid ({exc})") from None
-    return checkpoint, cfg
 
 
 def load_trained_model(run_dir: str | Path, device: Any = "cpu") -> TrainedModel:
@@ -626,8 +582,8 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
     (``None``: the default built-in liver model), ready on ``device``.
 
     ``backend`` applies to run folders: ``torch`` rebuilds the network from the checkpoint; ``onnx``
-    runs the folder's ``model.onnx`` (written by ``liverseg train`` at the end of a run, or by
-    ``liverseg export``) with ONNX Runtime; ``auto`` (the default) takes ``model.onnx`` when it was
+    runs the folder's ONNX export (``RUN.onnx``, written by ``liverseg train`` at the end of a run, or by
+    ``liverseg export``) with ONNX Runtime; ``auto`` (the default) takes that export when it was
     exported from the folder's current checkpoint, onnxruntime is installed and the prediction runs
     on the CPU (``--device cpu``, or ``auto`` on a machine without an NVIDIA GPU), the checkpoint
     otherwise. Measured on 2 CPU threads (``scripts/bench_predict.py``): ONNX Runtime is about twice
@@ -647,9 +603,9 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
         raise InputError(f"--model {path}: no such run folder or model file, and not a built-in model "
                          f"(built-in: {', '.join(builtin.BUILTIN_MODELS)}; see `liverseg models`)")
     path = Path(path)
-    from .export import current_onnx_export, find_exported, is_current_export, load_exported
+    from .export import is_current_export, load_exported
 
-    if path.is_dir() and not any(os.path.lexists(path / name) for name in CHECKPOINT_NAMES):
+    if path.is_dir() and not is_run_folder(path):
         exported = find_exported(path)
         if exported is not None:
             path = exported
@@ -713,6 +669,6 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
 
 __all__ = ["sliding_window", "gaussian_importance", "tile_starts", "network_probabilities", "predict_volume",
            "predict_files", "coarse_region", "plan_memory", "softmax_predictor", "softmax", "load_model",
-           "load_trained_model", "resolve_device", "find_checkpoint", "TrainedModel", "TorchNetwork",
+           "load_trained_model", "resolve_device", "TrainedModel", "TorchNetwork",
            "as_network", "average_pool", "BACKENDS", "Ensemble", "load_ensemble",
            "predict_volume_probabilities", "network_grid_probabilities", "PROBABILITY_SCALE"]

@@ -40,6 +40,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .run_folder import RUN, monai_bundle_path
 
 if TYPE_CHECKING:
     import torch
@@ -239,7 +240,7 @@ def metadata(trained: "TrainedModel", bundle_name: str) -> dict:
                         f"sliding window over {roi} tiles."),
         "authors": "liverseg (exported model; see docs/README.md for its training run)",
         "copyright": "Copyright (c) the liverseg authors and the run's owner",
-        "data_source": "the training data of the exported liverseg run (see its config.yaml)",
+        "data_source": f"the training data of the exported liverseg run (see its {RUN.config})",
         "data_type": "nibabel",
         "image_classes": "single channel CT in Hounsfield units",
         "label_classes": ", ".join(f"{i} is {name}" for i, name in enumerate(labels)),
@@ -357,7 +358,7 @@ def _monai_version() -> str:
 
 
 def export_monai_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the run as a MONAI bundle folder ``out`` (default: RUN/monai_bundle); returns the folder.
+    """Write the run as a MONAI bundle folder ``out`` (default: ``run_folder.monai_bundle_path``); returns it.
 
     Written into a temporary sibling folder and renamed into place, so a failed export leaves nothing.
     An existing non-empty ``out`` is refused (a bundle is never merged into another folder).
@@ -370,7 +371,7 @@ def export_monai_bundle(run_dir: str | Path, out: str | Path | None = None) -> P
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, "cpu")
     _check_exportable(trained, run_dir)
-    out = Path(out) if out is not None else run_dir / "monai_bundle"
+    out = Path(out) if out is not None else monai_bundle_path(run_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"-o {out}: exists and is not an empty folder; a bundle is written into a new folder")
     cfg = trained.cfg

@@ -15,12 +15,11 @@ only) reads every training case once and derives:
   estimated training memory budget ``train.plan_memory_gb``; the batch size is then what the budget allows
   (at least 2), capped so one batch covers at most 5% of the dataset's voxels.
 
-The planned values are written into the run's ``config.yaml`` (and ``plan.json`` beside it) and
-are never recomputed at inference, which reads only the run folder.
+The planned values are written into the run's config (and the plan itself beside it,
+``run_folder.write_plan``) and are never recomputed at inference, which reads only the run folder.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import replace
@@ -29,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import write_text_atomic
 from .config import ExperimentConfig, load_config, save_config
 from .errors import ConfigError, GeometryError, InputError
 from .io import read_volume
@@ -184,10 +182,6 @@ def apply_plan(cfg: ExperimentConfig, plan: dict) -> ExperimentConfig:
     return planned
 
 
-def write_plan(plan: dict, path: Path) -> Path:
-    return write_text_atomic(json.dumps(plan, indent=2), path)
-
-
 def plan_command(manifest: str, root: str | None, config: Path | None, overrides: list[str],
                  output: Path | None) -> str:
     """``liverseg plan``: print the plan and the config values it sets (and write the config)."""
@@ -217,5 +211,5 @@ def plan_command(manifest: str, root: str | None, config: Path | None, overrides
     return "\n".join(lines)
 
 
-__all__ = ["fingerprint", "target_spacing", "estimate_memory_gb", "plan_dataset", "apply_plan", "write_plan",
+__all__ = ["fingerprint", "target_spacing", "estimate_memory_gb", "plan_dataset", "apply_plan",
            "plan_command"]

@@ -2,14 +2,15 @@
 
 One call, ``train(cfg, run_dir)``: data from a manifest (planned first when ``train.auto_plan``),
 random foreground/background patches, Dice-CE, AdamW with a cosine/poly schedule stepped per
-iteration, sliding-window validation every ``val_every`` epochs, ``best.pt`` / ``last.pt`` and
-``metrics.csv`` written atomically. AMP and cudnn.benchmark on CUDA, fp32 on CPU.
+iteration, sliding-window validation every ``val_every`` epochs, the best and the latest checkpoint
+and the metrics written atomically into the run folder (``run_folder``). AMP and cudnn.benchmark on
+CUDA, fp32 on CPU.
 
 Exact resume: every random draw of a training step is a function of ``(seed, step)`` (the
 patches and their augmentation through ``data.StepDataset``, dropout through a per-step torch
-seed), so ``last.pt`` needs only the step to continue; it is written at every epoch end and every
-``train.checkpoint_minutes`` inside an epoch, with the model, optimizer, scheduler, AMP scaler,
-RNG states, the epoch's losses so far and the metrics rows. A run killed at any point and resumed
+seed), so the latest checkpoint needs only the step to continue; it is written at every epoch end
+and every ``train.checkpoint_minutes`` inside an epoch, with the model, optimizer, scheduler, AMP
+scaler, RNG states, the epoch's losses so far and the metrics rows. A run killed at any point and resumed
 with ``--resume`` ends with bitwise the same weights on CPU (``--deterministic`` on GPU).
 
 Under ``torchrun`` each process trains on its share of every step's samples (DDP, NCCL on GPU,
@@ -32,15 +33,15 @@ from tqdm import tqdm
 
 from . import __version__
 from . import distributed as dist_utils
-from .atomic import atomic_path
-from .config import ExperimentConfig, save_config, to_dict
+from .config import ExperimentConfig, save_config
 from .data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
 from .errors import InputError, surface_user_errors
-from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init, write_init_record
+from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init
 from .infer import network_probabilities, resolve_device
 from .metrics import dice
 from .losses import SegmentationLoss
 from .models import build_model, count_parameters, input_channels
+from .run_folder import RUN, check_run_dir, resume_from_last, save_checkpoint, write_init_record, write_plan
 from .training_log import TensorBoard, summary, write_curves, write_metrics
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
     if init is not None:
         if resume:
             raise InputError(f"--init {getattr(init, 'spec', init)} starts a new run; --resume continues {run_dir} "
-                             "from its last.pt")
+                             f"from its {RUN.last}")
         source = init if isinstance(init, InitSource) else resolve_init(init)
         check_compatible(cfg, source)
     ctx, torch_device = dist_utils.setup(resolve_device(device))
@@ -72,7 +73,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        _check_run_dir(run_dir, resume)
+        check_run_dir(run_dir, resume)
 
         # ---- data (planned once, on rank 0, when the config asks for it)
         manifest = load_training_manifest(cfg)
@@ -90,11 +91,9 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
         handler = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            handler = _log_to_file(run_dir / "train.log")
+            handler = _log_to_file(run_dir / RUN.log)
             if plan is not None:
-                from .plan import write_plan
-
-                write_plan(plan, run_dir / "plan.json")
+                write_plan(run_dir, plan)
         else:
             logging.getLogger("liverseg").setLevel(logging.WARNING)
         try:
@@ -102,7 +101,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
                           cache_dir, ram_cache_gb, source)
         except BaseException:
             # A run that failed before its first checkpoint leaves no folder behind to be mistaken for one.
-            if ctx.is_main and created and not (run_dir / "last.pt").exists():
+            if ctx.is_main and created and not (run_dir / RUN.last).exists():
                 if handler is not None:
                     handler.close()
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -153,7 +152,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     if source is not None:  # fine-tuning: the source's weights where they fit (before the optimizer sees them)
         init_record = load_init(model, source)
         if ctx.is_main:
-            write_init_record(init_record, run_dir / "init.json")
+            write_init_record(run_dir, init_record)
     model = model.to(device, memory_format=memory_format)
     log.info("model %s (%dD): %.2f M parameters", cfg.model.name, cfg.model.spatial_dims,
              count_parameters(model) / 1e6)
@@ -166,7 +165,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
 
     state = {"step": 0, "best_metric": -1.0, "best_epoch": 0, "rows": [], "epoch_losses": []}
     if resume:
-        state = _resume(run_dir, model, optimizer, scheduler, scaler, ctx)
+        state = resume_from_last(run_dir, model, optimizer, scheduler, scaler, ctx.world)
         init_record = state.get("init")
     step, best_metric, best_epoch, rows = state["step"], state["best_metric"], state["best_epoch"], state["rows"]
     losses: list[float] = list(state["epoch_losses"])
@@ -177,15 +176,15 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
             find_unused_parameters=_has_unused_parameters(forward, cfg, device))
     board = TensorBoard(run_dir, enabled=ctx.is_main)
     if ctx.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        if rows:  # a run killed between last.pt and metrics.csv gets its rows back from last.pt
-            write_metrics(run_dir / "metrics.csv", rows, cfg.data.labels)
+        save_config(cfg, run_dir / RUN.config)
+        if rows:  # a run killed between its checkpoint and its metrics gets its rows back from the checkpoint
+            write_metrics(run_dir / RUN.metrics, rows, cfg.data.labels)
 
     def checkpoint(path: Path) -> None:
-        _save_checkpoint(path, model, optimizer, scheduler, scaler, cfg,
-                         {"epoch": step // t.iters_per_epoch, "step": step, "best_metric": best_metric,
-                          "best_epoch": best_epoch, "rows": rows, "epoch_losses": losses, "world": ctx.world,
-                          **({"init": init_record} if init_record else {})})
+        save_checkpoint(path, model, optimizer, scheduler, scaler, cfg,
+                        {"epoch": step // t.iters_per_epoch, "step": step, "best_metric": best_metric,
+                         "best_epoch": best_epoch, "rows": rows, "epoch_losses": losses, "world": ctx.world,
+                         **({"init": init_record} if init_record else {})})
 
     # ---- loop
     started = last_checkpoint = time.perf_counter()
@@ -214,7 +213,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
             bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{losses[-1]:.4f}")
             if (t.checkpoint_minutes > 0 and step < epoch_end and ctx.is_main
                     and time.perf_counter() - last_checkpoint >= 60.0 * t.checkpoint_minutes):
-                checkpoint(run_dir / "last.pt")
+                checkpoint(run_dir / RUN.last)
                 last_checkpoint = time.perf_counter()
 
         elapsed = time.perf_counter() - started
@@ -234,14 +233,14 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
             if row["val_mean_dice"] > best_metric:
                 best_metric, best_epoch = row["val_mean_dice"], epoch
                 if ctx.is_main:
-                    checkpoint(run_dir / "best.pt")
+                    checkpoint(run_dir / RUN.best)
         rows.append(row)
         losses = []
         if ctx.is_main:
-            checkpoint(run_dir / "last.pt")
+            checkpoint(run_dir / RUN.last)
             last_checkpoint = time.perf_counter()
-            write_metrics(run_dir / "metrics.csv", rows, cfg.data.labels)
-            write_curves(run_dir / "training_curves.png", rows, cfg.data.labels)
+            write_metrics(run_dir / RUN.metrics, rows, cfg.data.labels)
+            write_curves(run_dir / RUN.curves, rows, cfg.data.labels)
             board.log_row(row)
         log.info("%s", _epoch_line(row))
         if out_of_time and epoch < t.epochs:
@@ -259,27 +258,27 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
             if cfg.model.name in FIXED_SHAPE_ONNX:
                 # their forward pads and crops from Python-computed sizes, which an ONNX trace fixes to the
                 # example tile's: the file would fail on other tile sizes (see finetune.FIXED_SHAPE_ONNX)
-                log.info("model.onnx not written: %s predicts from its checkpoint with PyTorch", cfg.model.name)
+                log.info("%s not written: %s predicts from its checkpoint with PyTorch", RUN.onnx, cfg.model.name)
             else:
                 export_for_prediction(run_dir)
     dist_utils.barrier(ctx)
-    return run_dir / "best.pt"
+    return run_dir / RUN.best
 
 
 def export_for_prediction(run_dir: Path) -> Path | None:
-    """Write ``run_dir/model.onnx`` for fast CPU prediction; a failure is logged, never fatal."""
+    """Write the run's ONNX export for fast CPU prediction; a failure is logged, never fatal."""
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
-        log.info("model.onnx not written: pip install 'liverseg[onnx]' for ONNX Runtime prediction")
+        log.info("%s not written: pip install 'liverseg[onnx]' for ONNX Runtime prediction", RUN.onnx)
         return None
     from .export import export_model
 
     try:
         path = export_model(run_dir, "onnx")
     except Exception as exc:  # the exporter raises many types; the run itself is complete either way
-        log.warning("model.onnx not written (%s: %s); liverseg predict will use the checkpoint",
-                    type(exc).__name__, " ".join(str(exc).split())[:300])
+        log.warning("%s not written (%s: %s); liverseg predict will use the checkpoint",
+                    RUN.onnx, type(exc).__name__, " ".join(str(exc).split())[:300])
         return None
     log.info("wrote %s (liverseg predict uses it on a CPU; --backend torch for the checkpoint)", path)
     return path
@@ -359,60 +358,10 @@ def _lr_factor(cfg: ExperimentConfig, step: int, total: int) -> float:
     return 1.0
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    has_run = any((run_dir / name).exists() for name in ("last.pt", "best.pt", "metrics.csv"))
-    if resume and not (run_dir / "last.pt").is_file():
-        raise InputError(f"{run_dir}: --resume needs last.pt from an earlier run in this folder, none found")
-    if not resume and has_run:
-        raise InputError(f"{run_dir}: already holds a training run; continue it with --resume, or choose "
-                         "another --run-dir")
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, cfg: ExperimentConfig, progress: dict) -> None:
-    """Everything needed to predict (model + config) and to resume (the rest); written atomically."""
-    checkpoint = {
-        "liverseg_version": __version__,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        **progress,
-        "config": to_dict(cfg),
-        "labels": list(cfg.data.labels),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def _resume(run_dir: Path, model, optimizer, scheduler, scaler, ctx: dist_utils.Context) -> dict:
-    checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    if checkpoint.get("world", 1) != ctx.world:
-        log.warning("%s was trained with %d process(es), resuming with %d: the remaining batches differ from "
-                    "an uninterrupted run", run_dir, checkpoint.get("world", 1), ctx.world)
-    rows = checkpoint.get("rows")
-    if rows is None:  # a checkpoint from before rows were stored in it
-        from .training_log import read_metrics
-
-        rows = [r for r in read_metrics(run_dir / "metrics.csv") if int(r["epoch"]) <= checkpoint["epoch"]]
-    step = int(checkpoint["step"])
-    losses = list(checkpoint.get("epoch_losses", []))
-    where = (f"after epoch {checkpoint['epoch']}" if not losses else
-             f"in epoch {checkpoint['epoch'] + 1} at step {step}")
-    log.info("resuming %s %s", run_dir, where)
-    elapsed = float(rows[-1].get("elapsed_minutes") or 0.0) if rows else 0.0
-    return {"step": step, "best_metric": float(checkpoint["best_metric"]),
-            "best_epoch": int(checkpoint["best_epoch"]), "rows": rows, "epoch_losses": losses,
-            "elapsed_minutes": elapsed, "init": checkpoint.get("init")}
 
 
 def _log_to_file(path: Path) -> logging.Handler:

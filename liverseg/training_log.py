@@ -1,6 +1,7 @@
-"""What a run leaves to read: ``metrics.csv`` (one row per epoch), ``training_curves.png``, optional
+"""What a run leaves to read: the metrics CSV (one row per epoch), the training-curve PNG, optional
 TensorBoard event files (only when the ``tensorboard`` package is installed) and a one-screen
-summary at the end. Every file is written atomically; only rank 0 calls these under torchrun.
+summary at the end; their names in the run folder are ``run_folder.RUN``'s. Every file is written
+atomically; only rank 0 calls these under torchrun.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import atomic_path
+from .run_folder import RUN, TRAINING_OUTPUTS, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,6 @@ def write_metrics(path: Path, rows: list[dict], labels: Sequence[str]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     _atomic_bytes(path, buffer.getvalue().encode())
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 # ----------------------------------------------------------------------------- curves (Pillow)
@@ -123,7 +118,7 @@ def write_curves(path: Path, rows: list[dict], labels: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- TensorBoard
 
 class TensorBoard:
-    """Scalars to ``run_dir/tensorboard`` when ``tensorboard`` is installed; silent no-op otherwise."""
+    """Scalars to the run's TensorBoard folder when ``tensorboard`` is installed; silent no-op otherwise."""
 
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.writer = None
@@ -134,7 +129,7 @@ class TensorBoard:
         except ImportError:  # tensorboard is optional
             log.debug("tensorboard not installed: no event files")
             return
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(run_dir / RUN.tensorboard))
 
     def log_row(self, row: dict) -> None:
         if self.writer is None:
@@ -170,8 +165,8 @@ def summary(run_dir: Path, rows: list[dict], labels: Sequence[str], *, best_epoc
         last = validated[-1]
         per_label = ", ".join(f"{name} {_number(last.get(f'val_dice_{name}')):.4f}" for name in labels[1:])
         lines.append(f"  last validation (epoch {last['epoch']}): {per_label}")
-        lines.append(f"  best validation mean Dice {best_metric:.4f} at epoch {best_epoch} -> best.pt")
-    lines.append("  files: config.yaml, best.pt, last.pt, metrics.csv, training_curves.png, train.log")
+        lines.append(f"  best validation mean Dice {best_metric:.4f} at epoch {best_epoch} -> {RUN.best}")
+    lines.append(f"  files: {', '.join(TRAINING_OUTPUTS)}")
     lines.append(f"  predict: liverseg predict {inputs} -o OUT --model {run_dir}")
     return "\n".join(lines)
 

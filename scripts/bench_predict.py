@@ -112,7 +112,7 @@ def reference_weights(run_dir: Path, workdir: Path) -> Path | None:
     import torch
 
     from liverseg.config import from_dict, to_dict
-    from liverseg.infer import find_checkpoint
+    from liverseg.run_folder import find_checkpoint
 
     checkpoint = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
     cfg = to_dict(from_dict(checkpoint["config"]))

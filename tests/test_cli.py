@@ -200,6 +200,26 @@ def test_resume_without_a_run_is_refused(tiny_dataset, tmp_path, capsys):
     assert not run.exists()
 
 
+@pytest.mark.parametrize("damage", ["empty", "weights only"])
+def test_resume_from_a_damaged_last_pt_is_refused_in_one_line(run_dir, tmp_path, capsys, damage):
+    # --resume reads last.pt through the reader prediction uses: one line naming the file, not a traceback
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    if damage == "empty":
+        (copy / "last.pt").write_bytes(b"")
+    else:  # a checkpoint that predicts but holds no optimizer state to continue from
+        checkpoint = torch.load(copy / "last.pt", map_location="cpu", weights_only=True)
+        torch.save({"model": checkpoint["model"], "config": checkpoint["config"]}, copy / "last.pt")
+    before = (copy / "metrics.csv").read_bytes()
+    code = main(["train", "--run-dir", str(copy), "--resume", "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the start-up log lines: the data is read before the weights
+    assert code == 2 and "Traceback" not in err, err
+    assert last.startswith("liverseg train: error: ") and str(copy / "last.pt") in last, last
+    assert ("cannot be loaded" if damage == "empty" else "no training state") in last
+    assert (copy / "metrics.csv").read_bytes() == before
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def _assert_one_error_line(err: str, must_name: str) -> None:
