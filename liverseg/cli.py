@@ -95,7 +95,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .cohort import parse_part, select_part, torchrun_context
-    from .predict_batch import cases_from_inputs, cases_from_manifest, predict_cases
+    from .inference.batch import cases_from_inputs, cases_from_manifest, predict_cases
 
     part = parse_part(args.part) if args.part is not None else None
     if args.manifest is not None and args.inputs:
@@ -118,7 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_options(args: argparse.Namespace, device: str | None):
-    from .predict_batch import PredictOptions
+    from .inference.batch import PredictOptions
 
     return PredictOptions(device=device, threads=args.threads, progress=not args.quiet, overwrite=args.overwrite,
                           skip_existing=args.skip_existing, series=args.series, allow_gaps=args.allow_gaps,
@@ -130,7 +130,7 @@ def _predict_ranks(ctx, cases: list, args: argparse.Namespace, device: str | Non
     """One torchrun rank's share; after a barrier rank 0 prints the summary of all ranks."""
     from . import distributed
     from .cohort import rank_summary
-    from .predict_batch import BatchResult, predict_cases
+    from .inference.batch import BatchResult, predict_cases
 
     result, error = BatchResult(), None
     try:

@@ -56,7 +56,7 @@ def run_builtin_demo(out: Path, device: str | None = None, threads: int | None =
     from .builtin import DEFAULT_MODEL, get
     from .evaluate import evaluate
     from .manifest import Case
-    from .predict_batch import PredictOptions, predict_cases
+    from .inference.batch import PredictOptions, predict_cases
 
     started = time.perf_counter()
     _prepare_folder(out)
@@ -106,7 +106,7 @@ def run_training_demo(out: Path, minutes: float = 10.0, device: str | None = Non
 
     from .config import load_config
     from .evaluate import evaluate, format_table, write_csv
-    from .infer import predict_files, resolve_device
+    from .inference.volume import predict_files, resolve_device
     from .manifest import load_manifest
     from .phantoms import write_phantom_manifest
     from .train import train

@@ -29,7 +29,7 @@ from . import __version__
 from .atomic import atomic_path
 from .config import ExperimentConfig, config_from_yaml_text, to_dict
 from .errors import ConfigError, InputError
-from .infer import TrainedModel, file_digest, load_trained_model, resolve_device
+from .inference.volume import TrainedModel, file_digest, load_trained_model, resolve_device
 from .run_folder import EXPORT_NAMES, export_path, find_checkpoint
 
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from liverseg import predict_batch as batch_module
+from liverseg.inference import batch as batch_module
 from liverseg.cli import main
 from liverseg.io import write_volume
 

@@ -105,7 +105,8 @@ def test_plan_command_writes_a_config_train_uses_as_is(tiny_dataset, tmp_path, c
 def test_train_plans_once_and_inference_uses_the_stored_plan(tiny_dataset, tmp_path, monkeypatch):
     cfg = load_config(SMOKE, [f"data.manifest={tiny_dataset}", "train.auto_plan=true", "train.epochs=1",
                               "train.iters_per_epoch=1", "model.channels=[4, 8, 16]", "infer.coarse_to_fine=false"])
-    from liverseg import infer, plan as plan_module, train as train_module
+    from liverseg import plan as plan_module, train as train_module
+    from liverseg.inference import volume as volume_module
 
     calls = []
     real_plan_dataset = plan_module.plan_dataset
@@ -124,10 +125,10 @@ def test_train_plans_once_and_inference_uses_the_stored_plan(tiny_dataset, tmp_p
         seen["image"] = np.array(image)
         return np.zeros((2, *image.shape), dtype=np.float32)
 
-    monkeypatch.setattr(infer, "network_probabilities", capture)
+    monkeypatch.setattr(volume_module, "network_probabilities", capture)
     manifest = load_training_manifest(saved)
     item = case_dicts(manifest.split("val"), "val", manifest)[0]
-    infer.predict_volume(torch.nn.Identity(), read_volume(item["image"]), saved, torch.device("cpu"))
+    volume_module.predict_volume(torch.nn.Identity(), read_volume(item["image"]), saved, torch.device("cpu"))
     expected = LoadCased(saved)(item)["image"][0]
     np.testing.assert_allclose(seen["image"], expected.numpy(), atol=1e-4)
     assert len(calls) == 1  # prediction never plans

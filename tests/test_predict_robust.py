@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liverseg import predict_batch as batch_module
+from liverseg.inference import batch as batch_module
 from liverseg.cli import main
 from liverseg.io import write_volume
-from liverseg.predict_batch import OWNER_FILE, cases_from_inputs, clean_stale_partials
+from liverseg.inference.batch import OWNER_FILE, cases_from_inputs, clean_stale_partials
 
 from conftest import make_volume
 

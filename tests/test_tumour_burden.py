@@ -206,7 +206,7 @@ def test_csv_rows_and_summary_line():
 
 
 def test_predict_case_writes_the_burden_into_report_json_lesions_csv_and_the_log(tmp_path, caplog):
-    from liverseg.predict_batch import PredictOptions, predict_case
+    from liverseg.inference.batch import PredictOptions, predict_case
 
     labels, affine, ct, _ = _ellipsoid_case()
     labels[3:6, 28:35, 1:5] = 2                     # a second, smaller lesion (CT 60 HU there)

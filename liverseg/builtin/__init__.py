@@ -273,7 +273,7 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
         raise InputError(f"--backend {backend!r}: use auto, torch or onnx")
     wants_cuda = device_name.startswith("cuda")
     if device_name == "auto" and backend == "auto":
-        from ..infer import nvidia_gpu_present
+        from ..inference.volume import nvidia_gpu_present
 
         # the driver check is free; importing torch to ask it costs seconds, so only where there is a driver
         wants_cuda = nvidia_gpu_present() and _torch_sees_cuda()
@@ -282,7 +282,7 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         if threads is not None:
             torch.set_num_threads(threads)
-        from ..infer import resolve_device
+        from ..inference.volume import resolve_device
         from .kul_lesion import StreamedTileEngine, TorchTileEngine
 
         if backend == "torch" or wants_cuda:
@@ -295,7 +295,7 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         if threads is not None:
             torch.set_num_threads(threads)
-        from ..infer import resolve_device
+        from ..inference.volume import resolve_device
         from .engines import TorchEngine
 
         return TorchEngine(torch_module(name), resolve_device(device if device_name != "auto" else None))
@@ -318,7 +318,7 @@ def _torch_sees_cuda() -> bool:
 def load_builtin(name: str = DEFAULT_MODEL, device: Any = None, threads: int | None = None, backend: str = "auto"):
     """A ``TrainedModel`` for ``predict_batch``: the built-in model ready to segment."""
     from ..config import DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig
-    from ..infer import TrainedModel
+    from ..inference.volume import TrainedModel
 
     model = get(name)
     engines = [make_engine(stage, device, threads, backend) for stage in stages(name)]

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .config import ExperimentConfig
-from .errors import InputError
+from ..config import ExperimentConfig
+from ..errors import InputError
 from .gridstream import preprocess_image_chunked, probabilities_to_input_grid, probabilities_to_labels_chunked
-from .io.volume import Volume
-from .postprocess import postprocess_labels
-from .preprocess import to_canonical
-from .run_folder import current_onnx_export, find_checkpoint, find_exported, is_run_folder, read_checkpoint
+from ..io.volume import Volume
+from ..postprocess import postprocess_labels
+from ..preprocess import to_canonical
+from ..run_folder import current_onnx_export, find_checkpoint, find_exported, is_run_folder, read_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -365,7 +365,7 @@ def network_grid_probabilities(model: Any, volume: Volume, cfg: ExperimentConfig
     plan = plan or plan_memory(volume, cfg, None)
     image, record = preprocess_image_chunked(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window,
                                              chunk=plan.chunk_slices)
-    from .preprocess import standardize_ct  # z-scoring of planned CT runs (intensity_std_hu > 0)
+    from ..preprocess import standardize_ct  # z-scoring of planned CT runs (intensity_std_hu > 0)
 
     image = standardize_ct(image, cfg.preprocess.hu_window, cfg.preprocess.intensity_mean_hu,
                            cfg.preprocess.intensity_std_hu)
@@ -506,7 +506,7 @@ def load_ensemble(paths: Sequence[str | Path | None], device: Any = None, thread
                   backend: str = "auto") -> "TrainedModel":
     """One ``TrainedModel`` whose ``model`` is an ``Ensemble`` of the models at ``paths`` (run folders,
     exported files or built-in models with the same label list)."""
-    from . import builtin
+    from .. import builtin
 
     members = []
     for path in paths:
@@ -552,14 +552,14 @@ class TrainedModel:
 
 def file_digest(path: Path, length: int = 12) -> str:
     """The first ``length`` hex digits of the file's sha256 (model ids, export provenance)."""
-    from .download import file_hash
+    from ..download import file_hash
 
     return file_hash(path, "sha256")[:length]
 
 
 def load_trained_model(run_dir: str | Path, device: Any = "cpu") -> TrainedModel:
     """Rebuild the model from a run folder alone (config + checkpoint)."""
-    from .models import build_model, input_channels  # MONAI is imported only for checkpoints
+    from ..models import build_model, input_channels  # MONAI is imported only for checkpoints
 
     device = resolve_device(device)
     checkpoint_path, checkpoint, cfg = read_checkpoint(run_dir)
@@ -593,7 +593,7 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
         raise InputError(f"--backend {backend!r}: use {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: must be at least 1")
-    from . import builtin
+    from .. import builtin
 
     if path is None:
         path = builtin.DEFAULT_MODEL
@@ -603,7 +603,7 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
         raise InputError(f"--model {path}: no such run folder or model file, and not a built-in model "
                          f"(built-in: {', '.join(builtin.BUILTIN_MODELS)}; see `liverseg models`)")
     path = Path(path)
-    from .export import is_current_export, load_exported
+    from ..export import is_current_export, load_exported
 
     if path.is_dir() and not is_run_folder(path):
         exported = find_exported(path)
@@ -658,7 +658,7 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
     The library form of ``liverseg predict`` for callers that want all or nothing: raises InputError
     naming the failed cases when any failed (the others are written). See ``predict_batch``.
     """
-    from .predict_batch import PredictOptions, predict_batch
+    from .batch import PredictOptions, predict_batch
 
     result = predict_batch(inputs, out_dir, run_dir, PredictOptions(device=device, threads=threads,
                                                                      progress=progress))

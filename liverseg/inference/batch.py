@@ -27,19 +27,19 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import shared_mode, write_text_atomic
-from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
-from .config import apply_overrides
-from .errors import ConfigError, InputError, LiversegError
-from .infer import Ensemble, TrainedModel, load_ensemble, load_model, predict_volume, predict_volume_probabilities
-from .io import case_name, is_image_file, read_volume, write_label_map
-from .io.integrity import check_ct_values
-from .io.dicom import holds_dicom
-from .io.outputs import label_voxel_counts
-from .io.photos import is_photo_file
-from .io.volume import Volume
-from .manifest import Case, load_manifest
-from .tumour_burden import burden_summary, tumour_burden
+from ..atomic import shared_mode, write_text_atomic
+from ..cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
+from ..config import apply_overrides
+from ..errors import ConfigError, InputError, LiversegError
+from .volume import Ensemble, TrainedModel, load_ensemble, load_model, predict_volume, predict_volume_probabilities
+from ..io import case_name, is_image_file, read_volume, write_label_map
+from ..io.integrity import check_ct_values
+from ..io.dicom import holds_dicom
+from ..io.outputs import label_voxel_counts
+from ..io.photos import is_photo_file
+from ..io.volume import Volume
+from ..manifest import Case, load_manifest
+from ..tumour_burden import burden_summary, tumour_burden
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
     work = _owned_temp_dir(out_dir, case.case_id, ".partial")
     try:
         if bundle.cfg.data.modality == "photo":
-            from .photos import predict_photo_case
+            from ..photos import predict_photo_case
 
             predict_photo_case(bundle, case, work)
         elif segmented is not None:
@@ -374,9 +374,9 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     this one writes the DICOM SEG and the report (zlib releases the GIL), so on two cores the slowest
     of them sets the time.
     """
-    from .io.dicom_seg import write_dicom_seg
-    from .io.outputs import probability_map_description, write_color_table, write_probability_map, write_seg_nrrd
-    from .report import case_report, write_lesions_csv, write_preview_png, write_report
+    from ..io.dicom_seg import write_dicom_seg
+    from ..io.outputs import probability_map_description, write_color_table, write_probability_map, write_seg_nrrd
+    from ..report import case_report, write_lesions_csv, write_preview_png, write_report
 
     names = list(bundle.cfg.data.labels)
     label_volume = volume.with_array(labels)

@@ -1,0 +1,1 @@
+"""Prediction: tiling and blending, one-volume prediction, model sources, batch prediction."""
