@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .inference.sources import load_model
+from .inference.volume import predict_volume
 from .io.volume import Volume
 
 
@@ -75,8 +77,6 @@ def as_volume(image: Any) -> Volume:
 
 @lru_cache(maxsize=4)
 def _model(model: str, device: str | None, threads: int | None, backend: str):
-    from .inference.volume import load_model
-
     return load_model(model, device, threads, backend)
 
 
@@ -102,8 +102,6 @@ def segment(image: Any, model: str | Path = "liver", *, device: str | None = Non
     else:
         if bundle.cfg.data.modality != "ct":
             raise InputError(f"--model {model}: a {bundle.cfg.data.modality} model; liverseg.segment is for CT")
-        from .inference.volume import predict_volume
-
         labels, warnings, details = predict_volume(bundle.model, volume, bundle.cfg, bundle.device), [], {}
     return Segmentation(labels, volume, tuple(bundle.cfg.data.labels), list(warnings), dict(details))
 

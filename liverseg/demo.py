@@ -106,7 +106,8 @@ def run_training_demo(out: Path, minutes: float = 10.0, device: str | None = Non
 
     from .config import load_config
     from .evaluate import evaluate, format_table, write_csv
-    from .inference.volume import predict_files, resolve_device
+    from .inference.batch import predict_files
+    from .inference.loaded import resolve_device
     from .manifest import load_manifest
     from .phantoms import write_phantom_manifest
     from .train import train

@@ -6,8 +6,10 @@ the file, so ``liverseg predict --model EXPORTED.onnx`` needs nothing else:
 * ONNX: ``metadata_props`` ``liverseg.config`` (YAML), ``liverseg.size_divisor`` (inputs are padded
   to multiples of it), ``liverseg.model_id``, ``liverseg.version``, ``liverseg.epoch``,
   ``liverseg.checkpoint_sha256`` (so a run folder's ONNX export is used only while it matches the
-  folder's checkpoint; see ``infer.load_model``).
+  folder's checkpoint; see ``inference.sources.load_model``).
 * TorchScript: extra files ``liverseg/config.yaml`` and ``liverseg/meta.json`` inside the archive.
+
+This module only writes; reading these files back is ``inference.sources.load_exported``.
 
 The network is exported without liverseg's size adapter, with dynamic batch and spatial axes; the
 padding to the size divisor and the crop back happen in Python around it, exactly as for the run
@@ -20,17 +22,17 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import yaml
 
 from . import __version__
 from .atomic import atomic_path
-from .config import ExperimentConfig, config_from_yaml_text, to_dict
-from .errors import ConfigError, InputError
-from .inference.volume import TrainedModel, file_digest, load_trained_model, resolve_device
-from .run_folder import EXPORT_NAMES, export_path, find_checkpoint
+from .config import ExperimentConfig, to_dict
+from .errors import InputError
+from .inference.loaded import TrainedModel, file_digest
+from .inference.sources import load_trained_model
+from .run_folder import EXPORT_NAMES, export_path
 
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
     import torch
@@ -112,113 +114,4 @@ def _export_onnx(model: "torch.nn.Module", example: "torch.Tensor", config_text:
     onnx.save(proto, str(path))
 
 
-# ----------------------------------------------------------------------------- loading
-
-def is_current_export(trained: TrainedModel, run_dir: Path) -> bool:
-    """Whether an exported ONNX model was written from ``run_dir``'s current checkpoint."""
-    recorded = trained.meta.get("liverseg.checkpoint_sha256")
-    return bool(recorded) and recorded == file_digest(find_checkpoint(Path(run_dir)), 64)
-
-
-class OnnxNetwork:
-    """Calls an ONNX Runtime session like liverseg's models: (N, C, *any) array -> logits (N, K, *same).
-
-    Inputs are zero-padded at the far end of each axis to multiples of ``divisor`` and the logits
-    cropped back, as ``models.SizeAdapter`` does (not imported here: ONNX prediction needs no MONAI).
-    """
-
-    def __init__(self, session, divisor: int) -> None:
-        self.session = session
-        self.divisor = divisor
-        self.input_name = session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        spatial = tuple(batch.shape[2:])
-        padding = [(0, 0), (0, 0)] + [(0, (-s) % self.divisor) for s in spatial]
-        array = np.pad(batch, padding) if any(p for _, p in padding) else np.ascontiguousarray(batch)
-        logits = self.session.run(None, {self.input_name: array})[0]
-        return logits[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
-
-
-def _config_from_text(text: str, path: Path) -> ExperimentConfig:
-    try:
-        return config_from_yaml_text(text)
-    except (ConfigError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: embedded liverseg config is invalid ({exc})") from None
-
-
-def load_exported(path: str | Path, device: Any = None, threads: int | None = None) -> TrainedModel:
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return _load_onnx(path, device, threads)
-    import torch
-
-    device = resolve_device(device)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    extra = {"liverseg/config.yaml": "", "liverseg/meta.json": ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise InputError(f"{path}: is neither a run folder nor a model written by `liverseg export` "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    if not extra["liverseg/config.yaml"]:
-        raise InputError(f"{path}: TorchScript file without a liverseg config; export it with `liverseg export`")
-    cfg = _config_from_text(extra["liverseg/config.yaml"], path)
-    meta = json.loads(extra["liverseg/meta.json"] or "{}")
-    from .models import SizeAdapter
-
-    module.eval()
-    model = SizeAdapter(module, int(meta.get("size_divisor", cfg.model.size_divisor))).eval()
-    model_id = f"{path.name} sha256:{file_digest(path)} (from {meta.get('model_id', '?')})"
-    return TrainedModel(cfg, model, path, int(meta.get("epoch", 0)), "torchscript", model_id, meta, device)
-
-
-def _onnx_providers(device: Any, available: list[str]) -> tuple[list, str]:
-    """ONNX Runtime execution providers for a device name (auto | cpu | cuda | cuda:N), and the device."""
-    name = str(device if device is not None else "auto")
-    has_cuda = "CUDAExecutionProvider" in available
-    if name == "cpu" or (name == "auto" and not has_cuda):
-        return ["CPUExecutionProvider"], "cpu"
-    if name == "auto":
-        name = "cuda"
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise InputError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N")
-    if not has_cuda:
-        raise InputError(f"--device {name}: this onnxruntime has no CUDA provider (providers: "
-                         f"{', '.join(available)}); pip install onnxruntime-gpu, or use --device cpu, or "
-                         "predict from the run folder with --backend torch")
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"], name
-
-
-def _load_onnx(path: Path, device: Any, threads: int | None) -> TrainedModel:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise InputError(f"{path}: ONNX models need onnxruntime: pip install 'liverseg[onnx]'") from None
-    providers, device_name = _onnx_providers(device, ort.get_available_providers())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default, one per physical core
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise InputError(f"{path}: cannot be loaded by ONNX Runtime ({str(exc).splitlines()[0][:160]})") from None
-    props = session.get_modelmeta().custom_metadata_map
-    if "liverseg.config" not in props:
-        raise InputError(f"{path}: ONNX file without a liverseg config; export it with `liverseg export`")
-    cfg = _config_from_text(props["liverseg.config"], path)
-    divisor = int(props.get("liverseg.size_divisor", cfg.model.size_divisor))
-    model_id = f"{path.name} sha256:{file_digest(path)} (from {props.get('liverseg.model_id', '?')})"
-    meta = {k: v for k, v in props.items() if k != "liverseg.config"}
-    return TrainedModel(cfg, OnnxNetwork(session, divisor), path, int(props.get("liverseg.epoch", 0)), "onnx",
-                        model_id, meta, device_name)
-
-
-__all__ = ["export_model", "load_exported", "is_current_export", "OnnxNetwork", "example_input", "FORMATS"]
+__all__ = ["export_model", "example_input", "FORMATS", "ONNX_OPSET"]

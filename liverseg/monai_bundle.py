@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import ExperimentConfig
-    from .inference.volume import TrainedModel
+    from .inference.loaded import TrainedModel
 
 # Models whose forward computes padding from the input size in Python: a trace is valid for one size.
 NOT_SHAPE_GENERIC = {"kul_unet": "pads its input to the 27k - 26 'valid' sizes in Python and normalises "
@@ -366,7 +366,7 @@ def export_monai_bundle(run_dir: str | Path, out: str | Path | None = None) -> P
     import torch
 
     from .export import example_input
-    from .inference.volume import load_trained_model
+    from .inference.sources import load_trained_model
 
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, "cpu")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import PHOTO_CHANNELS, ExperimentConfig
 from .errors import InputError
-from .inference.volume import sliding_window, softmax_predictor
+from .inference.tiling import sliding_window, softmax_predictor
 from .io.photos import check_same_size, probability_filename, read_fov, read_mask, read_photo
 
 # Overlay colours (RGB): prediction contour, reference contour.

@@ -37,7 +37,8 @@ from .config import ExperimentConfig, save_config
 from .data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
 from .errors import InputError, surface_user_errors
 from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init
-from .inference.volume import network_probabilities, resolve_device
+from .inference.loaded import resolve_device
+from .inference.tiling import network_probabilities
 from .metrics import dice
 from .losses import SegmentationLoss
 from .models import build_model, count_parameters, input_channels

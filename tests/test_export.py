@@ -12,7 +12,7 @@ import torch
 from liverseg.cli import main
 from liverseg.config import load_config, to_dict
 from liverseg.errors import InputError
-from liverseg.export import load_exported
+from liverseg.inference.sources import load_exported
 from liverseg.io import write_volume
 from liverseg.models import build_model
 
@@ -73,7 +73,7 @@ def _copy_run(run: Path, dest: Path) -> Path:
 
 def test_a_run_folder_with_a_current_model_onnx_predicts_with_onnx_runtime_on_a_cpu(run_and_input, tmp_path, caplog):
     pytest.importorskip("onnxruntime")
-    from liverseg.inference.volume import load_model
+    from liverseg.inference.sources import load_model
     from liverseg.train import export_for_prediction
 
     run = _copy_run(run_and_input[0], tmp_path / "run")
@@ -114,14 +114,14 @@ def test_onnx_prediction_never_imports_torch_or_monai(run_and_input, tmp_path):
 
 
 def test_onnx_device_names_are_checked_without_torch():
-    from liverseg.export import _onnx_providers
+    from liverseg.inference.sources import onnx_providers
 
-    assert _onnx_providers("cpu", ["CPUExecutionProvider"]) == (["CPUExecutionProvider"], "cpu")
-    assert _onnx_providers(None, ["CPUExecutionProvider"])[1] == "cpu"
-    providers, device = _onnx_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers("cpu", ["CPUExecutionProvider"]) == (["CPUExecutionProvider"], "cpu")
+    assert onnx_providers(None, ["CPUExecutionProvider"])[1] == "cpu"
+    providers, device = onnx_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert device == "cuda" and providers[0][0] == "CUDAExecutionProvider"
-    assert _onnx_providers("cuda:1", ["CUDAExecutionProvider"])[0][0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert onnx_providers("cuda:1", ["CUDAExecutionProvider"])[0][0] == ("CUDAExecutionProvider", {"device_id": 1})
     with pytest.raises(InputError, match="no CUDA provider"):
-        _onnx_providers("cuda", ["CPUExecutionProvider"])
+        onnx_providers("cuda", ["CPUExecutionProvider"])
     with pytest.raises(InputError, match="not a device name"):
-        _onnx_providers("tpu", ["CPUExecutionProvider"])
+        onnx_providers("tpu", ["CPUExecutionProvider"])

@@ -179,7 +179,7 @@ def test_finetune_from_liver_starts_at_the_builtin_and_learns(liver_run):
     checkpoint = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert checkpoint["init"]["sha256"] == record["sha256"]
     # predict --model RUN_DIR rebuilds the same preprocessing from the run folder alone
-    from liverseg.inference.volume import load_trained_model
+    from liverseg.inference.sources import load_trained_model
 
     trained = load_trained_model(run)
     assert trained.cfg.preprocess == finetune_config(load_config(SMOKE), resolve_init("liver")).preprocess

@@ -10,7 +10,8 @@ import torch
 from conftest import make_volume, permutation, rotation
 from liverseg.config import ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
 from liverseg.inference.gridstream import linear_source, preprocess_image_chunked, probabilities_to_labels_chunked
-from liverseg.inference.volume import coarse_region, plan_memory, predict_volume, sliding_window, softmax_predictor
+from liverseg.inference.tiling import sliding_window, softmax_predictor
+from liverseg.inference.volume import coarse_region, plan_memory, predict_volume
 from liverseg.preprocess import from_canonical, preprocess_image
 
 GRIDS = [
@@ -168,7 +169,7 @@ def test_memory_plan_uses_float16_for_a_large_volume_and_thin_slabs_for_a_small_
     ((150, 20, 128), (96, 32, 128)),    # two tiles of 96 instead of 128; a thin axis; exactly one tile
 ])
 def test_fit_tile_shrinks_tiles_without_adding_any(extent, expected):
-    from liverseg.inference.volume import fit_tile, tile_starts
+    from liverseg.inference.tiling import fit_tile, tile_starts
 
     roi = (128, 128, 128)
     tile = fit_tile(extent, roi, 0.25, 16)

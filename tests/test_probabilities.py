@@ -166,7 +166,8 @@ def test_a_built_in_model_joins_an_ensemble_with_its_input_grid_probabilities(un
     they are averaged with the run folder's on the input grid."""
     from types import SimpleNamespace
 
-    from liverseg.inference.volume import load_model, predict_volume_probabilities
+    from liverseg.inference.sources import load_model
+    from liverseg.inference.volume import predict_volume_probabilities
     from liverseg.io import read_volume
 
     volume = read_volume(ct)

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig
 from ..errors import InputError
+from ..inference.loaded import TrainedModel, nvidia_gpu_present, resolve_device
 
 WEIGHTS = Path(str(resources.files("liverseg") / "builtin" / "weights"))
 
@@ -166,7 +168,7 @@ def torch_module(name: str):
 
 
 class BuiltinPredictor:
-    """``segment_volume(volume) -> (labels, warnings, details)`` for ``predict_batch`` (and
+    """``segment_volume(volume) -> (labels, warnings, details)`` for ``inference.batch`` (and
     ``segment_volume_with_probabilities`` for ``--save-probabilities``).
 
     ``engines``: one per stage, the first stage's first (the liver, then the lesions inside it)."""
@@ -273,8 +275,6 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
         raise InputError(f"--backend {backend!r}: use auto, torch or onnx")
     wants_cuda = device_name.startswith("cuda")
     if device_name == "auto" and backend == "auto":
-        from ..inference.volume import nvidia_gpu_present
-
         # the driver check is free; importing torch to ask it costs seconds, so only where there is a driver
         wants_cuda = nvidia_gpu_present() and _torch_sees_cuda()
     if model.network == "kul_resunet":
@@ -282,7 +282,6 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         if threads is not None:
             torch.set_num_threads(threads)
-        from ..inference.volume import resolve_device
         from .kul_lesion import StreamedTileEngine, TorchTileEngine
 
         if backend == "torch" or wants_cuda:
@@ -295,7 +294,6 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         if threads is not None:
             torch.set_num_threads(threads)
-        from ..inference.volume import resolve_device
         from .engines import TorchEngine
 
         return TorchEngine(torch_module(name), resolve_device(device if device_name != "auto" else None))
@@ -316,10 +314,7 @@ def _torch_sees_cuda() -> bool:
 
 
 def load_builtin(name: str = DEFAULT_MODEL, device: Any = None, threads: int | None = None, backend: str = "auto"):
-    """A ``TrainedModel`` for ``predict_batch``: the built-in model ready to segment."""
-    from ..config import DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig
-    from ..inference.volume import TrainedModel
-
+    """A ``TrainedModel`` for ``inference.batch``: the built-in model ready to segment."""
     model = get(name)
     engines = [make_engine(stage, device, threads, backend) for stage in stages(name)]
     engine_names = " + ".join(e.name for e in engines)

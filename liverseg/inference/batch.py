@@ -31,7 +31,6 @@ from ..atomic import shared_mode, write_text_atomic
 from ..cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from ..config import apply_overrides
 from ..errors import ConfigError, InputError, LiversegError
-from .volume import Ensemble, TrainedModel, load_ensemble, load_model, predict_volume, predict_volume_probabilities
 from ..io import case_name, is_image_file, read_volume, write_label_map
 from ..io.integrity import check_ct_values
 from ..io.dicom import holds_dicom
@@ -40,6 +39,9 @@ from ..io.photos import is_photo_file
 from ..io.volume import Volume
 from ..manifest import Case, load_manifest
 from ..tumour_burden import burden_summary, tumour_burden
+from .loaded import Ensemble, TrainedModel
+from .sources import load_ensemble, load_model
+from .volume import predict_volume, predict_volume_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class PredictOptions:
     memory_gb: float | None = None
     overrides: tuple[str, ...] = ()  # infer.KEY=VALUE
     preview: bool = True
-    backend: str = "auto"  # auto | torch | onnx: see infer.load_model
+    backend: str = "auto"  # auto | torch | onnx: see sources.load_model
     pipeline: bool = True  # read the next case and write the last while the network runs (liverseg.cohort)
     save_probabilities: bool = False  # also write PROBABILITIES (uint8 softmax per label on the input grid)
 
@@ -155,7 +157,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
                   options: PredictOptions = PredictOptions()) -> BatchResult:
     """Predict every case into ``out_dir/<case id>/``; failures are reported, skipped and returned.
 
-    ``model``: one model, or a list of them: several form an ensemble (``infer.load_ensemble``: their
+    ``model``: one model, or a list of them: several form an ensemble (``sources.load_ensemble``: their
     input-grid probabilities are averaged before the argmax). ``options.save_probabilities`` writes
     ``probabilities.nii.gz`` beside each label map (``io.outputs.write_probability_map``).
 
@@ -266,6 +268,21 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
     return result
 
 
+def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: str | Path,
+                  device: str | None = None, threads: int | None = None,
+                  progress: bool = True) -> list[Path]:
+    """Predict each input into ``OUT/<case>/``; returns the ``segmentation.nii.gz`` paths.
+
+    The library form of ``liverseg predict`` for callers that want all or nothing: raises InputError
+    naming the failed cases when any failed (the others are written). See ``predict_batch``.
+    """
+    result = predict_batch(inputs, out_dir, run_dir, PredictOptions(device=device, threads=threads,
+                                                                     progress=progress))
+    if result.failed:
+        raise InputError("; ".join(f"{case}: {reason}" for case, reason in result.failed))
+    return result.segmentations
+
+
 def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions,
                  progress: bool = False, segmented: dict | None = None) -> Path:
     """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed.
@@ -369,7 +386,7 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     a lesion label), ``lesions.csv`` (the lesion table, same condition) and ``preview.png`` (unless
     ``options.preview`` is off). ``burden``: ``tumour_burden.tumour_burden``'s result when the caller
     has it already (computed here otherwise). ``probabilities`` (uint8 (X, Y, Z, K) on the volume's
-    grid, ``infer.predict_volume_probabilities``): written as ``probabilities.nii.gz`` and described in
+    grid, ``volume.predict_volume_probabilities``): written as ``probabilities.nii.gz`` and described in
     the report. The compressed files are written in a second thread while
     this one writes the DICOM SEG and the report (zlib releases the GIL), so on two cores the slowest
     of them sets the time.
@@ -645,5 +662,5 @@ def _label_summary(labels: np.ndarray, volume: Volume, names: Sequence[str]) -> 
 
 
 __all__ = ["PredictOptions", "BatchResult", "cases_from_inputs", "cases_from_manifest", "predict_batch",
-           "predict_cases", "predict_case", "predict_ct_case", "clean_stale_partials", "write_batch_summary",
+           "predict_cases", "predict_files", "predict_case", "predict_ct_case", "clean_stale_partials", "write_batch_summary",
            "BATCH_SUMMARY", "PROBABILITIES"]
