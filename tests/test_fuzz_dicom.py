@@ -667,6 +667,6 @@ def test_cli_predict_reads_a_series_beside_a_fifo_and_junk(template, untrained_r
 def test_cli_predict_takes_a_dicom_folder_with_a_thumbnail_as_dicom(template, untrained_run, tmp_path, capfd):
     folder = _copy(template, tmp_path)
     (folder / "thumb.jpg").write_bytes(b"\xff\xd8\xff\xe0 a thumbnail")
-    from liverseg.inference.batch import cases_from_inputs
+    from liverseg.inference.cases import cases_from_inputs
 
     assert [(c.case_id, Path(c.image)) for c in cases_from_inputs([folder])] == [("case", folder)]

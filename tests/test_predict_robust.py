@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liverseg.inference import batch as batch_module
 from liverseg.cli import main
+from liverseg.inference import batch as batch_module
+from liverseg.inference.case_folders import OWNER_FILE, clean_stale_partials, owner_record
+from liverseg.inference.cases import cases_from_inputs
 from liverseg.io import write_volume
-from liverseg.inference.batch import OWNER_FILE, cases_from_inputs, clean_stale_partials
 
 from conftest import make_volume
 
@@ -152,7 +153,7 @@ def _partial(out: Path, name: str, owner: dict | None, age_h: float = 0.0) -> Pa
 
 def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     out = tmp_path / "out"
-    me = batch_module._owner_record()
+    me = owner_record()
     dead = _partial(out, "dead", {**me, "pid": _dead_pid()})
     reused = _partial(out, "reused", {**me, "start_ticks": "1"})  # our pid, another process's start time
     live = _partial(out, "live", me)
@@ -173,7 +174,7 @@ def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_pat
 
 def test_the_next_predict_run_cleans_a_dead_runs_partial(run_dir, tmp_path):
     out = tmp_path / "out"
-    _partial(out, "a", {**batch_module._owner_record(), "pid": _dead_pid()})
+    _partial(out, "a", {**owner_record(), "pid": _dead_pid()})
     assert _predict(_write_ct(tmp_path / "a.nii.gz", 0), "-o", out, "--model", run_dir) == 0
     assert _debris(out) == []
     assert {p.name for p in (out / "a").iterdir()} == CASE_FILES

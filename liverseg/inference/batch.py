@@ -9,16 +9,10 @@ on, and ``OUT/batch_summary.csv`` lists every case at the end.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import json
 import logging
 import math
 import os
 import shutil
-import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -27,20 +21,23 @@ from typing import Sequence
 
 import numpy as np
 
-from ..atomic import shared_mode, write_text_atomic
 from ..cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from ..config import apply_overrides
 from ..errors import ConfigError, InputError, LiversegError
-from ..io import case_name, is_image_file, read_volume, write_label_map
+from ..io import read_volume, write_label_map
+from ..io.dicom_seg import write_dicom_seg
 from ..io.integrity import check_ct_values
-from ..io.dicom import holds_dicom
-from ..io.outputs import label_voxel_counts
-from ..io.photos import is_photo_file
+from ..io.outputs import (label_voxel_counts, probability_map_description, write_color_table, write_probability_map,
+                          write_seg_nrrd)
 from ..io.volume import Volume
-from ..manifest import Case, load_manifest
+from ..manifest import Case
+from ..report import case_report, write_lesions_csv, write_preview_png, write_report
 from ..tumour_burden import burden_summary, tumour_burden
+from .case_folders import OWNER_FILE, clean_stale_partials, commit_case_folder, owned_temp_dir
+from .cases import cases_from_inputs
 from .loaded import Ensemble, TrainedModel
 from .sources import load_ensemble, load_model
+from .summary import BATCH_SUMMARY, summary_row, write_batch_summary
 from .volume import predict_volume, predict_volume_probabilities
 
 log = logging.getLogger(__name__)
@@ -48,9 +45,6 @@ log = logging.getLogger(__name__)
 SEGMENTATION = "segmentation.nii.gz"
 PROBABILITIES = "probabilities.nii.gz"  # --save-probabilities: io.outputs.write_probability_map
 LESIONS_CSV = "lesions.csv"
-BATCH_SUMMARY = "batch_summary.csv"
-OWNER_FILE = ".liverseg-owner.json"  # inside a .partial/.old folder: the process that made it
-STALE_AGE_S = 48 * 3600  # debris of another host (or without an owner record) untouched this long is removed
 
 
 @dataclass(frozen=True)
@@ -79,70 +73,6 @@ class BatchResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)  # the rows of batch_summary.csv, in case order
-
-
-# ----------------------------------------------------------------------------- which cases
-
-def cases_from_inputs(inputs: Sequence[str | Path]) -> list[Case]:
-    """One case per input; a folder holding image files is a folder of inputs.
-
-    Photographs (PNG/JPEG/TIFF/GIF/BMP, for photo models) are one case each, named by their stem; a
-    folder holding photographs and no volumes is a folder of them.
-
-    A folder with NIfTI/NRRD/MHA files directly in it gives one case per file. Any other folder is one
-    DICOM input (searched recursively, as ``read_volume`` does), so a nested PACS export keeps working;
-    give several series folders as several inputs (``series_root/*``).
-
-    A case is named after its file (without the image suffix) or its DICOM folder. When several inputs
-    would get the same name (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``), each of them is named after the
-    folder holding it instead (``s0001``, ``s0002``; ``a_s0001`` when those clash too): unique, and the
-    same on every run with the same inputs.
-    """
-    cases = []
-    for raw in inputs:
-        path = Path(raw)
-        if is_photo_file(path):  # 2D photographs (for photo models): the case is the file's stem
-            cases.append(Case(path.stem, path, None))
-            continue
-        if path.is_dir():
-            children = sorted(path.iterdir())
-            photos = [c for c in children if c.is_file() and is_photo_file(c)]
-            # a DICOM export with a viewer thumbnail (PACS CDs) is DICOM, not a folder of photographs
-            if photos and not any(is_image_file(c) for c in children) and not holds_dicom(path):
-                cases += [Case(c.stem, c, None) for c in photos]
-                continue
-            images = [c for c in children if is_image_file(c)]
-            if images:
-                cases += [Case(case_name(c), c, None) for c in images]
-                continue
-        cases.append(Case(case_name(path), path, None))
-    return _unique_case_names(cases)
-
-
-def _unique_case_names(cases: list[Case]) -> list[Case]:
-    """Cases sharing a name are named after the folder holding their input (more of its path when the
-    folders' names clash too); a clash that no folder resolves (one folder, or one file twice) is left
-    for ``predict_cases`` to refuse."""
-    names = [case.case_id for case in cases]
-    result = list(cases)
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        group = [i for i, n in enumerate(names) if n == name]
-        parents = [Path(os.path.abspath(cases[i].image)).parent.parts[1:] for i in group]
-        for depth in range(1, max(len(parts) for parts in parents) + 1):
-            candidates = ["_".join(parts[-depth:]) for parts in parents]
-            if all(candidates) and len(set(candidates)) == len(candidates):
-                break
-        else:
-            continue
-        for i, new_name in zip(group, candidates):
-            result[i] = replace(cases[i], case_id=new_name)
-        log.info("%d inputs are named %s: their cases are named after their folders (%s%s)", len(group), name,
-                 ", ".join(candidates[:3]), ", ..." if len(candidates) > 3 else "")
-    return result
-
-
-def cases_from_manifest(manifest: str | Path, root: str | Path | None, split: str) -> list[Case]:
-    return load_manifest(manifest, root).split(split)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -224,7 +154,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out_dir)
     label_names = list(bundle.cfg.data.labels)
-    rows = {name: _summary_row(name, "skipped", out_dir / name, label_names) for name in result.skipped}
+    rows = {name: summary_row(name, "skipped", out_dir / name, label_names) for name in result.skipped}
     single = len(cases) == 1
     pipelined = check_headers and not single and pipeline_enabled(options.pipeline)
 
@@ -240,18 +170,18 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         result.case_dirs[case.case_id] = case_dir
         if (case_dir / SEGMENTATION).is_file():
             result.segmentations.append(case_dir / SEGMENTATION)
-        rows[case.case_id] = _summary_row(case.case_id, "ok", case_dir, label_names, seconds)
+        rows[case.case_id] = summary_row(case.case_id, "ok", case_dir, label_names, seconds)
 
     def failed(case: Case, exc: BaseException, seconds: float) -> None:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         result.failed.append((case.case_id, reason))
         log.error("%s: failed, skipped (%s: %s)", case.case_id, type(exc).__name__, reason[:300])
-        rows[case.case_id] = _summary_row(case.case_id, "failed", None, label_names, seconds,
+        rows[case.case_id] = summary_row(case.case_id, "failed", None, label_names, seconds,
                                           f"{type(exc).__name__}: {reason}")
 
     def skipped(case: Case) -> None:  # done, or being done, by another worker on this -o (liverseg.cohort)
         result.skipped.append(case.case_id)
-        rows[case.case_id] = _summary_row(case.case_id, "skipped", out_dir / case.case_id, label_names)
+        rows[case.case_id] = summary_row(case.case_id, "skipped", out_dir / case.case_id, label_names)
 
     steps = CaseSteps(read=lambda case: _read_case(case, options),
                       compute=lambda case, read: segment_ct_case(bundle, case, options, volume=read[0], read_s=read[1]),
@@ -289,10 +219,10 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
     ``segmented``: ``segment_ct_case``'s result when the case is segmented already (only written here)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / case.case_id
-    work = _owned_temp_dir(out_dir, case.case_id, ".partial")
+    work = owned_temp_dir(out_dir, case.case_id, ".partial")
     try:
         if bundle.cfg.data.modality == "photo":
-            from ..photos import predict_photo_case
+            from ..photos import predict_photo_case  # torch: photos imports it at the top
 
             predict_photo_case(bundle, case, work)
         elif segmented is not None:
@@ -300,24 +230,11 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
         else:
             predict_ct_case(bundle, case, work, options, progress)
         (work / OWNER_FILE).unlink()
-        _commit(work, final, options.overwrite)
+        commit_case_folder(work, final, options.overwrite)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return final
-
-
-def _commit(work: Path, final: Path, overwrite: bool) -> None:
-    """Rename the finished folder into place; an existing one is moved aside first, then removed."""
-    old = None
-    if final.exists():
-        if not overwrite:
-            raise InputError(f"{final}: appeared while predicting; pass --overwrite to replace it")
-        old = _owned_temp_dir(final.parent, final.name, ".old")
-        os.rename(final, old / final.name)
-    os.rename(work, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
@@ -391,10 +308,6 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     this one writes the DICOM SEG and the report (zlib releases the GIL), so on two cores the slowest
     of them sets the time.
     """
-    from ..io.dicom_seg import write_dicom_seg
-    from ..io.outputs import probability_map_description, write_color_table, write_probability_map, write_seg_nrrd
-    from ..report import case_report, write_lesions_csv, write_preview_png, write_report
-
     names = list(bundle.cfg.data.labels)
     label_volume = volume.with_array(labels)
     if burden is None:
@@ -463,188 +376,6 @@ def _read_case(case: Case, options: PredictOptions) -> tuple[Volume, float]:
     return volume, time.perf_counter() - start
 
 
-def _summary_row(case_id: str, status: str, case_dir: Path | None, label_names: Sequence[str],
-                 seconds: float | None = None, error: str = "") -> dict:
-    """One row of batch_summary.csv; volumes and warnings come from the case's report.json."""
-    row: dict = {"case": case_id, "status": status, "seconds": "" if seconds is None else f"{seconds:.1f}"}
-    report: dict = {}
-    if case_dir is not None and (case_dir / "report.json").is_file():
-        try:
-            report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            report = {}
-    labels = report.get("labels") or {}
-    for name in label_names[1:]:
-        volume = (labels.get(name) or {}).get("volume_ml")
-        row[f"{name}_ml"] = "" if volume is None else f"{volume:.2f}"
-    warnings = (report.get("extra") or {}).get("warnings") or []
-    row["warnings"] = " | ".join(" ".join(str(w).split()) for w in warnings)
-    row["error"] = error
-    return row
-
-
-def write_batch_summary(rows: Sequence[dict], path: str | Path, label_names: Sequence[str]) -> Path:
-    """``batch_summary.csv``: case, status (ok/failed/skipped), seconds, ``<label>_ml`` per foreground
-    label, warnings (`` | ``-separated), error; written atomically."""
-    columns = ["case", "status", "seconds", *[f"{name}_ml" for name in label_names[1:]], "warnings", "error"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text_atomic(buffer.getvalue(), path)
-
-
-# ----------------------------------------------------------------------------- debris of killed runs
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _process_start(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of a process, from /proc; None where unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _owner_record() -> dict:
-    pid = os.getpid()
-    stat = _process_start(pid)
-    return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
-            "start_ticks": stat[1] if stat else None, "created": time.time()}
-
-
-def _owned_temp_dir(parent: Path, name: str, suffix: str) -> Path:
-    """A new hidden ``.<name>.XXXX<suffix>`` folder in ``parent`` with the umask's permissions (not
-    mkdtemp's 0700) and an owner record, so a later run can tell when its process is gone."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent))
-    try:
-        os.chmod(folder, shared_mode(0o777))
-        (folder / OWNER_FILE).write_text(json.dumps(_owner_record()), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder
-
-
-def _owner_gone(owner: dict) -> bool:
-    """Whether the process recorded in ``owner`` (made on this host) no longer runs."""
-    boot = _boot_id()
-    if owner.get("boot_id") and boot and owner["boot_id"] != boot:
-        return True  # rebooted since
-    try:
-        pid = int(owner["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        pass
-    except OSError:
-        return False
-    stat = _process_start(pid)
-    if stat is None:
-        return False
-    state, start = stat
-    return state in ("Z", "X") or (owner.get("start_ticks") is not None and start != owner["start_ticks"])
-
-
-def _newest_mtime(folder: Path) -> float:
-    newest = folder.stat().st_mtime
-    for entry in os.scandir(folder):
-        try:
-            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-        except OSError:
-            pass
-    return newest
-
-
-def _stale_reason(folder: Path, now: float) -> str | None:
-    """Why ``folder`` (a ``.partial``/``.old`` folder) is debris of a dead run, or None to keep it."""
-    try:
-        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
-        if not isinstance(owner, dict):
-            owner = None
-    except (OSError, ValueError):
-        owner = None
-    try:
-        idle_h = (now - _newest_mtime(folder)) / 3600
-    except OSError:
-        return None  # removed meanwhile, or unreadable: not ours to judge
-    old_enough = idle_h * 3600 > STALE_AGE_S
-    if owner is None:  # an older liverseg's, or one whose owner record is being written right now
-        return f"no owner record, untouched for {idle_h:.0f} h" if old_enough else None
-    if owner.get("host") != socket.gethostname():
-        return f"made on {owner.get('host')}, untouched for {idle_h:.0f} h" if old_enough else None
-    if _owner_gone(owner):
-        return f"its process {owner.get('pid')} is gone"
-    return None
-
-
-def _remove_debris(folder: Path) -> None:
-    """Remove ``folder``, its owner record last: a cleaner killed halfway leaves it stale, not anonymous."""
-    for entry in list(os.scandir(folder)):
-        if entry.name == OWNER_FILE:
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(folder / OWNER_FILE)
-    os.rmdir(folder)
-
-
-def clean_stale_partials(out_dir: str | Path) -> list[Path]:
-    """Remove the ``.<case>.*.partial`` (and ``.old``) folders that killed runs left in ``out_dir``.
-
-    Removed: those whose owner process (recorded in the folder) is gone on this host (a reused pid is
-    told apart by its start time; a reboot by the boot id). Kept: those of running processes, of
-    other hosts, and without an owner record (an older liverseg's, or one being made this instant),
-    unless untouched for ``STALE_AGE_S`` (48 h). A temporary ``.batch_summary.csv.*`` file an hour
-    old goes too. Returns what was removed.
-    """
-    out_dir = Path(out_dir)
-    removed: list[Path] = []
-    if not out_dir.is_dir():
-        return removed
-    now = time.time()
-    for entry in sorted(out_dir.iterdir()):
-        if entry.name.startswith(f".{BATCH_SUMMARY}.") and entry.is_file():  # atomic_path's, of a killed run
-            with contextlib.suppress(OSError):
-                if now - entry.stat().st_mtime > 3600:  # written in milliseconds: an hour old is debris
-                    entry.unlink()
-                    removed.append(entry)
-            continue
-        if not (entry.name.startswith(".") and entry.name.endswith((".partial", ".old"))):
-            continue
-        if entry.is_symlink() or not entry.is_dir():
-            continue
-        reason = _stale_reason(entry, now)
-        if reason is None:
-            continue
-        try:
-            _remove_debris(entry)
-        except FileNotFoundError:  # another run removed it first
-            continue
-        except OSError as exc:
-            log.warning("%s: stale (%s) but not removed: %s", entry, reason, exc)
-            continue
-        log.info("removed %s, left by a killed run (%s)", entry.name, reason)
-        removed.append(entry)
-    return removed
-
-
 def _infer_overrides(cfg, overrides: Sequence[str]):
     for item in overrides:
         if not item.strip().startswith("infer."):
@@ -661,6 +392,6 @@ def _label_summary(labels: np.ndarray, volume: Volume, names: Sequence[str]) -> 
     return ", ".join(f"{name} {counts[i] * volume.voxel_volume_ml:.1f} mL" for i, name in enumerate(names) if i > 0)
 
 
-__all__ = ["PredictOptions", "BatchResult", "cases_from_inputs", "cases_from_manifest", "predict_batch",
-           "predict_cases", "predict_files", "predict_case", "predict_ct_case", "clean_stale_partials", "write_batch_summary",
-           "BATCH_SUMMARY", "PROBABILITIES"]
+__all__ = ["PredictOptions", "BatchResult", "predict_batch", "predict_cases", "predict_files", "predict_case",
+           "predict_ct_case", "segment_ct_case", "write_ct_case", "write_case_outputs", "SEGMENTATION",
+           "PROBABILITIES", "LESIONS_CSV"]
