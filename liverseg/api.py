@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .inference.loaded import predict
 from .inference.sources import load_model
-from .inference.volume import predict_volume
 from .io.volume import Volume
 
 
@@ -86,9 +86,10 @@ def segment(image: Any, model: str | Path = "liver", *, device: str | None = Non
     the CT's grid (path, image, (array, affine) or array) used instead of the liver stage."""
     volume = as_volume(image)
     bundle = _model(str(model), device, threads, backend)
-    segment_volume = getattr(bundle.model, "segment_volume", None)
+    builtin = getattr(bundle.model, "segment_volume", None) is not None  # built-in models bring their own road
+    mask = None
     if liver_mask is not None:
-        if segment_volume is None:
+        if not builtin:
             raise InputError(f"liver_mask: only the two-stage built-in model (liver_lesions) takes one, not {model}")
         mask = liver_mask if isinstance(liver_mask, np.ndarray) else as_volume(liver_mask)
         if isinstance(mask, Volume):
@@ -96,13 +97,9 @@ def segment(image: Any, model: str | Path = "liver", *, device: str | None = Non
                 raise InputError("liver_mask: its grid (shape and affine) differs from the CT's; resample it onto "
                                  "the CT first")
             mask = np.asarray(mask.array)
-        labels, warnings, details = segment_volume(volume, threads=threads, liver_mask=mask)
-    elif segment_volume is not None:
-        labels, warnings, details = segment_volume(volume, threads=threads)
-    else:
-        if bundle.cfg.data.modality != "ct":
-            raise InputError(f"--model {model}: a {bundle.cfg.data.modality} model; liverseg.segment is for CT")
-        labels, warnings, details = predict_volume(bundle.model, volume, bundle.cfg, bundle.device), [], {}
+    elif not builtin and bundle.cfg.data.modality != "ct":
+        raise InputError(f"--model {model}: a {bundle.cfg.data.modality} model; liverseg.segment is for CT")
+    labels, _, warnings, details = predict(bundle, volume, threads=threads, liver_mask=mask)
     return Segmentation(labels, volume, tuple(bundle.cfg.data.labels), list(warnings), dict(details))
 
 

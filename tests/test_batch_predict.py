@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from liverseg.inference import batch as batch_module
 from liverseg.cli import main
+from liverseg.inference import batch as batch_module
+from liverseg.inference import loaded as loaded_module
 from liverseg.io import write_volume
 
 from conftest import make_volume
@@ -58,14 +59,14 @@ def test_manifest_split_predicts_its_cases_into_case_id_folders(run_dir, inputs,
 
 
 def test_a_failing_case_is_reported_and_skipped_and_the_run_exits_2(run_dir, inputs, tmp_path, capfd, monkeypatch):
-    real = batch_module.predict_volume
+    real = loaded_module.predict_volume
 
     def flaky(model, volume, *args, **kwargs):
         if "case1" in str(volume.meta.get("path", "")):
             raise RuntimeError("simulated out-of-memory in the network")
         return real(model, volume, *args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "predict_volume", flaky)
+    monkeypatch.setattr(loaded_module, "predict_volume", flaky)
     out = tmp_path / "out"
     code = main(["predict", str(inputs), "-o", str(out), "--model", str(run_dir), "--device", "cpu", "-q"])
     captured = capfd.readouterr()

@@ -35,10 +35,9 @@ from ..report import case_report, write_lesions_csv, write_preview_png, write_re
 from ..tumour_burden import burden_summary, tumour_burden
 from .case_folders import OWNER_FILE, clean_stale_partials, commit_case_folder, owned_temp_dir
 from .cases import cases_from_inputs
-from .loaded import Ensemble, TrainedModel
+from .loaded import Ensemble, TrainedModel, predict
 from .sources import load_ensemble, load_model
 from .summary import BATCH_SUMMARY, summary_row, write_batch_summary
-from .volume import predict_volume, predict_volume_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -246,27 +245,12 @@ def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: P
 def segment_ct_case(bundle: TrainedModel, case: Case, options: PredictOptions, progress: bool = False,
                     volume: Volume | None = None, read_s: float = 0.0) -> dict:
     """Read (unless ``volume`` is given, read in ``read_s`` seconds) and segment one CT case."""
-    cfg = bundle.cfg
     start = time.perf_counter() - read_s
     if volume is None:
         volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
-    segment_volume = getattr(bundle.model, "segment_volume", None)  # built-in models bring their own road
-    warnings: list[str] = []
-    details: dict = {}
-    probabilities = None
-    if segment_volume is not None and options.save_probabilities:
-        labels, probabilities, warnings, details = bundle.model.segment_volume_with_probabilities(
-            volume, threads=options.threads)
-    elif segment_volume is not None:
-        labels, warnings, details = segment_volume(volume, threads=options.threads)
-    elif isinstance(bundle.model, Ensemble) or options.save_probabilities:
-        members = bundle.model.members if isinstance(bundle.model, Ensemble) else [bundle]
-        labels, probabilities = predict_volume_probabilities(members, volume, progress=progress,
-                                                             memory_gb=options.memory_gb,
-                                                             keep_probabilities=options.save_probabilities)
-    else:
-        labels = predict_volume(bundle.model, volume, cfg, bundle.device, progress=progress,
-                                memory_gb=options.memory_gb)
+    labels, probabilities, warnings, details = predict(
+        bundle, volume, threads=options.threads, progress=progress, memory_gb=options.memory_gb,
+        probabilities=options.save_probabilities)
     warnings = [*volume.meta.get("warnings", []), *warnings]  # the reader's repairs (e.g. qform/sform) first
     return {"volume": volume, "labels": labels, "warnings": warnings, "details": details,
             "runtime_s": time.perf_counter() - start, "probabilities": probabilities}

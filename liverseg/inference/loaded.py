@@ -3,7 +3,7 @@
 ``sources.load_model`` turns a run folder, a file written by ``liverseg export`` or a built-in model's
 name into a ``TrainedModel``; ``liverseg.builtin`` builds its own. The network inside is a torch
 module, an ONNX Runtime network (``sources.OnnxNetwork``), a built-in predictor (which brings its own
-``segment_volume``) or an ``Ensemble``.
+``segment_volume``) or an ``Ensemble``; ``predict`` segments a CT volume with any of them.
 """
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..config import ExperimentConfig
 from ..download import file_hash
 from ..errors import InputError
+from ..io.volume import Volume
+from .volume import predict_volume, predict_volume_probabilities
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +29,7 @@ class TrainedModel:
     """A model ready to predict: its config, the network (torch module or exported runtime), an id."""
 
     cfg: ExperimentConfig
-    model: Any  # torch.nn.Module for checkpoints and TorchScript; an ONNX Runtime network, a built-in
-    #             predictor or an Ensemble otherwise
+    model: Any  # a torch module (checkpoint, TorchScript), an OnnxNetwork, a built-in predictor or an Ensemble
     checkpoint_path: Path
     epoch: int
     backend: str = "torch"  # torch | torchscript | onnx
@@ -40,6 +43,39 @@ class Ensemble:
     """Several models (same label list) whose input-grid probabilities are averaged before the argmax."""
 
     members: list  # of TrainedModel
+
+
+def predict(trained: TrainedModel, volume: Volume, *, threads: int | None = None, progress: bool = False,
+            memory_gb: float | None = None, probabilities: bool = False,
+            liver_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, list, dict]:
+    """(labels, probabilities, warnings, details) of one CT volume, whatever ``trained``'s source: the
+    one way a loaded model predicts (``batch`` and ``liverseg.api`` call it).
+
+    ``labels``: uint8 on exactly the volume's grid, post-processed. ``probabilities``: uint8
+    (X, Y, Z, K) on the volume's grid when ``probabilities`` is asked for, else None. A built-in
+    model brings its own road (``segment_volume``, which takes ``threads`` and ``liver_mask``); an
+    ``Ensemble`` averages its members' probabilities (``volume.predict_volume_probabilities``); any
+    other network runs ``volume.predict_volume`` (``progress``, ``memory_gb``).
+    """
+    segment_volume = getattr(trained.model, "segment_volume", None)
+    if segment_volume is not None:
+        if probabilities:
+            labels, stored, warnings, details = trained.model.segment_volume_with_probabilities(
+                volume, threads=threads)
+            return labels, stored, warnings, details
+        mask = {} if liver_mask is None else {"liver_mask": liver_mask}
+        labels, warnings, details = segment_volume(volume, threads=threads, **mask)
+        return labels, None, warnings, details
+    if liver_mask is not None:
+        raise InputError(f"liver_mask: only the two-stage built-in model (liver_lesions) takes one, not "
+                         f"{trained.model_id or trained.checkpoint_path}")
+    if isinstance(trained.model, Ensemble) or probabilities:
+        members = trained.model.members if isinstance(trained.model, Ensemble) else [trained]
+        labels, stored = predict_volume_probabilities(members, volume, progress=progress, memory_gb=memory_gb,
+                                                      keep_probabilities=probabilities)
+        return labels, stored, [], {}
+    labels = predict_volume(trained.model, volume, trained.cfg, trained.device, progress=progress, memory_gb=memory_gb)
+    return labels, None, [], {}
 
 
 def file_digest(path: Path, length: int = 12) -> str:
@@ -70,4 +106,4 @@ def resolve_device(name: Any) -> "torch.device":
     return device
 
 
-__all__ = ["TrainedModel", "Ensemble", "file_digest", "nvidia_gpu_present", "resolve_device"]
+__all__ = ["TrainedModel", "Ensemble", "predict", "file_digest", "nvidia_gpu_present", "resolve_device"]
