@@ -39,14 +39,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
+from .config import ExperimentConfig
 from .errors import InputError
+from .export import example_input
+from .inference.loaded import TrainedModel
+from .inference.sources import load_trained_model
 from .run_folder import RUN, monai_bundle_path
 
 if TYPE_CHECKING:
     import torch
 
-    from .config import ExperimentConfig
-    from .inference.loaded import TrainedModel
 
 # Models whose forward computes padding from the input size in Python: a trace is valid for one size.
 NOT_SHAPE_GENERIC = {"kul_unet": "pads its input to the 27k - 26 'valid' sizes in Python and normalises "
@@ -364,9 +366,6 @@ def export_monai_bundle(run_dir: str | Path, out: str | Path | None = None) -> P
     An existing non-empty ``out`` is refused (a bundle is never merged into another folder).
     """
     import torch
-
-    from .export import example_input
-    from .inference.sources import load_trained_model
 
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, "cpu")

@@ -36,6 +36,7 @@ from . import distributed as dist_utils
 from .config import ExperimentConfig, save_config
 from .data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
 from .errors import InputError, surface_user_errors
+from .export import export_model
 from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init
 from .inference.loaded import resolve_device
 from .inference.tiling import network_probabilities
@@ -273,8 +274,6 @@ def export_for_prediction(run_dir: Path) -> Path | None:
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
         log.info("%s not written: pip install 'liverseg[onnx]' for ONNX Runtime prediction", RUN.onnx)
         return None
-    from .export import export_model
-
     try:
         path = export_model(run_dir, "onnx")
     except Exception as exc:  # the exporter raises many types; the run itself is complete either way
