@@ -95,8 +95,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .cohort import parse_part, select_part, torchrun_context
-    from .inference.batch import predict_cases
-    from .inference.cases import cases_from_inputs, cases_from_manifest
+    from .inference import cases_from_inputs, cases_from_manifest, predict_cases
 
     part = parse_part(args.part) if args.part is not None else None
     if args.manifest is not None and args.inputs:
