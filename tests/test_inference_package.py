@@ -13,10 +13,14 @@ import liverseg.inference as inference
 REPO = Path(__file__).resolve().parents[1]
 
 
+MODULES = ("tiling", "gridstream", "volume", "loaded", "sources", "cases", "summary", "case_folders", "batch")
+
+
 def test_every_public_name_resolves_to_its_modules_public_name():
+    owners = {name: module for module in MODULES for name in import_module(f"liverseg.inference.{module}").__all__}
     for name in inference.__all__:
-        module = import_module(f"liverseg.inference.{inference._MODULE_OF[name]}")
-        assert name in module.__all__ and getattr(inference, name) is getattr(module, name)
+        assert getattr(inference, name) is getattr(import_module(f"liverseg.inference.{owners[name]}"), name)
+    assert sorted(p.stem for p in (REPO / "liverseg" / "inference").glob("[!_]*.py")) == sorted(MODULES)
 
 
 def test_importing_tiling_loads_neither_the_loaders_nor_the_batch_machinery():
