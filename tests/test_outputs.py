@@ -18,7 +18,8 @@ from liverseg.errors import GeometryError, InputError
 from liverseg.io import dicom_seg, read_volume, write_label_map
 from liverseg.io.images import sitk_to_volume
 from liverseg.io.dicom_seg import write_dicom_seg
-from liverseg.io.outputs import label_colors, write_color_table, write_seg_nrrd
+from liverseg.io.anatomy import label_colors
+from liverseg.io.outputs import write_color_table, write_seg_nrrd
 from liverseg.io.volume import LPS_TO_RAS, Volume
 from liverseg.phantoms.dicom import write_series
 

@@ -1,5 +1,5 @@
 """DICOM SEG output (highdicom): one BINARY segment per label present, frames aligned voxel by voxel
-with the source CT slices, SNOMED codes and colours from ``outputs``.
+with the source CT slices, SNOMED codes and colours from the anatomy table (``anatomy``).
 
 The other outputs (NIfTI label map, Slicer .seg.nrrd, colour table) are in ``outputs.py``.
 """
@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import GeometryError, InputError
-from .outputs import _check_labels, _codes, _resolve_colors, atomic_path, label_voxel_counts
+from .anatomy import resolve_colors, segment_codes
+from .outputs import check_labels, label_voxel_counts
 from .volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
@@ -291,9 +293,9 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     from .. import __version__
 
     path = Path(path)
-    _check_labels(labels, label_names, path)
+    check_labels(labels, label_names, path)
     datasets = _source_datasets(source_dicom, labels)
-    rgb = _resolve_colors(label_names, colors)
+    rgb = resolve_colors(label_names, colors)
 
     frames = _frames(datasets, labels)
     if frames.dtype == bool:
@@ -310,7 +312,7 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     descriptions = []
     for number, value in enumerate(present, start=1):
         name = label_names[value]
-        (cat_code, cat_meaning), (type_code, type_meaning) = _codes(name)
+        (cat_code, cat_meaning), (type_code, type_meaning) = segment_codes(name)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=name[:64],
