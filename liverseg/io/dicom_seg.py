@@ -15,6 +15,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import GeometryError, InputError
 from .anatomy import resolve_colors, segment_codes
+from .dicom import choose_series
 from .outputs import check_labels, label_voxel_counts
 from .volume import LPS_TO_RAS, Volume
 
@@ -40,7 +41,6 @@ def _source_datasets(source: Any, labels: Volume) -> list[Any]:
                                 "so its voxel grid is not the grid of the source slices; a DICOM SEG must follow "
                                 "the source slices, write segmentation.nii.gz / .seg.nrrd instead")
         else:
-            from .dicom import choose_series
             files = list(choose_series(folder, labels.meta.get("series_uid")).files)
     else:
         files = list(source)
