@@ -125,7 +125,7 @@ def _read_masks_dicom(folder: Path, image: Volume, structures: dict[str, int]) -
 def _read_png_slices(folder: Path, image: Volume, value: int) -> np.ndarray:
     from PIL import Image
 
-    slice_files = image.meta.get("slice_files")
+    slice_files = image.dicom.slice_files if image.dicom is not None else None
     if not slice_files:
         raise InputError(f"{folder}: PNG slice masks need an image read straight from its DICOM slices (this image "
                          f"was resampled or is not DICOM: {image.meta.get('path')})")

@@ -1,5 +1,9 @@
 """Segmentation outputs written on the input's grid.
 
+Every writer of labels has the shape ``write_x(labels, volume, path, ...)``, as nnU-Net's
+``write_seg(seg, file, properties)``: ``labels`` an integer array on ``volume``'s grid (the volume
+the labels were predicted for: its geometry, and for DICOM SEG its source series, ``Volume.dicom``).
+
 * ``write_label_map``: uint8 NIfTI/NRRD/MHA label map (SimpleITK).
 * ``write_seg_nrrd``: 3D Slicer ``.seg.nrrd`` (one label-map layer plus Slicer's segment metadata:
   names, colours, label values, extents, terminology), following Slicer's segmentation file
@@ -34,14 +38,20 @@ from .volume import Volume, lps_from_affine
 log = logging.getLogger(__name__)
 
 
-def write_label_map(labels: np.ndarray, reference: Volume, path: str | Path) -> Path:
-    """Write a uint8 label map on exactly ``reference``'s grid (shape, spacing, origin, direction)."""
-    if tuple(labels.shape) != reference.shape:
+def labels_on_grid(labels: np.ndarray, volume: Volume) -> Volume:
+    """``labels`` as a Volume on ``volume``'s grid (no copy); a GeometryError when the shapes differ."""
+    if tuple(labels.shape) != volume.shape:
         raise GeometryError(f"label map shape {tuple(labels.shape)} differs from the reference grid "
-                            f"{reference.shape} of {reference.meta.get('path', 'the input')}")
+                            f"{volume.shape} of {volume.meta.get('path', 'the input')}")
+    return volume.with_array(labels)
+
+
+def write_label_map(labels: np.ndarray, volume: Volume, path: str | Path) -> Path:
+    """Write a uint8 label map on exactly ``volume``'s grid (shape, spacing, origin, direction)."""
+    labels_on_grid(labels, volume)
     if labels.size and int(labels.max()) > 255:
         raise ValueError(f"label values up to {int(labels.max())} do not fit uint8")
-    return write_volume(reference.with_array(labels.astype(np.uint8, copy=False)), Path(path))
+    return write_volume(volume.with_array(labels.astype(np.uint8, copy=False)), Path(path))
 
 
 PROBABILITY_SLOPE = 1.0 / 255.0
@@ -56,26 +66,26 @@ def probability_map_description(label_names: Sequence[str]) -> dict:
                     "(largest component, hole filling, small-object removal), which can change the label map"}
 
 
-def write_probability_map(probabilities: np.ndarray, reference: Volume, label_names: Sequence[str],
-                          path: str | Path) -> Path:
-    """Write uint8 probabilities (X, Y, Z, K) on ``reference``'s grid as a gzipped 4D NIfTI (nibabel).
+def write_probability_map(probabilities: np.ndarray, volume: Volume, path: str | Path,
+                          label_names: Sequence[str]) -> Path:
+    """Write uint8 probabilities (X, Y, Z, K) on ``volume``'s grid as a gzipped 4D NIfTI (nibabel).
 
     Stored value = round(255 p); the header's ``scl_slope`` is 1/255 (so ``nibabel``'s ``get_fdata`` and
     ITK return p), the intent is NIFTI_INTENT_ESTIMATE named ``softmax v/255``, ``descrip`` names the
-    labels in order, and qform and sform (code 1, scanner) hold ``reference``'s affine, as in the label
+    labels in order, and qform and sform (code 1, scanner) hold ``volume``'s affine, as in the label
     map. Written from a Fortran-ordered array (``infer.predict_volume_probabilities``'s) without a copy.
     """
     import nibabel as nib
 
     probabilities = np.asarray(probabilities)
-    if probabilities.ndim != 4 or tuple(probabilities.shape[:3]) != reference.shape:
+    if probabilities.ndim != 4 or tuple(probabilities.shape[:3]) != volume.shape:
         raise GeometryError(f"probability map shape {tuple(probabilities.shape)} does not fit the reference grid "
-                            f"{reference.shape} (+ one axis of labels)")
+                            f"{volume.shape} (+ one axis of labels)")
     if probabilities.shape[3] != len(label_names):
         raise ValueError(f"{probabilities.shape[3]} probability channels for {len(label_names)} labels")
     if probabilities.dtype != np.uint8:
         raise ValueError(f"probabilities must be uint8 (round(255 p)), not {probabilities.dtype}")
-    affine = np.asarray(reference.affine_ras, dtype=np.float64)
+    affine = np.asarray(volume.affine_ras, dtype=np.float64)
     image = nib.Nifti1Image(probabilities, affine, dtype=np.uint8)
     header = image.header
     header.set_slope_inter(PROBABILITY_SLOPE, 0.0)
@@ -107,6 +117,7 @@ def label_voxel_counts(array: np.ndarray, n_labels: int) -> np.ndarray:
 
 
 def check_labels(labels: Volume, label_names: Sequence[str], path: Path) -> None:
+    """Label names usable (two or more, unique) and every label value an index into them."""
     if len(label_names) < 2:
         raise InputError(f"{path}: needs at least two label names (background first), got {list(label_names)}")
     if len(set(label_names)) != len(label_names):
@@ -148,18 +159,19 @@ def _conversion_parameters(labels: Volume) -> str:
             "the geometry of the reference image.&Smoothing factor|0.5|Smoothing factor.")
 
 
-def write_seg_nrrd(labels: Volume, label_names: Sequence[str], path: str | Path,
+def write_seg_nrrd(labels: np.ndarray, volume: Volume, path: str | Path, label_names: Sequence[str],
                    colors: dict[str, Any] | None = None) -> Path:
-    """Write a 3D Slicer ``.seg.nrrd``: one label-map layer on ``labels``' grid with segment metadata.
+    """Write a 3D Slicer ``.seg.nrrd``: one label-map layer on ``volume``'s grid with segment metadata.
 
     Segment ``N`` is label value ``N + 1`` (``label_names[N + 1]``); every foreground name gets a
     segment, empty ones included (extent ``0 -1 0 -1 0 -1`` as Slicer writes it). Geometry is LPS
-    (``space: left-posterior-superior``) from ``labels.affine_ras``, uncropped
+    (``space: left-posterior-superior``) from ``volume.affine_ras``, uncropped
     (``Segmentation_ReferenceImageExtentOffset = 0 0 0``), so the file has the input's exact grid.
     """
     import nrrd
 
     path = Path(path)
+    labels = labels_on_grid(labels, volume)
     check_labels(labels, label_names, path)
     rgb = resolve_colors(label_names, colors)
     dtype = np.uint8 if len(label_names) <= 256 else np.uint16

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ..volume import Volume, affine_from_lps
+from ..volume import DicomSource, Volume, affine_from_lps
 from .discovery import SeriesInfo
 from .files import fmt_mm, open_regular, parallel_map
 from .frames import (NATIVE_SYNTAXES, Frame, SkipFile, compressed_magic, native_size_problem, pixel_layout,
@@ -307,9 +307,10 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
     array = stack.transpose(2, 1, 0)
     exact = not plan.resampled and not plan.tilted
     meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid or None,
-            "n_slices": array.shape[2], "modality": info.modality, "corrections": list(plan.notes),
-            "slice_files": [str(g[0].path) for g in plan.slices] if exact else None}
-    return Volume(array, affine, meta)
+            "n_slices": array.shape[2], "modality": info.modality, "corrections": list(plan.notes)}
+    dicom = DicomSource(str(source), info.series_uid or None,
+                        tuple(str(g[0].path) for g in plan.slices) if exact else None, tuple(plan.notes))
+    return Volume(array, affine, meta, dicom)
 
 
 __all__ = ["SeriesPlan", "load_series", "plan_series"]
