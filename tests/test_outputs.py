@@ -307,13 +307,12 @@ def test_dicom_seg_frames_taken_as_views_equal_the_general_gather(tmp_path, monk
         assert np.shares_memory(stack, labels.array) and not stack.flags.writeable
         np.testing.assert_array_equal(stack, gathered)
         np.testing.assert_array_equal(dicom_seg._frames(datasets[::-1], labels), gathered[::-1])
-        fast_seg = write_dicom_seg(labels.array, labels, tmp_path / "fast.dcm", NAMES[:3], source=tmp_path / "ct")
+        fast_seg = write_dicom_seg(labels.array, labels, tmp_path / "fast.dcm", NAMES[:3])  # series: labels.dicom
         with monkeypatch.context() as patch:
             patch.setattr(dicom_seg, "_stack_view", general_path)
             patch.setattr(dicom_seg, "_plane_view", general_path)
             assert not np.shares_memory(dicom_seg._frames(datasets, labels), labels.array)
-            general_seg = write_dicom_seg(labels.array, labels, tmp_path / "general.dcm", NAMES[:3],
-                                          source=tmp_path / "ct")
+            general_seg = write_dicom_seg(labels.array, labels, tmp_path / "general.dcm", NAMES[:3])
         assert _seg_content(fast_seg) == _seg_content(general_seg), f"{order} {flips}"
         assert _seg_content(fast_seg)[0] == 2 * (len(datasets) - 1)  # liver and tumour on 4 of 5 slices
 
