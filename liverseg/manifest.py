@@ -37,7 +37,7 @@ from pathlib import Path
 from .errors import InputError
 from .atomic import write_text_atomic
 from .download import file_hash
-from .io.images import strip_image_suffix
+from .io.formats import strip_image_suffix
 from .io.labels import LABEL_FORMATS, natural_key
 from .nnunet import is_nnunet_v2, read_nnunet
 from .photo_manifests import PHOTO_IMPORTERS

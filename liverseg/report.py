@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_text_atomic
 from .errors import GeometryError
-from .io.outputs import _resolve_colors, atomic_path, write_text_atomic
+from .io.anatomy import resolve_colors
 from .io.volume import Volume, axis_codes, axis_orientation, lps_from_affine
 from .tumour_burden import lesions_csv, tumour_burden
 
@@ -329,7 +330,7 @@ def write_preview_png(image: Volume, labels: Volume, path: str | Path, label_nam
 
     _check_grid(image, labels)
     names = list(label_names)
-    rgb_of = _resolve_colors(names, colors)  # the names' standard colours, overrides checked
+    rgb_of = resolve_colors(names, colors)  # the names' standard colours, overrides checked
     ornt = axis_orientation(image.affine_ras)
     spacing = image.spacing_mm
     centre = _centre_voxel(labels.array)

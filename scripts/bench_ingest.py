@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import SimpleITK as sitk
 
-from liverseg.io import dicom as dicom_io
+from liverseg.io.dicom import files as dicom_io  # THREADS: the package's thread pool
 from liverseg.io import read_volume
 from liverseg.io.images import sitk_to_volume
 from liverseg.phantoms.dicom import write_series

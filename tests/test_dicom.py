@@ -270,8 +270,9 @@ def test_unchanged_folder_is_discovered_once_and_a_changed_file_invalidates(tmp_
     import pydicom
 
     from liverseg.io import dicom
+    from liverseg.io.dicom import discovery
 
-    monkeypatch.setattr(dicom, "SETTLE_S", 0.0)  # the files were just written; see the next test
+    monkeypatch.setattr(discovery, "SETTLE_S", 0.0)  # the files were just written; see the next test
     stored = _stored(n=5)
     paths = write_series(tmp_path, stored)
     (tmp_path / "junk.bin").write_bytes(b"not dicom at all")
@@ -320,7 +321,7 @@ def test_file_listing_follows_os_walk_order_and_opens_nothing(tmp_path):
     """One scandir pass lists what os.walk listed before (sorted files, then sorted subfolders depth
     first, links to folders not entered) and only stats each file: a FIFO would block an open, so it
     is not listed but passed over as a special file."""
-    from liverseg.io.dicom import _all_files, _list_files
+    from liverseg.io.dicom.files import all_files, list_files
 
     for name in ("b/z.dcm", "b/a/y", "a.dcm", "c/x", "B.dcm", "b/a/deeper/w"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -332,8 +333,8 @@ def test_file_listing_follows_os_walk_order_and_opens_nothing(tmp_path):
         subdirs.sort()
         walked.extend(Path(directory) / n for n in sorted(names))
     walked.remove(tmp_path / "b" / "pipe")
-    files, stamps, others = _list_files(tmp_path)
-    assert files == walked == _all_files(tmp_path)
+    files, stamps, others = list_files(tmp_path)
+    assert files == walked == all_files(tmp_path)
     assert all(stamps) and [(o.path, o.kind, o.reason) for o in others] == [
         (tmp_path / "link", "link", "link to a folder"), (tmp_path / "b" / "pipe", "special", "FIFO")]
-    assert _list_files(tmp_path / "a.dcm") == ([tmp_path / "a.dcm"], [stamps[files.index(tmp_path / "a.dcm")]], [])
+    assert list_files(tmp_path / "a.dcm") == ([tmp_path / "a.dcm"], [stamps[files.index(tmp_path / "a.dcm")]], [])

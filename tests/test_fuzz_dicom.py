@@ -526,7 +526,7 @@ def test_unreadable_files(template, tmp_path, victim, expected):
                               "unreadable-simulated:no-suffix-junk-beside-another-folder"])
 def test_unreadable_files_simulated(template, tmp_path, monkeypatch, victim, expected):
     """The same as root can see it: opening the file raises PermissionError."""
-    from liverseg.io import dicom
+    from liverseg.io.dicom import frames as dicom  # where discovery opens each file
 
     folder = _copy(template, tmp_path)
     if victim is None:  # an unreadable file in a folder without slices counts against no series

@@ -18,7 +18,8 @@ from liverseg.errors import GeometryError, InputError
 from liverseg.io import dicom_seg, read_volume, write_label_map
 from liverseg.io.images import sitk_to_volume
 from liverseg.io.dicom_seg import write_dicom_seg
-from liverseg.io.outputs import label_colors, write_color_table, write_seg_nrrd
+from liverseg.io.anatomy import label_colors
+from liverseg.io.outputs import write_color_table, write_seg_nrrd
 from liverseg.io.volume import LPS_TO_RAS, Volume
 from liverseg.phantoms.dicom import write_series
 
@@ -72,7 +73,7 @@ def test_color_table(tmp_path):
 @pytest.mark.parametrize("grid", sorted(GRIDS))
 def test_seg_nrrd_header_geometry_and_segments(tmp_path, grid):
     labels = _labels(grid)
-    path = write_seg_nrrd(labels, NAMES, tmp_path / "segmentation.seg.nrrd")
+    path = write_seg_nrrd(labels.array, labels, tmp_path / "segmentation.seg.nrrd", NAMES)
     data, header = nrrd.read(str(path), index_order="F")
     assert [p.name for p in tmp_path.iterdir()] == ["segmentation.seg.nrrd"]  # no temporary left behind
 
@@ -103,7 +104,7 @@ def test_seg_nrrd_header_geometry_and_segments(tmp_path, grid):
 @pytest.mark.parametrize("grid", sorted(GRIDS))
 def test_seg_nrrd_same_geometry_as_nifti_in_simpleitk(tmp_path, grid):
     labels = _labels(grid)
-    seg = sitk.ReadImage(str(write_seg_nrrd(labels, NAMES, tmp_path / "s.seg.nrrd")))
+    seg = sitk.ReadImage(str(write_seg_nrrd(labels.array, labels, tmp_path / "s.seg.nrrd", NAMES)))
     nii = sitk.ReadImage(str(write_label_map(labels.array, labels, tmp_path / "s.nii.gz")))
     assert seg.GetSize() == nii.GetSize()
     np.testing.assert_allclose(seg.GetSpacing(), nii.GetSpacing(), atol=1e-6)
@@ -115,10 +116,10 @@ def test_seg_nrrd_same_geometry_as_nifti_in_simpleitk(tmp_path, grid):
 
 def test_seg_nrrd_rejects_values_without_names_and_keeps_old_file(tmp_path):
     labels = _labels("ras")
-    target = write_seg_nrrd(labels, NAMES, tmp_path / "s.seg.nrrd")
+    target = write_seg_nrrd(labels.array, labels, tmp_path / "s.seg.nrrd", NAMES)
     before = target.read_bytes()
     with pytest.raises(InputError, match="outside 0..1"):
-        write_seg_nrrd(labels, ("background", "liver"), target)
+        write_seg_nrrd(labels.array, labels, target, ("background", "liver"))
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["s.seg.nrrd"]
 
@@ -174,7 +175,7 @@ def test_dicom_seg_round_trip_oblique_series(tmp_path):
     labels[4:20, 6:15, 1:6] = 1       # liver
     labels[5:8, 7:9, 4] = 2           # tumour on slice 4 only; spleen absent
     labels[30, 27, 7] = 1             # the far corner voxel
-    path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", NAMES, tmp_path / "out" / "seg.dcm")
+    path = write_dicom_seg(labels, image, tmp_path / "out" / "seg.dcm", NAMES)
     assert sorted(p.name for p in path.parent.iterdir()) == ["seg.dcm"]
 
     seg, by_uid = read_dicom_seg_frames(path, files)
@@ -203,15 +204,15 @@ def test_dicom_seg_empty_prediction_and_wrong_grid(tmp_path):
     files = write_ct_series(tmp_path / "ct", (16, 16), 4, (1.0, 1.0), 3.0, (1, 0, 0), (0, 1, 0), (0.0, 0.0, 0.0))
     image = read_volume(tmp_path / "ct")
     empty = image.with_array(np.zeros(image.shape, np.uint8))
-    path = write_dicom_seg(empty, files, ("background", "liver"), tmp_path / "empty.dcm")
+    path = write_dicom_seg(empty.array, empty, tmp_path / "empty.dcm", ("background", "liver"), source=files)
     seg, by_uid = read_dicom_seg_frames(path, files)
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver"]
     assert all(not frame.any() for frame in by_uid.values())
 
     shifted = Volume(empty.array, empty.affine_ras @ np.array([[1, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0],
-                                                                [0, 0, 0, 1.0]]), dict(empty.meta))
+                                                                [0, 0, 0, 1.0]]), dict(empty.meta), empty.dicom)
     with pytest.raises(GeometryError, match="voxel grid"):
-        write_dicom_seg(shifted, files, ("background", "liver"), tmp_path / "bad.dcm")
+        write_dicom_seg(shifted.array, shifted, tmp_path / "bad.dcm", ("background", "liver"), source=files)
     assert not (tmp_path / "bad.dcm").exists()
 
 
@@ -226,7 +227,7 @@ def test_dicom_seg_from_a_series_without_patient_and_study_attributes(tmp_path):
     image = read_volume(tmp_path / "ct")
     labels = np.zeros(image.shape, np.uint8)
     labels[2:9, 3:12, 1:3] = 1
-    path = write_dicom_seg(image.with_array(labels), files, ("background", "liver"), tmp_path / "seg.dcm")
+    path = write_dicom_seg(labels, image, tmp_path / "seg.dcm", ("background", "liver"), source=files)
     seg, by_uid = read_dicom_seg_frames(path, files)
     assert seg.PatientBirthDate == "" and seg.PatientID == "P1"
     assert sum(int(frame.sum()) for frame in by_uid.values()) == int(labels.sum())
@@ -244,7 +245,7 @@ def test_dicom_seg_of_a_series_read_without_series_instance_uid(tmp_path):
     assert image.meta["series_uid"] is None  # no UID recorded, not a made-up one
     labels = np.zeros(image.shape, np.uint8)
     labels[2:9, 3:12, 1:3] = 1
-    path = write_dicom_seg(image.with_array(labels), tmp_path / "ct", ("background", "liver"), tmp_path / "seg.dcm")
+    path = write_dicom_seg(labels, image, tmp_path / "seg.dcm", ("background", "liver"))
     _seg, by_uid = read_dicom_seg_frames(path, files)
     assert sum(int(frame.sum()) for frame in by_uid.values()) == int(labels.sum())
 
@@ -268,7 +269,7 @@ def _regrid(volume: Volume, order: tuple[int, ...], flips: tuple[int, ...]) -> V
         flipped = axis in flips
         new_to_old[old, axis] = -1.0 if flipped else 1.0
         new_to_old[old, 3] = array.shape[axis] - 1 if flipped else 0.0
-    return Volume(array, volume.affine_ras @ new_to_old, dict(volume.meta))
+    return Volume(array, volume.affine_ras @ new_to_old, dict(volume.meta), volume.dicom)
 
 
 def _seg_content(path: Path) -> tuple:
@@ -293,7 +294,7 @@ def test_dicom_seg_frames_taken_as_views_equal_the_general_gather(tmp_path, monk
     values = np.random.default_rng(2).integers(0, 3, image.shape).astype(np.uint8)
     values[values == 2] = np.random.default_rng(3).integers(0, 2, int((values == 2).sum())).astype(np.uint8) * 2
     values[:, :, 1] = 0  # an empty slice: omitted from the SEG
-    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in image.meta["slice_files"]]
+    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in image.dicom.slice_files]
     general_path = lambda *args: None  # noqa: E731 - forces the voxel-by-voxel gather
     for order, flips in REGRIDS:
         labels = _regrid(image.with_array(values), order, flips)
@@ -306,12 +307,12 @@ def test_dicom_seg_frames_taken_as_views_equal_the_general_gather(tmp_path, monk
         assert np.shares_memory(stack, labels.array) and not stack.flags.writeable
         np.testing.assert_array_equal(stack, gathered)
         np.testing.assert_array_equal(dicom_seg._frames(datasets[::-1], labels), gathered[::-1])
-        fast_seg = write_dicom_seg(labels, tmp_path / "ct", NAMES[:3], tmp_path / "fast.dcm")
+        fast_seg = write_dicom_seg(labels.array, labels, tmp_path / "fast.dcm", NAMES[:3])  # series: labels.dicom
         with monkeypatch.context() as patch:
             patch.setattr(dicom_seg, "_stack_view", general_path)
             patch.setattr(dicom_seg, "_plane_view", general_path)
             assert not np.shares_memory(dicom_seg._frames(datasets, labels), labels.array)
-            general_seg = write_dicom_seg(labels, tmp_path / "ct", NAMES[:3], tmp_path / "general.dcm")
+            general_seg = write_dicom_seg(labels.array, labels, tmp_path / "general.dcm", NAMES[:3])
         assert _seg_content(fast_seg) == _seg_content(general_seg), f"{order} {flips}"
         assert _seg_content(fast_seg)[0] == 2 * (len(datasets) - 1)  # liver and tumour on 4 of 5 slices
 
@@ -321,23 +322,23 @@ def test_dicom_seg_off_plane_grids_take_the_general_path(tmp_path):
     misses part of a slice is refused naming the slice, as before."""
     write_series(tmp_path / "ct", np.zeros((4, 6, 5), np.uint16))
     image = read_volume(tmp_path / "ct")
-    ds = pydicom.dcmread(str(image.meta["slice_files"][2]), stop_before_pixels=True)
+    ds = pydicom.dcmread(str(image.dicom.slice_files[2]), stop_before_pixels=True)
     fine_values = np.random.default_rng(4).integers(0, 3, (9, 11, 4)).astype(np.uint8)
     fine = Volume(fine_values, image.affine_ras @ np.diag([0.5, 0.5, 1.0, 1.0]), dict(image.meta))
     frame = dicom_seg._frame(ds, fine)
     assert not np.shares_memory(frame, fine.array)
     np.testing.assert_array_equal(frame, fine_values[::2, ::2, 2].T)
-    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in image.meta["slice_files"]]
+    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in image.dicom.slice_files]
     np.testing.assert_array_equal(dicom_seg._frames(datasets, fine), fine_values[::2, ::2, :].transpose(2, 1, 0))
     values = np.arange(120, dtype=np.uint8).reshape(5, 6, 4)
     gappy = dicom_seg._frames([datasets[0], datasets[1], datasets[3]], image.with_array(values))
     assert not np.shares_memory(gappy, values)  # not equally spaced: one view per slice, stacked
     np.testing.assert_array_equal(gappy, values[:, :, [0, 1, 3]].transpose(2, 1, 0))
-    cropped = Volume(np.zeros((4, 6, 4), np.uint8), image.affine_ras, dict(image.meta))  # one column short
+    cropped = Volume(np.zeros((4, 6, 4), np.uint8), image.affine_ras, dict(image.meta), image.dicom)  # one column short
     with pytest.raises(GeometryError, match=r"reaches outside the label map's grid \(4, 6, 4\)"):
         dicom_seg._frame(ds, cropped)
     with pytest.raises(GeometryError, match="reaches outside"):
-        write_dicom_seg(cropped, tmp_path / "ct", ("background", "liver"), tmp_path / "bad.dcm")
+        write_dicom_seg(cropped.array, cropped, tmp_path / "bad.dcm", ("background", "liver"), source=tmp_path / "ct")
 
 
 @pytest.mark.slow
@@ -354,7 +355,7 @@ def test_dicom_seg_round_trip_real_jpeg2000_series(tmp_path):
     labels = np.zeros(image.shape, np.uint8)
     labels[image.array > 150] = 2                          # bone-ish: "tumour" stand-in
     labels[200:330, 150:300, 3:15] = 1
-    path = write_dicom_seg(image.with_array(labels), files, NAMES, tmp_path / "seg.dcm")
+    path = write_dicom_seg(labels, image, tmp_path / "seg.dcm", NAMES, source=files)
     _seg, by_uid = read_dicom_seg_frames(path, files)
     for k, f in enumerate(files):  # GDCM's order is the volume's k order
         np.testing.assert_array_equal(by_uid[sop_instance_uid(f)], labels[:, :, k].T, err_msg=f"slice {k}")
@@ -407,7 +408,7 @@ def test_slicer_script_resolves_a_case_folder(tmp_path):
     got = ns["resolve_case"](case)
     assert got == {"ct": ct, "segmentation": case / "segmentation.nii.gz", "kind": "labelmap",
                    "color_table": case / "labels.ctbl"}
-    write_seg_nrrd(labels, NAMES, case / "segmentation.seg.nrrd")
+    write_seg_nrrd(labels.array, labels, case / "segmentation.seg.nrrd", NAMES)
     got = ns["resolve_case"](case, ct=str(ct))
     assert got["kind"] == "seg.nrrd" and got["segmentation"] == case / "segmentation.seg.nrrd"
     assert ns["resolve_case"](case / "segmentation.nii.gz")["kind"] == "labelmap"

@@ -299,7 +299,7 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
 
     def compressed() -> list[Path]:
         files = [write_label_map(labels, volume, case_dir / SEGMENTATION),
-                 write_seg_nrrd(label_volume, names, case_dir / "segmentation.seg.nrrd"),
+                 write_seg_nrrd(labels, volume, case_dir / "segmentation.seg.nrrd", names),
                  write_color_table(names, case_dir / "labels.ctbl")]
         if options.preview:
             files.append(write_preview_png(volume, label_volume, case_dir / "preview.png", names))
@@ -310,7 +310,7 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
         written = []
         if volume.meta.get("format") == "dicom":
             try:
-                written.append(write_dicom_seg(label_volume, case.image, names, case_dir / "segmentation.dcm",
+                written.append(write_dicom_seg(labels, volume, case_dir / "segmentation.dcm", names,
                                                model_id=bundle.model_id or "liverseg"))
             except (LiversegError, ValueError, AttributeError, KeyError) as exc:  # highdicom's refusals included
                 log.warning("%s: segmentation.dcm not written (%s: %s); the other outputs are complete",
@@ -320,7 +320,7 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
         if isinstance(bundle.model, Ensemble):
             extra["ensemble_members"] = list(bundle.meta.get("members", []))
         if probabilities is not None:
-            written.append(write_probability_map(probabilities, volume, names, case_dir / PROBABILITIES))
+            written.append(write_probability_map(probabilities, volume, case_dir / PROBABILITIES, names))
             extra["probabilities"] = {"file": PROBABILITIES, **probability_map_description(names)}
         report = case_report(volume, label_volume, names, runtime_s=runtime_s, model_id=bundle.model_id,
                              input_path=case.image, extra=extra, burden=burden)

@@ -4,8 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .dicom import check_dicom, is_dicom_file, read_dicom_series
-from .images import check_image_file, is_image_file, read_image_file, strip_image_suffix, write_volume
+from .dicom import check_dicom, read_dicom_series
+from .formats import input_format, is_image_file, strip_image_suffix
+from .images import check_image_file, read_image_file, write_volume
 from .outputs import write_label_map
 from .volume import Volume
 
@@ -21,7 +22,7 @@ def read_volume(path: str | Path, *, series: str | None = None, allow_gaps: bool
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if path.is_dir() or is_dicom_file(path):
+    if input_format(path) == "dicom":
         return read_dicom_series(path, series, allow_gaps)
     return read_image_file(path)
 
@@ -32,7 +33,7 @@ def check_input(path: str | Path, *, series: str | None = None, allow_gaps: bool
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if path.is_dir() or is_dicom_file(path):
+    if input_format(path) == "dicom":
         check_dicom(path, series, allow_gaps)
     else:
         check_image_file(path)

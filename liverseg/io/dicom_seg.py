@@ -1,5 +1,5 @@
 """DICOM SEG output (highdicom): one BINARY segment per label present, frames aligned voxel by voxel
-with the source CT slices, SNOMED codes and colours from ``outputs``.
+with the source CT slices, SNOMED codes and colours from the anatomy table (``anatomy``).
 
 The other outputs (NIfTI label map, Slicer .seg.nrrd, colour table) are in ``outputs.py``.
 """
@@ -12,34 +12,43 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import GeometryError, InputError
-from .outputs import _check_labels, _codes, _resolve_colors, atomic_path, label_voxel_counts
+from .anatomy import resolve_colors, segment_codes
+from .dicom import choose_series
+from .outputs import check_labels, label_voxel_counts, labels_on_grid
 from .volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
 
 
 def _source_datasets(source: Any, labels: Volume) -> list[Any]:
-    """pydicom datasets (headers only) of the source series: a folder, a list of files or datasets.
+    """pydicom datasets (headers only) of the source series: by default the series the volume was read
+    from (``Volume.dicom``); else ``source``, a folder, a list of files or of datasets.
 
-    For a folder, the slice files recorded by the DICOM reader (``labels.meta['slice_files']``) are
-    used when present; otherwise the series is discovered again (``labels.meta['series_uid']``).
+    For a folder, the slice files recorded by the DICOM reader (``Volume.dicom.slice_files``) are
+    used when present; otherwise the series is discovered again (``Volume.dicom.series_uid``).
     """
     import pydicom
 
+    refs = labels.dicom
+    if source is None:
+        if refs is None:
+            raise InputError(f"{labels.meta.get('path', 'the input')}: was not read from a DICOM series; DICOM SEG "
+                             "needs the source DICOM series (a folder or its files)")
+        source = refs.path
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if not folder.exists():
             raise InputError(f"{folder}: DICOM SEG needs the source DICOM series (a folder or its files)")
-        if labels.meta.get("slice_files"):
-            files: list[Any] = list(labels.meta["slice_files"])
-        elif labels.meta.get("corrections"):
-            raise GeometryError(f"{folder}: the series was read with corrections ({'; '.join(labels.meta['corrections'])}), "
+        if refs is not None and refs.slice_files:
+            files: list[Any] = list(refs.slice_files)
+        elif refs is not None and refs.corrections:
+            raise GeometryError(f"{folder}: the series was read with corrections ({'; '.join(refs.corrections)}), "
                                 "so its voxel grid is not the grid of the source slices; a DICOM SEG must follow "
                                 "the source slices, write segmentation.nii.gz / .seg.nrrd instead")
         else:
-            from .dicom import choose_series
-            files = list(choose_series(folder, labels.meta.get("series_uid")).files)
+            files = list(choose_series(folder, refs.series_uid if refs is not None else None).files)
     else:
         files = list(source)
     if not files:
@@ -62,7 +71,7 @@ def _source_datasets(source: Any, labels: Volume) -> list[Any]:
     if len(series) != 1:
         raise InputError(f"DICOM SEG source files belong to {len(series)} series ({', '.join(sorted(series))}); "
                          "give the files of the one series that was segmented")
-    expected = labels.meta.get("series_uid")  # None for a series read without SeriesInstanceUID
+    expected = refs.series_uid if refs is not None else None  # None: read without SeriesInstanceUID
     if expected and expected not in series:
         raise InputError(f"DICOM SEG source series {next(iter(series))} is not the segmented series {expected}")
     return datasets
@@ -272,17 +281,19 @@ def _segment_numbers(frames: np.ndarray, present: list[int], n_labels: int) -> n
     return lut[frames]
 
 
-def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str], path: str | Path,
-                    colors: dict[str, Any] | None = None, *, model_id: str = "liverseg",
+def write_dicom_seg(labels: np.ndarray, volume: Volume, path: str | Path, label_names: Sequence[str],
+                    colors: dict[str, Any] | None = None, *, source: Any = None, model_id: str = "liverseg",
                     series_description: str = "liverseg segmentation", series_number: int = 300) -> Path:
     """Write a DICOM SEG (BINARY) of ``labels`` referencing the source CT series.
 
-    ``source_dicom`` is the series' folder (the series is chosen as ``read_volume`` did, by
-    ``labels.meta['series_uid']`` when set), a list of its files, or a list of pydicom datasets.
-    ``labels`` must be on the grid ``read_volume`` gave for that series. Each source slice becomes a
-    frame (frames without any segment are omitted); every foreground label present in ``labels`` is
-    one segment, numbered 1, 2, ... in label-value order and named after its label. When no
-    foreground label is present, all of them are written as empty segments so the file stays valid.
+    ``labels`` lie on ``volume``'s grid, the grid ``read_volume`` gave for the series; the series is
+    the one the volume was read from (``volume.dicom``). ``source`` stands in for it where the volume
+    does not carry it: the series' folder (the series is chosen as ``read_volume`` did, by
+    ``volume.dicom.series_uid`` when set), a list of its files, or a list of pydicom datasets.
+    Each source slice becomes a frame (frames without any segment are omitted); every foreground
+    label present in ``labels`` is one segment, numbered 1, 2, ... in label-value order and named
+    after its label. When no foreground label is present, all of them are written as empty segments
+    so the file stays valid.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -291,9 +302,10 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     from .. import __version__
 
     path = Path(path)
-    _check_labels(labels, label_names, path)
-    datasets = _source_datasets(source_dicom, labels)
-    rgb = _resolve_colors(label_names, colors)
+    labels = labels_on_grid(labels, volume)
+    check_labels(labels, label_names, path)
+    datasets = _source_datasets(source, labels)
+    rgb = resolve_colors(label_names, colors)
 
     frames = _frames(datasets, labels)
     if frames.dtype == bool:
@@ -310,7 +322,7 @@ def write_dicom_seg(labels: Volume, source_dicom: Any, label_names: Sequence[str
     descriptions = []
     for number, value in enumerate(present, start=1):
         name = label_names[value]
-        (cat_code, cat_meaning), (type_code, type_meaning) = _codes(name)
+        (cat_code, cat_meaning), (type_code, type_meaning) = segment_codes(name)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=name[:64],

@@ -20,23 +20,8 @@ import SimpleITK as sitk
 from ..atomic import atomic_path
 from ..errors import InputError
 from . import integrity
+from .headers import ImageHeader, parse_header
 from .volume import Volume, affine_from_lps, lps_from_affine
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
-
-
-def strip_image_suffix(name: str) -> str:
-    """Case name of an image file: ``liver_3.nii.gz`` -> ``liver_3``."""
-    lowered = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if lowered.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES)
-
 
 def check_shape(size: tuple[int, ...], components: int, source: Path) -> None:
     """Refuse anything that is not a scalar 3D volume (a trailing 4th axis of length 1 is allowed)."""
@@ -120,7 +105,7 @@ def check_image_file(path: Path) -> None:
     value). That pass costs about 0.3 s per 100 MB of compressed data, and is the only second read."""
     path = Path(path)
     _check_file(path)
-    header = integrity.parse_header(path)
+    header = parse_header(path)
     if header is not None:
         integrity.check_data_length(header, path, full=False)
     reader = _header_reader(path)
@@ -142,7 +127,7 @@ _SITK_NUMPY = {sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt16
                sitk.sitkFloat64: np.float64}
 
 
-def _read_nifti_gz(path: Path, header: integrity.ImageHeader) -> Volume:
+def _read_nifti_gz(path: Path, header: ImageHeader) -> Volume:
     """A .nii.gz read once: voxels from ``integrity.read_nifti_gz`` (CRC-checked), scaled and typed as
     SimpleITK would (scl_slope / scl_inter applied in double precision), geometry from SimpleITK's header."""
     reader = _header_reader(path)
@@ -191,7 +176,7 @@ def read_image_file(path: Path) -> Volume:
     """
     path = Path(path)
     _check_file(path)
-    header = integrity.parse_header(path)
+    header = parse_header(path)
     if header is not None:
         integrity.check_data_length(header, path, full=True)
     if header is not None and header.fmt == "nifti" and header.compression == "gzip":

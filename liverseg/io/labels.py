@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeometryError, InputError
+from .dicom import read_dicom_series
+from .dicom.files import all_files, is_dicom_file
 from .volume import LPS_TO_RAS, Volume, spacing_from_affine
 
 LABEL_FORMATS = ("volume", "masks_dicom", "png_slices", "dicom_seg")
@@ -101,8 +103,6 @@ def _structure_value(name: str, structures: dict[str, int]) -> int | None:
 
 
 def _read_masks_dicom(folder: Path, image: Volume, structures: dict[str, int]) -> np.ndarray:
-    from .dicom import read_dicom_series
-
     if not structures:
         raise InputError(f"{folder}: masks_dicom labels need a 'structures' map from folder names to label values, "
                          "e.g. {\"liver\": 1, \"livertumor*\": 2}")
@@ -125,7 +125,7 @@ def _read_masks_dicom(folder: Path, image: Volume, structures: dict[str, int]) -
 def _read_png_slices(folder: Path, image: Volume, value: int) -> np.ndarray:
     from PIL import Image
 
-    slice_files = image.meta.get("slice_files")
+    slice_files = image.dicom.slice_files if image.dicom is not None else None
     if not slice_files:
         raise InputError(f"{folder}: PNG slice masks need an image read straight from its DICOM slices (this image "
                          f"was resampled or is not DICOM: {image.meta.get('path')})")
@@ -152,8 +152,7 @@ def _read_dicom_seg(path: Path, image: Volume, structures: dict[str, int]) -> np
     if path.is_dir():
         import pydicom
 
-        from .dicom import _all_files, is_dicom_file
-        candidates = [p for p in _all_files(path) if is_dicom_file(p)
+        candidates = [p for p in all_files(path) if is_dicom_file(p)
                       and str(pydicom.dcmread(p, stop_before_pixels=True).get("SOPClassUID", "")) == SEG_SOP_CLASS]
         if len(candidates) != 1:
             raise InputError(f"{path}: expected one DICOM SEG file here, found {len(candidates)}")
@@ -183,7 +182,7 @@ def _read_dicom_seg(path: Path, image: Volume, structures: dict[str, int]) -> np
 def read_label(path: str | Path, image: Volume, fmt: str = "volume",
                structures: dict[str, int] | None = None) -> Volume:
     """A label map for ``image`` on exactly its grid (values as integers)."""
-    from .images import read_image_file
+    from .images import read_image_file  # SimpleITK: kept off the import of this module (manifest.py uses it)
 
     path = Path(path)
     if fmt not in LABEL_FORMATS:

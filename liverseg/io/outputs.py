@@ -1,5 +1,9 @@
 """Segmentation outputs written on the input's grid.
 
+Every writer of labels has the shape ``write_x(labels, volume, path, ...)``, as nnU-Net's
+``write_seg(seg, file, properties)``: ``labels`` an integer array on ``volume``'s grid (the volume
+the labels were predicted for: its geometry, and for DICOM SEG its source series, ``Volume.dicom``).
+
 * ``write_label_map``: uint8 NIfTI/NRRD/MHA label map (SimpleITK).
 * ``write_seg_nrrd``: 3D Slicer ``.seg.nrrd`` (one label-map layer plus Slicer's segment metadata:
   names, colours, label values, extents, terminology), following Slicer's segmentation file
@@ -7,7 +11,9 @@
 * ``write_color_table``: Slicer ``.ctbl`` colour table (``index name R G B A``).
 * ``write_probability_map``: 4D uint8 NIfTI (x, y, z, label) of softmax probabilities, value = round(255 p),
   with ``scl_slope`` 1/255 so NIfTI readers (nibabel, ITK, 3D Slicer) see p itself.
-* DICOM SEG: ``dicom_seg.write_dicom_seg`` (uses the colours and codes defined here).
+* DICOM SEG: ``dicom_seg.write_dicom_seg``.
+
+Names, colours and codes come from the anatomy table (``anatomy``).
 
 Every file is written atomically: a temporary file in the destination folder, then ``os.replace``.
 Label values are indices into ``label_names`` (index 0 is the background), as in
@@ -15,7 +21,6 @@ Label values are indices into ``label_names`` (index 0 is the background), as in
 """
 from __future__ import annotations
 
-import colorsys
 import logging
 import re
 from collections.abc import Sequence
@@ -26,21 +31,27 @@ import numpy as np
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import GeometryError, InputError
+from .anatomy import resolve_colors, slicer_terminology
 from .images import write_volume
 from .volume import Volume, lps_from_affine
 
-RGB = tuple[int, int, int]
 log = logging.getLogger(__name__)
 
 
-def write_label_map(labels: np.ndarray, reference: Volume, path: str | Path) -> Path:
-    """Write a uint8 label map on exactly ``reference``'s grid (shape, spacing, origin, direction)."""
-    if tuple(labels.shape) != reference.shape:
+def labels_on_grid(labels: np.ndarray, volume: Volume) -> Volume:
+    """``labels`` as a Volume on ``volume``'s grid (no copy); a GeometryError when the shapes differ."""
+    if tuple(labels.shape) != volume.shape:
         raise GeometryError(f"label map shape {tuple(labels.shape)} differs from the reference grid "
-                            f"{reference.shape} of {reference.meta.get('path', 'the input')}")
+                            f"{volume.shape} of {volume.meta.get('path', 'the input')}")
+    return volume.with_array(labels)
+
+
+def write_label_map(labels: np.ndarray, volume: Volume, path: str | Path) -> Path:
+    """Write a uint8 label map on exactly ``volume``'s grid (shape, spacing, origin, direction)."""
+    labels_on_grid(labels, volume)
     if labels.size and int(labels.max()) > 255:
         raise ValueError(f"label values up to {int(labels.max())} do not fit uint8")
-    return write_volume(reference.with_array(labels.astype(np.uint8, copy=False)), Path(path))
+    return write_volume(volume.with_array(labels.astype(np.uint8, copy=False)), Path(path))
 
 
 PROBABILITY_SLOPE = 1.0 / 255.0
@@ -55,26 +66,26 @@ def probability_map_description(label_names: Sequence[str]) -> dict:
                     "(largest component, hole filling, small-object removal), which can change the label map"}
 
 
-def write_probability_map(probabilities: np.ndarray, reference: Volume, label_names: Sequence[str],
-                          path: str | Path) -> Path:
-    """Write uint8 probabilities (X, Y, Z, K) on ``reference``'s grid as a gzipped 4D NIfTI (nibabel).
+def write_probability_map(probabilities: np.ndarray, volume: Volume, path: str | Path,
+                          label_names: Sequence[str]) -> Path:
+    """Write uint8 probabilities (X, Y, Z, K) on ``volume``'s grid as a gzipped 4D NIfTI (nibabel).
 
     Stored value = round(255 p); the header's ``scl_slope`` is 1/255 (so ``nibabel``'s ``get_fdata`` and
     ITK return p), the intent is NIFTI_INTENT_ESTIMATE named ``softmax v/255``, ``descrip`` names the
-    labels in order, and qform and sform (code 1, scanner) hold ``reference``'s affine, as in the label
+    labels in order, and qform and sform (code 1, scanner) hold ``volume``'s affine, as in the label
     map. Written from a Fortran-ordered array (``infer.predict_volume_probabilities``'s) without a copy.
     """
     import nibabel as nib
 
     probabilities = np.asarray(probabilities)
-    if probabilities.ndim != 4 or tuple(probabilities.shape[:3]) != reference.shape:
+    if probabilities.ndim != 4 or tuple(probabilities.shape[:3]) != volume.shape:
         raise GeometryError(f"probability map shape {tuple(probabilities.shape)} does not fit the reference grid "
-                            f"{reference.shape} (+ one axis of labels)")
+                            f"{volume.shape} (+ one axis of labels)")
     if probabilities.shape[3] != len(label_names):
         raise ValueError(f"{probabilities.shape[3]} probability channels for {len(label_names)} labels")
     if probabilities.dtype != np.uint8:
         raise ValueError(f"probabilities must be uint8 (round(255 p)), not {probabilities.dtype}")
-    affine = np.asarray(reference.affine_ras, dtype=np.float64)
+    affine = np.asarray(volume.affine_ras, dtype=np.float64)
     image = nib.Nifti1Image(probabilities, affine, dtype=np.uint8)
     header = image.header
     header.set_slope_inter(PROBABILITY_SLOPE, 0.0)
@@ -88,94 +99,6 @@ def write_probability_map(probabilities: np.ndarray, reference: Volume, label_na
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return path
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-# ----------------------------------------------------------------------------- names, colours, codes
-
-def _key(name: str) -> str:
-    """Normalised label name for look-ups: ``'Liver Tumour'`` -> ``'liver_tumour'``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
-
-
-# Colours: 3D Slicer's GenericAnatomyColors table (Slicer3:2010_GenericAnatomyColors), which is also
-# what Slicer's terminology and TotalSegmentator's Slicer exports recommend for these structures.
-_ANATOMY: RGB = (221, 130, 101)
-_VEIN: RGB = (0, 151, 206)
-_ARTERY: RGB = (216, 101, 79)
-_MASS: RGB = (144, 238, 144)
-
-# Segmentation property category codes (DICOM CID 7150) and type codes (SNOMED CT).
-_CAT_ANATOMY = ("91723000", "Anatomical Structure")
-_CAT_TISSUE = ("85756007", "Tissue")
-_CAT_MORPH = ("49755003", "Morphologically Abnormal Structure")
-
-
-class _Known:
-    __slots__ = ("category", "color", "type_code")
-
-    def __init__(self, color: RGB, category: tuple[str, str], type_code: tuple[str, str]):
-        self.color, self.category, self.type_code = color, category, type_code
-
-
-_KNOWN: dict[str, _Known] = {}
-
-
-def _add(names: str, color: RGB, category: tuple[str, str], code: str, meaning: str) -> None:
-    for name in names.split():
-        _KNOWN[name] = _Known(color, category, (code, meaning))
-
-
-_add("liver", (221, 130, 101), _CAT_ANATOMY, "10200004", "Liver")
-_add("tumour tumor liver_tumour liver_tumor tumours tumors neoplasm liver_lesion hepatic_tumour "
-     "hepatic_tumor", _MASS, _CAT_MORPH, "108369006", "Neoplasm")
-_add("lesion lesions", (205, 205, 100), _CAT_MORPH, "52988006", "Lesion")
-_add("mass", _MASS, _CAT_MORPH, "4147007", "Mass")
-_add("cyst", (205, 205, 100), _CAT_MORPH, "367643001", "Cyst")
-_add("spleen", (157, 108, 162), _CAT_ANATOMY, "78961009", "Spleen")
-_add("kidney kidneys", (185, 102, 83), _CAT_ANATOMY, "64033007", "Kidney")
-_add("kidney_right right_kidney", (185, 102, 83), _CAT_ANATOMY, "9846003", "Right kidney")
-_add("kidney_left left_kidney", (212, 126, 104), _CAT_ANATOMY, "18639004", "Left kidney")
-_add("gallbladder gall_bladder", (139, 150, 98), _CAT_ANATOMY, "28231008", "Gallbladder")
-_add("pancreas", (249, 180, 111), _CAT_ANATOMY, "15776009", "Pancreas")
-_add("stomach", (216, 132, 105), _CAT_ANATOMY, "69695003", "Stomach")
-_add("duodenum", (255, 253, 229), _CAT_ANATOMY, "38848004", "Duodenum")
-_add("colon", (204, 168, 143), _CAT_ANATOMY, "71854001", "Colon")
-_add("small_bowel small_intestine", (205, 167, 142), _CAT_ANATOMY, "30315005", "Small intestine")
-_add("esophagus oesophagus", (211, 171, 143), _CAT_ANATOMY, "32849002", "Esophagus")
-_add("urinary_bladder bladder", (222, 154, 132), _CAT_ANATOMY, "89837001", "Urinary bladder")
-_add("aorta", (224, 97, 76), _CAT_ANATOMY, "15825003", "Aorta")
-_add("inferior_vena_cava ivc", _VEIN, _CAT_ANATOMY, "64131007", "Inferior vena cava")
-_add("portal_vein portal_vein_and_splenic_vein", (0, 122, 171), _CAT_ANATOMY, "32764006", "Portal vein")
-_add("hepatic_vein hepatic_veins", (0, 147, 202), _CAT_ANATOMY, "8993003", "Hepatic vein")
-_add("vessel vessels hepatic_vessel hepatic_vessels blood_vessel", _VEIN, _CAT_ANATOMY, "59820001",
-     "Blood vessel")
-_add("vein veins", _VEIN, _CAT_ANATOMY, "29092000", "Vein")
-_add("artery arteries hepatic_artery", _ARTERY, _CAT_ANATOMY, "51114001", "Artery")
-_add("lung lungs", (197, 165, 145), _CAT_ANATOMY, "39607008", "Lung")
-_add("heart", (206, 110, 84), _CAT_ANATOMY, "80891009", "Heart")
-_add("bone bones", (241, 214, 145), _CAT_TISSUE, "272673000", "Bone")
-_add("muscle muscles", (192, 104, 88), _CAT_TISSUE, "91727004", "Muscle")
-_add("fat", (230, 220, 70), _CAT_TISSUE, "248153007", "Fat")
-
-# Slicer's "region_N" colours, then golden-angle hues: distinct colours for names not listed above.
-_PALETTE: tuple[RGB, ...] = (
-    (185, 232, 61), (0, 226, 255), (251, 159, 255), (230, 169, 29), (0, 194, 113), (104, 160, 249),
-    (221, 108, 158), (137, 142, 0), (230, 70, 0), (0, 147, 0), (0, 147, 248), (231, 0, 206),
-    (129, 78, 0), (0, 116, 0), (0, 0, 255), (157, 0, 0))
-
-
-def _palette(index: int) -> RGB:
-    if index < len(_PALETTE):
-        return _PALETTE[index]
-    hue = (index * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
-    return (round(r * 255), round(g * 255), round(b * 255))
-
-
-def _too_close(color: RGB, used: list[RGB], min_distance: float = 40.0) -> bool:
-    return any(float(np.linalg.norm(np.subtract(color, u))) < min_distance for u in used)
 
 
 def label_voxel_counts(array: np.ndarray, n_labels: int) -> np.ndarray:
@@ -193,51 +116,8 @@ def label_voxel_counts(array: np.ndarray, n_labels: int) -> np.ndarray:
     return counts
 
 
-def label_colors(label_names: Sequence[str]) -> dict[str, RGB]:
-    """Display colour (0-255 RGB) of every label name, background black.
-
-    Known structures get 3D Slicer's standard anatomy colours (liver 221,130,101 as in Slicer and
-    TotalSegmentator); other names get distinct colours from a fixed palette. The result depends only
-    on the list of names, and no two foreground labels share (or nearly share) a colour: a known
-    colour already taken by an earlier label makes the later one fall back to the palette.
-    """
-    colors: dict[str, RGB] = {}
-    used: list[RGB] = []
-    next_palette = 0
-    for index, name in enumerate(label_names):
-        if index == 0 or _key(name) == "background":
-            colors[name] = (0, 0, 0)
-            continue
-        known = _KNOWN.get(_key(name))
-        color = known.color if known is not None else None
-        while color is None or _too_close(color, used):
-            color = _palette(next_palette)
-            next_palette += 1
-        colors[name] = color
-        used.append(color)
-    return colors
-
-
-def _resolve_colors(label_names: Sequence[str], colors: dict[str, Any] | None) -> dict[str, RGB]:
-    resolved = label_colors(label_names)
-    for name, value in (colors or {}).items():
-        if name not in resolved:
-            raise InputError(f"colour given for label {name!r}, which is not one of the label names "
-                             f"{list(label_names)}")
-        rgb = tuple(int(v) for v in value)
-        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-            raise InputError(f"colour {tuple(value)} of label {name!r} is not three integers 0-255")
-        resolved[name] = rgb  # type: ignore[assignment]
-    return resolved
-
-
-def _codes(name: str) -> tuple[tuple[str, str], tuple[str, str]]:
-    """(category, type) SNOMED codes of a label; generic Tissue/Tissue when the name is unknown."""
-    known = _KNOWN.get(_key(name))
-    return (known.category, known.type_code) if known is not None else (_CAT_TISSUE, _CAT_TISSUE)
-
-
-def _check_labels(labels: Volume, label_names: Sequence[str], path: Path) -> None:
+def check_labels(labels: Volume, label_names: Sequence[str], path: Path) -> None:
+    """Label names usable (two or more, unique) and every label value an index into them."""
     if len(label_names) < 2:
         raise InputError(f"{path}: needs at least two label names (background first), got {list(label_names)}")
     if len(set(label_names)) != len(label_names):
@@ -252,19 +132,6 @@ def _check_labels(labels: Volume, label_names: Sequence[str], path: Path) -> Non
 
 
 # ----------------------------------------------------------------------------- Slicer .seg.nrrd
-
-def _slicer_terminology(name: str) -> str:
-    (cat_code, cat_meaning), (type_code, type_meaning) = _codes(name)
-    # Slicer's own terminology files name these two categories "Anatomical Structure" (123037004) and
-    # "Morphologically Altered Structure"; use its spelling so that Slicer finds the entry.
-    if cat_code == _CAT_ANATOMY[0]:
-        cat_code, cat_meaning = "123037004", "Anatomical Structure"
-    elif cat_code == _CAT_MORPH[0]:
-        cat_meaning = "Morphologically Altered Structure"
-    return ("Segmentation category and type - DICOM master list"
-            f"~SCT^{cat_code}^{cat_meaning}~SCT^{type_code}^{type_meaning}~^^"
-            "~Anatomic codes - DICOM master list~^^~^^")
-
 
 def _segment_extents(array: np.ndarray, n_labels: int) -> list[str]:
     """Slicer extent ``minI maxI minJ maxJ minK maxK`` of label values 1..n_labels-1.
@@ -292,20 +159,21 @@ def _conversion_parameters(labels: Volume) -> str:
             "the geometry of the reference image.&Smoothing factor|0.5|Smoothing factor.")
 
 
-def write_seg_nrrd(labels: Volume, label_names: Sequence[str], path: str | Path,
+def write_seg_nrrd(labels: np.ndarray, volume: Volume, path: str | Path, label_names: Sequence[str],
                    colors: dict[str, Any] | None = None) -> Path:
-    """Write a 3D Slicer ``.seg.nrrd``: one label-map layer on ``labels``' grid with segment metadata.
+    """Write a 3D Slicer ``.seg.nrrd``: one label-map layer on ``volume``'s grid with segment metadata.
 
     Segment ``N`` is label value ``N + 1`` (``label_names[N + 1]``); every foreground name gets a
     segment, empty ones included (extent ``0 -1 0 -1 0 -1`` as Slicer writes it). Geometry is LPS
-    (``space: left-posterior-superior``) from ``labels.affine_ras``, uncropped
+    (``space: left-posterior-superior``) from ``volume.affine_ras``, uncropped
     (``Segmentation_ReferenceImageExtentOffset = 0 0 0``), so the file has the input's exact grid.
     """
     import nrrd
 
     path = Path(path)
-    _check_labels(labels, label_names, path)
-    rgb = _resolve_colors(label_names, colors)
+    labels = labels_on_grid(labels, volume)
+    check_labels(labels, label_names, path)
+    rgb = resolve_colors(label_names, colors)
     dtype = np.uint8 if len(label_names) <= 256 else np.uint16
     array = labels.array.astype(dtype, copy=False)
 
@@ -337,7 +205,7 @@ def write_seg_nrrd(labels: Volume, label_names: Sequence[str], path: str | Path,
         header[prefix + "Extent"] = extents[n]
         header[prefix + "LabelValue"] = str(value)
         header[prefix + "Layer"] = "0"
-        header[prefix + "Tags"] = f"TerminologyEntry:{_slicer_terminology(name)}|"
+        header[prefix + "Tags"] = f"TerminologyEntry:{slicer_terminology(name)}|"
     with atomic_path(path) as tmp:
         nrrd.write(str(tmp), _fortran_order(array), header, index_order="F", compression_level=1)
     return path
@@ -364,7 +232,7 @@ def write_color_table(label_names: Sequence[str], path: str | Path,
                       colors: dict[str, Any] | None = None) -> Path:
     """Write a 3D Slicer colour table (``.ctbl``): ``index name R G B A`` per label, background transparent."""
     path = Path(path)
-    rgb = _resolve_colors(label_names, colors)
+    rgb = resolve_colors(label_names, colors)
     lines = [f"# Color table file {path.name}", f"# {len(label_names)} values",
              "# written by liverseg: label value, name, red, green, blue, alpha (0-255)"]
     for index, name in enumerate(label_names):

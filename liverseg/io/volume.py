@@ -22,17 +22,32 @@ import numpy as np
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+@dataclass(frozen=True)
+class DicomSource:
+    """The DICOM series a Volume was read from, as a DICOM SEG of labels on its grid references it.
+
+    Filled by the DICOM reader (``dicom.assembly.load_series``); None on volumes from other formats.
+    """
+
+    path: str                            # the folder (or multi-frame file) that was read
+    series_uid: str | None               # None for a series without SeriesInstanceUID
+    slice_files: tuple[str, ...] | None  # the file of each voxel slice k; None when the grid was corrected
+    corrections: tuple[str, ...] = ()    # why the grid is not the slices' own (gaps, spacing, tilt)
+
+
 @dataclass
 class Volume:
     """A 3D voxel array on a grid described by ``affine_ras``.
 
     ``meta`` carries facts about the source (path, format, DICOM series UID, ...) that outputs
-    may want to repeat; geometry never lives there.
+    may want to repeat; geometry never lives there. ``dicom``: the source series' references a
+    writer needs (DICOM SEG), for a volume read from DICOM.
     """
 
     array: np.ndarray
     affine_ras: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    dicom: DicomSource | None = None
 
     def __post_init__(self) -> None:
         self.affine_ras = np.asarray(self.affine_ras, dtype=np.float64)
@@ -57,7 +72,7 @@ class Volume:
         """The same grid holding another array (shape must match)."""
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array shape {tuple(array.shape)} does not match the grid {self.shape}")
-        return Volume(array, self.affine_ras.copy(), {**self.meta, **meta})
+        return Volume(array, self.affine_ras.copy(), {**self.meta, **meta}, self.dicom)
 
     def same_grid(self, other: "Volume", atol_mm: float = 1e-4) -> bool:
         return self.shape == other.shape and bool(

@@ -1,4 +1,4 @@
-"""DICOM series validation, decoding and assembly into a ``Volume`` (discovery lives in ``dicom.py``).
+"""DICOM series validation, decoding and assembly into a ``Volume`` (discovery: ``discovery.py``).
 
 ``plan_series`` checks the geometry from headers alone (sort along the slice normal, duplicates, gaps,
 non-uniform spacing, gantry tilt); ``load_series`` decodes the pixels in a thread pool, applies the
@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .dicom import (NATIVE_SYNTAXES, Frame, SeriesInfo, _fmt, _map, _Skip, compressed_magic, native_size_problem,
-                    open_regular, pixel_layout, transfer_syntax)
-from .volume import Volume, affine_from_lps
+from ...errors import InputError
+from ..volume import DicomSource, Volume, affine_from_lps
+from .discovery import SeriesInfo
+from .files import fmt_mm, open_regular, parallel_map
+from .frames import (NATIVE_SYNTAXES, Frame, SkipFile, compressed_magic, native_size_problem, pixel_layout,
+                     transfer_syntax)
 
-log = logging.getLogger("liverseg.io.dicom")
+log = logging.getLogger("liverseg.io.dicom")  # one logger for the whole package
 
 DUPLICATE_TOL_MM = 0.01      # two slices closer than this along the normal sit at the same position
 GAP_FACTOR = 1.5             # a step above this many median spacings is a missing slice
@@ -77,7 +79,7 @@ def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Ser
             positions.append(float(dist[idx]))
     if len(slices) < 2:
         raise InputError(f"{source}: series {info.label}: all {info.n_slices} slices lie at the same position "
-                         f"{_fmt(positions[0])} mm along the slice normal; liverseg needs a 3D series")
+                         f"{fmt_mm(positions[0])} mm along the slice normal; liverseg needs a 3D series")
     pos = np.array(positions)
     steps = np.diff(pos)
     median = float(np.median(steps))
@@ -88,9 +90,9 @@ def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Ser
     gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
     if len(gaps):
         k = int(gaps[0])
-        where = (f"between {_fmt(pos[k])} mm ({slices[k][0].path.name}) and {_fmt(pos[k + 1])} mm "
-                 f"({slices[k + 1][0].path.name}) along the slice normal: a step of {_fmt(steps[k])} mm, "
-                 f"{steps[k] / median:.1f}x the median spacing {_fmt(median)} mm")
+        where = (f"between {fmt_mm(pos[k])} mm ({slices[k][0].path.name}) and {fmt_mm(pos[k + 1])} mm "
+                 f"({slices[k + 1][0].path.name}) along the slice normal: a step of {fmt_mm(steps[k])} mm, "
+                 f"{steps[k] / median:.1f}x the median spacing {fmt_mm(median)} mm")
         if not allow_gaps:
             more = f" (and {len(gaps) - 1} more gap(s))" if len(gaps) > 1 else ""
             raise InputError(f"{source}: series {info.label} has missing slices {where}{more}; export the "
@@ -104,8 +106,8 @@ def plan_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Ser
         if deviation <= UNIFORM_TOL * (span / (n_uniform - 1)):
             target = pos.copy()
         else:
-            notes.append(f"non-uniform slice spacing ({_fmt(steps.min())}..{_fmt(steps.max())} mm) resampled to "
-                         f"{_fmt(span / (n_uniform - 1))} mm")
+            notes.append(f"non-uniform slice spacing ({fmt_mm(steps.min())}..{fmt_mm(steps.max())} mm) resampled to "
+                         f"{fmt_mm(span / (n_uniform - 1))} mm")
     offsets = np.array([[(s[0].position - first.position) @ first.row_dir, (s[0].position - first.position) @
                          first.col_dir] for s in slices])
     offsets -= offsets[0]
@@ -162,7 +164,7 @@ def _decode(path: Path, ds: Any) -> tuple[np.ndarray, bool]:
     refused naming the file (a fallback decoder never guesses)."""
     try:
         layout = pixel_layout(ds)
-    except _Skip as exc:
+    except SkipFile as exc:
         raise InputError(f"{path}: {exc}; the file is damaged") from None
     expected = layout[:3]
     ts = transfer_syntax(ds)
@@ -208,7 +210,7 @@ def _rescale_into(slices: list[tuple[np.ndarray, Frame, bool]]) -> np.ndarray:
     shape = (len(slices),) + slices[0][0].shape
     if all(v == 1 for v in slopes) and all(v == round(v) for v in intercepts) and \
             all(p.dtype.kind in "iu" for p, _, _ in slices):
-        ranges = _map(lambda item: (int(item[0].min()), int(item[0].max())), slices)
+        ranges = parallel_map(lambda item: (int(item[0].min()), int(item[0].max())), slices)
         lo = min(r[0] + int(c) for r, c in zip(ranges, intercepts))
         hi = max(r[1] + int(c) for r, c in zip(ranges, intercepts))
         dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
@@ -226,7 +228,7 @@ def _rescale_into(slices: list[tuple[np.ndarray, Frame, bool]]) -> np.ndarray:
         else:
             out[k] = pixels
 
-    _map(fill, list(range(len(slices))))
+    parallel_map(fill, list(range(len(slices))))
     return out
 
 
@@ -268,7 +270,7 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
                              f"{' '.join(str(exc).split())[:150]})") from None
         return _decode(path, ds)
 
-    decoded = dict(zip(files, _map(decode, list(files))))
+    decoded = dict(zip(files, parallel_map(decode, list(files))))
     first = plan.slices[0][0]
     stack_frames = []
     for group in plan.slices:
@@ -287,7 +289,7 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
             if not np.array_equal(a, b):
                 raise InputError(
                     f"{source}: series {info.label}: {frame.path.name} and {other.path.name} lie at the same "
-                    f"position ({_fmt(frame.position @ first.normal)} mm along the slice normal) but hold different "
+                    f"position ({fmt_mm(frame.position @ first.normal)} mm along the slice normal) but hold different "
                     "pixels (two acquisitions mixed in one series?); pick the files of one acquisition into a folder")
     stack = _rescale_into(stack_frames)
     if plan.tilted:
@@ -305,9 +307,10 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
     array = stack.transpose(2, 1, 0)
     exact = not plan.resampled and not plan.tilted
     meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid or None,
-            "n_slices": array.shape[2], "modality": info.modality, "corrections": list(plan.notes),
-            "slice_files": [str(g[0].path) for g in plan.slices] if exact else None}
-    return Volume(array, affine, meta)
+            "n_slices": array.shape[2], "modality": info.modality, "corrections": list(plan.notes)}
+    dicom = DicomSource(str(source), info.series_uid or None,
+                        tuple(str(g[0].path) for g in plan.slices) if exact else None, tuple(plan.notes))
+    return Volume(array, affine, meta, dicom)
 
 
 __all__ = ["SeriesPlan", "load_series", "plan_series"]
