@@ -190,7 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EVALUATION_FOLDER, evaluate, format_table, write_csv, write_outputs
+    from .evaluation import EVALUATION_FOLDER, evaluate, format_table, write_csv, write_outputs
     from .manifest import load_manifest
 
     manifest = load_manifest(args.manifest, args.root) if args.manifest else None

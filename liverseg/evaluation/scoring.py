@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .atomic import write_text_atomic
-from .errors import GeometryError, InputError
-from .io import case_name, is_image_file, read_volume
-from .io.labels import read_label
-from .io.photos import check_same_size, is_photo_file, probability_filename, read_fov, read_mask, read_photo, read_probability_png
-from .preprocess import canonical_ornt, remap_labels, to_canonical
+from .. import metrics
+from ..atomic import write_text_atomic
+from ..errors import GeometryError, InputError
+from ..io import case_name, is_image_file, read_volume
+from ..io.labels import read_label
+from ..io.photos import check_same_size, is_photo_file, probability_filename, read_fov, read_mask, read_photo, read_probability_png
+from ..preprocess import canonical_ornt, remap_labels, to_canonical
 
 # What liverseg predict writes per case folder, in order of preference.
 PREDICTION_FILES = ("segmentation.nii.gz", "mask.png")
@@ -401,7 +401,7 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
 
 def _write_photo_qc(path: Path, pred: np.ndarray, ref: np.ndarray, background: np.ndarray | None,
                     region: np.ndarray | None) -> Path:
-    from .report import error_overlay, save_png
+    from ..report import error_overlay, save_png
 
     if background is None:
         background = np.zeros((*ref.shape, 3), dtype=np.uint8)
@@ -412,7 +412,7 @@ def _write_photo_qc(path: Path, pred: np.ndarray, ref: np.ndarray, background: n
 
 def _write_volume_qc(path: Path, pred: np.ndarray, ref: np.ndarray, affine: np.ndarray, image) -> Path:
     """The axial slice (canonical RAS orientation, radiological display) with the most errors."""
-    from .report import CT_DISPLAY_WINDOW, error_overlay, save_png
+    from ..report import CT_DISPLAY_WINDOW, error_overlay, save_png
 
     ornt = canonical_ornt(affine)
     pred_c, ref_c = to_canonical(pred > 0, ornt), to_canonical(ref > 0, ornt)
