@@ -20,16 +20,18 @@ global Dice 2 Σ|P ∩ R| / Σ(|P| + |R|) and the detection scores of the summed
 ``summary.csv`` (``lesion_*`` rows). ``per_case.csv`` is the same with or without a lesion label.
 
 Modules: ``scoring`` (pairing, reading, per-case results: :func:`evaluate`), ``lesions`` (the lesion
-label), ``qc`` (pictures) and ``tables`` (summaries, CSV files, the text
-table).
+label), ``qc`` (pictures), ``tables`` (summaries, CSV files, the text table) and ``run``
+(:func:`run_evaluation`, all of ``liverseg evaluate`` but its argument parsing).
 """
 from __future__ import annotations
 
 from .lesions import LESION_WORDS, LesionResult, lesion_label_of, pool_lesions
+from .run import EvaluationRun, run_evaluation
 from .scoring import EVALUATION_FOLDER, METRICS, CaseResult, EvalCase, evaluate, manifest_cases, pair_cases
 from .tables import (format_lesion_table, format_table, summarise, worst_cases, write_csv, write_lesions_csv,
                      write_outputs, write_summary_csv)
 
 __all__ = ["CaseResult", "LesionResult", "EvalCase", "pair_cases", "manifest_cases", "evaluate", "lesion_label_of",
            "summarise", "worst_cases", "pool_lesions", "write_csv", "write_lesions_csv", "write_summary_csv",
-           "format_table", "format_lesion_table", "write_outputs", "METRICS", "LESION_WORDS", "EVALUATION_FOLDER"]
+           "format_table", "format_lesion_table", "write_outputs", "METRICS", "LESION_WORDS", "EVALUATION_FOLDER",
+           "EvaluationRun", "run_evaluation"]
