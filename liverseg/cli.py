@@ -190,39 +190,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EVALUATION_FOLDER, evaluate, format_table, write_csv, write_outputs
-    from .manifest import load_manifest
+    from .evaluation import run_evaluation  # scipy, SimpleITK and nibabel stay off the other subcommands' path
 
-    manifest = load_manifest(args.manifest, args.root) if args.manifest else None
-    if manifest is None and args.reference is None:
-        raise InputError("evaluate: give a REFERENCE file/folder, or --manifest M.json --split SPLIT")
-    if manifest is not None and args.reference is not None:
-        raise InputError("evaluate: give either a REFERENCE or --manifest, not both")
-    names = _parse_label_names(args.labels) or (
-        {value: name for name, value in manifest.labels.items() if value != 0} if manifest and manifest.labels
-        else None)
-    out_dir = args.output or (args.prediction / EVALUATION_FOLDER if args.prediction.is_dir() else None)
-    pooled: dict[str, float] = {}
-    lesion_label = _parse_lesion_label(args.lesion_label)
-    lesions: list | None = None if lesion_label is False else []
-    results = evaluate(args.prediction, args.reference, names, _parse_int_map(args.ref_remap, "--ref-remap"),
-                       manifest=manifest, split=args.split, tolerance_mm=args.tolerance,
-                       qc_dir=None if args.no_qc or out_dir is None else out_dir / "qc", pooled_auc=pooled,
-                       lesions=lesions, lesion_label=lesion_label or None,
-                       lesion_min_volume_ml=args.lesion_min_volume, lesion_min_iou=args.lesion_min_iou,
-                       lesion_connectivity=args.lesion_connectivity)
-    print(format_table(results, lesions))
-    for name, auc in pooled.items():
-        print(f"{name}: ROC AUC over all cases' pixels together (inside the field of view): {auc:.4f}")
-    if out_dir is not None:
-        written = write_outputs(results, out_dir, pooled, lesions)
-        print(f"per-case results: {written['per_case']}\nsummary: {written['summary']}")
-        if "lesions" in written:
-            print(f"lesions per case: {written['lesions']}")
-        if not args.no_qc:
-            print(f"QC pictures (false negatives blue, false positives red): {out_dir / 'qc'}")
-    if args.csv:
-        print(f"per-case results: {write_csv(results, args.csv)}")
+    run_evaluation(args.prediction, args.reference, manifest_path=args.manifest, root=args.root, split=args.split,
+                   out_dir=args.output, csv=args.csv, qc=not args.no_qc, tolerance_mm=args.tolerance,
+                   label_names=_parse_label_names(args.labels), ref_remap=_parse_int_map(args.ref_remap, "--ref-remap"),
+                   lesion_label=_parse_lesion_label(args.lesion_label), lesion_min_volume_ml=args.lesion_min_volume,
+                   lesion_min_iou=args.lesion_min_iou, lesion_connectivity=args.lesion_connectivity, echo=print)
     return 0
 
 

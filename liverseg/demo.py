@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import InputError
+from .evaluation import evaluate, format_table, write_csv
 from .run_folder import RUN, TRAINING_OUTPUTS
 
 TRAIN_SEEDS = tuple(range(0, 12))
@@ -54,7 +55,6 @@ def run_builtin_demo(out: Path, device: str | None = None, threads: int | None =
                      progress: bool = True) -> int:
     """Segment the packaged CT with the built-in liver model; every output, the Dice, where to look."""
     from .builtin import DEFAULT_MODEL, get
-    from .evaluate import evaluate
     from .manifest import Case
     from .inference.batch import PredictOptions, predict_cases
 
@@ -105,7 +105,6 @@ def run_training_demo(out: Path, minutes: float = 10.0, device: str | None = Non
     import torch
 
     from .config import load_config
-    from .evaluate import evaluate, format_table, write_csv
     from .inference.batch import predict_files
     from .inference.loaded import resolve_device
     from .manifest import load_manifest

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from liverseg.config import apply_overrides, load_config  # noqa: E402
 from liverseg.demo import TEST_SEEDS, TRAIN_SEEDS, VAL_SEEDS  # noqa: E402
-from liverseg.evaluate import evaluate  # noqa: E402
+from liverseg.evaluation import evaluate  # noqa: E402
 from liverseg.inference.batch import predict_files  # noqa: E402
 from liverseg.manifest import load_manifest  # noqa: E402
 from liverseg.models import MODELS, build_model, count_parameters, input_channels  # noqa: E402

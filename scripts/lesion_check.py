@@ -32,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import liverseg
-    from liverseg.evaluate import evaluate
+    from liverseg.evaluation import evaluate
     from liverseg.io import read_volume, write_volume
 
     print(f"{'case':<28} {'liver from':<10} {'s':>5} {'liver mL':>8} {'lesion mL':>9} {'ref mL':>7} "

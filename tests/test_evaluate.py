@@ -10,7 +10,7 @@ from PIL import Image
 
 from liverseg import metrics
 from liverseg.cli import main
-from liverseg.evaluate import evaluate, format_table, summarise, worst_cases, write_outputs
+from liverseg.evaluation import evaluate, format_table, summarise, worst_cases, write_outputs
 from liverseg.io import write_volume
 from liverseg.manifest import load_manifest, write_manifest
 from liverseg.report import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, save_png

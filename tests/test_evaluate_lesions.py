@@ -9,7 +9,7 @@ import pytest
 
 from liverseg.cli import main
 from liverseg.errors import InputError
-from liverseg.evaluate import CaseResult, evaluate, format_table, lesion_label_of
+from liverseg.evaluation import CaseResult, evaluate, format_table, lesion_label_of
 from liverseg.io import write_volume
 from liverseg.report import save_png
 

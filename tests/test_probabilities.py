@@ -11,7 +11,7 @@ import pytest
 
 from liverseg import metrics
 from liverseg.cli import main
-from liverseg.evaluate import evaluate
+from liverseg.evaluation import evaluate
 from liverseg.io import write_volume
 
 from conftest import make_volume, permutation

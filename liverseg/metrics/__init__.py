@@ -1,5 +1,8 @@
 """Segmentation metrics on label arrays (pure numpy/scipy).
 
+The overlap and surface metrics live here; ROC AUC and ECE in ``liverseg.metrics.probability``, lesion
+detection in ``liverseg.metrics.lesions`` (both re-exported here). The definitions of all of them follow.
+
 Every mask argument is converted with ``np.asarray(x, dtype=bool)``, so any non-zero value is
 foreground. Prediction and reference (and ``mask``/``prob`` where taken) must have the same shape,
 else ``ValueError`` naming both shapes. ``spacing_mm`` is a sequence of positive finite voxel sizes,
@@ -78,11 +81,13 @@ lesion rather than per voxel:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
+
+from .checks import mask_pair, voxel_spacing
+from .lesions import LesionDetection, detection_scores, lesion_components, lesion_detection
+from .probability import expected_calibration_error, roc_auc
 
 __all__ = [
     "LesionDetection", "accuracy", "assd", "confusion_matrix", "detection_scores", "dice", "f1", "hd95", "iou",
@@ -91,31 +96,11 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------- validation
-
-def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred, dtype=bool)
-    ref = np.asarray(ref, dtype=bool)
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    return pred, ref
-
-
-def _spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
-    if spacing.ndim != 1 or spacing.size != ndim:
-        raise ValueError(f"spacing_mm {np.asarray(spacing_mm).tolist()} must give one voxel size per array "
-                         f"axis ({ndim} values)")
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise ValueError(f"spacing_mm {spacing.tolist()} must be positive and finite")
-    return spacing
-
-
 # ----------------------------------------------------------------------------- overlap metrics
 
 def _confusion(pred, ref) -> tuple[int, int, int, int]:
     """(tp, fp, fn, tn) of two masks of the same shape, from one intersection and two counts."""
-    pred, ref = _pair(pred, ref)
+    pred, ref = mask_pair(pred, ref)
     tp = int(np.count_nonzero(pred & ref))
     fp = int(np.count_nonzero(pred)) - tp
     fn = int(np.count_nonzero(ref)) - tp
@@ -261,8 +246,8 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray,
     Each array has one entry per surface voxel of its source mask (C order). Both masks must be
     non-empty (``ValueError`` otherwise; the metric functions apply the empty-mask conventions first).
     """
-    pred, ref = _pair(pred, ref)
-    spacing = _spacing(spacing_mm, pred.ndim)
+    pred, ref = mask_pair(pred, ref)
+    spacing = voxel_spacing(spacing_mm, pred.ndim)
     union = pred | ref
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need non-empty prediction and reference masks")
@@ -284,8 +269,8 @@ def surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[floa
     since the distance transforms dominate the cost on large volumes. Empty masks: both empty ->
     0.0, 0.0, 1.0; exactly one empty -> inf, inf, 0.0. ``tolerance_mm`` must be finite and >= 0.
     """
-    pred, ref = _pair(pred, ref)
-    _spacing(spacing_mm, pred.ndim)
+    pred, ref = mask_pair(pred, ref)
+    voxel_spacing(spacing_mm, pred.ndim)
     tolerance = float(tolerance_mm)
     if not np.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm!r}")
@@ -328,191 +313,3 @@ def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
     Both masks empty: 1.0; exactly one empty: 0.0. ``tolerance_mm`` must be finite and >= 0.
     """
     return surface_metrics(pred, ref, spacing_mm, tolerance_mm)["surface_dice"]
-
-
-# ----------------------------------------------------------------------------- ROC AUC
-
-def _scored_voxels(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None, metric: str
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 scores, bool reference) of the voxels in ``mask`` (all if None), flat; ValueError naming
-    ``metric`` for mismatched shapes, no voxels or non-finite scores."""
-    prob = np.asarray(prob, dtype=np.float64)
-    ref = np.asarray(ref, dtype=bool)
-    if prob.shape != ref.shape:
-        raise ValueError(f"probability shape {prob.shape} differs from reference shape {ref.shape}")
-    where = ""
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != ref.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from reference shape {ref.shape}")
-        prob, ref, where = prob[mask], ref[mask], " inside the mask"
-    else:
-        prob, ref = prob.ravel(), ref.ravel()
-    if prob.size == 0:
-        raise ValueError(f"{metric} is undefined: no voxels{where}")
-    if not np.all(np.isfinite(prob)):
-        raise ValueError(f"{metric} needs finite scores; found NaN or inf{where}")
-    return prob, ref
-
-
-def roc_auc(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Exact ROC AUC of scores ``prob`` against the binary reference, over the voxels in ``mask`` (all if None).
-
-    Computed from average ranks (Mann-Whitney U / (n_pos n_neg)), so tied scores count 1/2, as in
-    ``sklearn.metrics.roc_auc_score``. Raises ``ValueError`` when the selection holds no voxels, only
-    positive or only negative reference voxels, or non-finite scores.
-    """
-    prob, ref = _scored_voxels(prob, ref, mask, "ROC AUC")
-    where = " inside the mask" if mask is not None else ""
-    n_pos = int(np.count_nonzero(ref))
-    n_neg = ref.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        only = "negative (background)" if n_pos == 0 else "positive (foreground)"
-        raise ValueError(f"ROC AUC is undefined: only {only} reference voxels{where} ({ref.size} voxels)")
-    ranks = rankdata(prob, method="average")
-    u = float(ranks[ref].sum()) - n_pos * (n_pos + 1) / 2.0
-    return u / (n_pos * n_neg)
-
-
-def expected_calibration_error(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
-                               bins: int = 10) -> float:
-    """Expected calibration error of the probabilities ``prob`` of one label against the binary reference.
-
-    The voxels (in ``mask``, all if None) are put in ``bins`` equal-width bins of [0, 1] by their
-    probability (1.0 in the last bin); ECE = sum over bins of (bin voxels / all voxels) * |fraction of
-    reference-positive voxels in the bin - mean probability in the bin|. 0 is perfectly calibrated.
-    Raises ``ValueError`` when the selection holds no voxels or non-finite probabilities.
-    """
-    prob, ref = _scored_voxels(prob, ref, mask, "ECE")
-    index = np.clip((prob * bins).astype(np.int64), 0, bins - 1)
-    counts = np.bincount(index, minlength=bins).astype(np.float64)
-    prob_sums = np.bincount(index, weights=prob, minlength=bins)
-    pos_sums = np.bincount(index, weights=ref.astype(np.float64), minlength=bins)
-    return float(np.abs(pos_sums - prob_sums).sum() / prob.size)
-
-
-# ----------------------------------------------------------------------------- lesion detection
-
-# Neighbourhood rank for scipy.ndimage.generate_binary_structure, per (ndim, connectivity).
-_CONNECTIVITY_RANK = {(3, 6): 1, (3, 18): 2, (3, 26): 3, (2, 4): 1, (2, 8): 2}
-
-
-def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
-    if connectivity is None:
-        connectivity = 26 if ndim == 3 else 8
-    rank = _CONNECTIVITY_RANK.get((ndim, connectivity))
-    if rank is None:
-        allowed = sorted(c for d, c in _CONNECTIVITY_RANK if d == ndim)
-        raise ValueError(f"connectivity {connectivity!r} for a {ndim}D mask: expected one of {allowed}")
-    return ndimage.generate_binary_structure(ndim, rank)
-
-
-def _voxel_ml(spacing_mm: Sequence[float], ndim: int) -> float:
-    return float(np.prod(_spacing(spacing_mm, ndim))) / 1000.0
-
-
-def lesion_components(mask: np.ndarray, spacing_mm: Sequence[float], min_volume_ml: float = 0.0,
-                      connectivity: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of ``mask`` at least ``min_volume_ml`` large.
-
-    Returns ``(labels, volumes_ml)``: an int32 array numbering the kept components 1..n in
-    ``scipy.ndimage.label`` order (0 elsewhere, including the dropped small components) and their n
-    volumes in mL. ``connectivity``: 26 (default), 18 or 6 in 3D; 8 (default) or 4 in 2D.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    voxel_ml = _voxel_ml(spacing_mm, mask.ndim)
-    min_volume_ml = float(min_volume_ml)
-    if not np.isfinite(min_volume_ml) or min_volume_ml < 0:
-        raise ValueError(f"min_volume_ml must be finite and >= 0, got {min_volume_ml!r}")
-    labels, count = ndimage.label(mask, structure=_structure(mask.ndim, connectivity))
-    labels = labels.astype(np.int32, copy=False)
-    volumes = np.bincount(labels.ravel(), minlength=count + 1)[1:] * voxel_ml
-    keep = volumes >= min_volume_ml
-    if not keep.all():
-        lut = np.zeros(count + 1, dtype=np.int32)
-        lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        labels = lut[labels]
-        volumes = volumes[keep]
-    return labels, volumes
-
-
-def detection_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
-    """Lesion-wise ``precision`` TP/(TP+FP), ``recall`` TP/(TP+FN), ``f1`` 2TP/(2TP+FP+FN); 0/0 is NaN."""
-    def ratio(num: float, den: float) -> float:
-        return num / den if den else float("nan")
-
-    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
-
-
-@dataclass(frozen=True)
-class LesionDetection:
-    """Result of :func:`lesion_detection`. Lesions are numbered 1..n as in :func:`lesion_components`;
-    ``matches`` holds ``(ref_lesion, pred_lesion, overlap_voxels, iou)`` for every matching pair."""
-    n_ref: int
-    n_pred: int
-    tp: int
-    fp: int
-    fn: int
-    matches: tuple[tuple[int, int, int, float], ...]
-    ref_volumes_ml: tuple[float, ...]
-    pred_volumes_ml: tuple[float, ...]
-
-    @property
-    def precision(self) -> float:
-        return detection_scores(self.tp, self.fp, self.fn)["precision"]
-
-    @property
-    def recall(self) -> float:
-        return detection_scores(self.tp, self.fp, self.fn)["recall"]
-
-    @property
-    def f1(self) -> float:
-        return detection_scores(self.tp, self.fp, self.fn)["f1"]
-
-    @property
-    def missed(self) -> tuple[int, ...]:
-        """The reference lesions no predicted component matched (the false negatives)."""
-        found = {r for r, _, _, _ in self.matches}
-        return tuple(i for i in range(1, self.n_ref + 1) if i not in found)
-
-    @property
-    def false_positives(self) -> tuple[int, ...]:
-        """The predicted components that matched no reference lesion."""
-        found = {p for _, p, _, _ in self.matches}
-        return tuple(i for i in range(1, self.n_pred + 1) if i not in found)
-
-
-def lesion_detection(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], min_volume_ml: float = 0.0,
-                     min_iou: float = 0.0, connectivity: int | None = None) -> LesionDetection:
-    """Lesion-wise TP/FP/FN of a predicted mask against a reference mask (rules in the module docstring).
-
-    ``min_volume_ml``: components smaller than this (on either side) are ignored. ``min_iou`` in [0, 1]:
-    the IoU a reference lesion and a predicted component need to match, besides sharing a voxel (0: any
-    overlap). ``connectivity``: 26 (default), 18 or 6 in 3D; 8 (default) or 4 in 2D.
-    """
-    pred, ref = _pair(pred, ref)
-    min_iou = float(min_iou)
-    if not 0.0 <= min_iou <= 1.0:
-        raise ValueError(f"min_iou must lie in [0, 1], got {min_iou!r}")
-    ref_labels, ref_volumes = lesion_components(ref, spacing_mm, min_volume_ml, connectivity)
-    pred_labels, pred_volumes = lesion_components(pred, spacing_mm, min_volume_ml, connectivity)
-    n_ref, n_pred = len(ref_volumes), len(pred_volumes)
-    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
-    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-    both = (ref_labels > 0) & (pred_labels > 0)
-    pairs = ref_labels[both].astype(np.int64) * (n_pred + 1) + pred_labels[both]
-    overlap = np.bincount(pairs, minlength=(n_ref + 1) * (n_pred + 1)).reshape(n_ref + 1, n_pred + 1)
-    matches = []
-    for r, p in zip(*np.nonzero(overlap)):
-        shared = int(overlap[r, p])
-        iou_rp = shared / float(ref_sizes[r] + pred_sizes[p] - shared)
-        if iou_rp >= min_iou:
-            matches.append((int(r), int(p), shared, iou_rp))
-    tp = len({r for r, _, _, _ in matches})
-    fp = n_pred - len({p for _, p, _, _ in matches})
-    return LesionDetection(n_ref, n_pred, tp, fp, n_ref - tp, tuple(matches),
-                           tuple(float(v) for v in ref_volumes), tuple(float(v) for v in pred_volumes))
-
-
-# ----------------------------------------------------------------------------- label maps
-
