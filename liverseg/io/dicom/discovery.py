@@ -245,17 +245,22 @@ def _discover(root: Path, files: list[Path], others: list[Skipped]) -> tuple[lis
     return series, skipped_summary(skipped, root, len(files) + len(others))
 
 
-def choose_series(path: Path, series: str | int | None = None, *, announce: bool = True) -> SeriesInfo:
-    """The requested series (UID or 0-based index from ``liverseg inspect``), or by default the CT
-    series with the most slices (with a message when there was a choice and ``announce``)."""
-    path = Path(path)
+def _series_below(path: Path, advice: str = "") -> list[SeriesInfo]:
+    """The series found below ``path``; InputError (ending in ``advice``) when there is none."""
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     found, note = _find(path)
     if not found:
         raise InputError(f"{path}: no readable DICOM image series found in this folder or below it"
-                         f"{f' ({note})' if note else ''}; give a folder of DICOM slice files or a "
-                         "NIfTI/NRRD/MHA file")
+                         f"{f' ({note})' if note else ''}{advice}")
+    return found
+
+
+def choose_series(path: Path, series: str | int | None = None, *, announce: bool = True) -> SeriesInfo:
+    """The requested series (UID or 0-based index from ``liverseg inspect``), or by default the CT
+    series with the most slices (with a message when there was a choice and ``announce``)."""
+    path = Path(path)
+    found = _series_below(path, "; give a folder of DICOM slice files or a NIfTI/NRRD/MHA file")
     if series is not None and str(series).strip().isdigit():
         index = int(series)
         if index >= len(found):
@@ -314,12 +319,7 @@ def format_series_table(found: list[SeriesInfo]) -> str:
 def inspect(path: Path) -> str:
     """The table ``liverseg inspect`` prints: every series below ``path``."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    found, note = _find(path)
-    if not found:
-        raise InputError(f"{path}: no readable DICOM image series found in this folder or below it"
-                         f"{f' ({note})' if note else ''}")
+    found = _series_below(path)
     default = f"default for predict: #0 ({found[0].label}); choose another with --series UID_OR_INDEX"
     return format_series_table(found) + "\n" + default
 
