@@ -25,7 +25,7 @@ def read_fold(fold_dir: Path, label: str) -> dict:
     per_case = fold_dir / "pred" / "evaluation" / "per_case.csv"
     if not per_case.is_file():
         raise SystemExit(f"{per_case}: missing; did the fold's evaluation finish?")
-    with per_case.open(newline="") as handle:
+    with per_case.open(newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.DictReader(handle) if row["name"] == label]
     if not rows:
         raise SystemExit(f"{per_case}: no rows for label {label!r}")
@@ -69,8 +69,8 @@ def markdown(table: list[dict], summary: dict) -> str:
         lines.append(f"| {r['fold']} | {r['images']} | {r['auc']:.4f} | {r['dice']:.4f} | {r['accuracy']:.4f} | "
                      f"{r['auc_min']:.4f} ({r['worst']}) | {minutes} |")
     m, sd, im = summary["fold_mean"], summary["fold_sd"], summary["image_mean"]
-    lines.append(f"| **mean of {summary['folds']} folds** | {summary['images']} | **{m['auc']:.4f}** ± {sd['auc']:.4f} | "
-                 f"{m['dice']:.4f} ± {sd['dice']:.4f} | {m['accuracy']:.4f} ± {sd['accuracy']:.4f} | | |")
+    lines.append(f"| **mean of {summary['folds']} folds** | {summary['images']} | **{m['auc']:.4f}** +/- {sd['auc']:.4f} | "
+                 f"{m['dice']:.4f} +/- {sd['dice']:.4f} | {m['accuracy']:.4f} +/- {sd['accuracy']:.4f} | | |")
     lines.append(f"| mean of {summary['images']} images | | {im['auc']:.4f} | {im['dice']:.4f} | {im['accuracy']:.4f} | | |")
     return "\n".join(lines) + "\n"
 
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table, summary = fold_table(args.out, args.label)
     text = markdown(table, summary)
-    (args.out / "cv_table.md").write_text(text)
-    with (args.out / "cv_table.csv").open("w", newline="") as handle:
+    (args.out / "cv_table.md").write_text(text, encoding="utf-8")
+    with (args.out / "cv_table.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["fold", "images", "auc", "dice", "accuracy", "auc_min", "worst", "train_min"])
         for r in table:
