@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
+from monai.losses.cldice import soft_skel
 from torch import nn
 
 from .config import LOSSES  # the train.loss values
@@ -18,35 +19,6 @@ def deep_supervision_weights(n_heads: int) -> list[float]:
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets[:, 0].long())
-
-
-def _soft_erode(x: torch.Tensor) -> torch.Tensor:
-    """Grey-level erosion by a cross (min over each axis' 3-neighbourhood), differentiable."""
-    spatial = x.dim() - 2
-    pool = F.max_pool2d if spatial == 2 else F.max_pool3d
-    eroded = []
-    for axis in range(spatial):
-        kernel = [1] * spatial
-        kernel[axis] = 3
-        padding = [k // 2 for k in kernel]
-        eroded.append(-pool(-x, kernel_size=kernel, stride=1, padding=padding))
-    return torch.stack(eroded).amin(0)
-
-
-def _soft_dilate(x: torch.Tensor) -> torch.Tensor:
-    pool = F.max_pool2d if x.dim() == 4 else F.max_pool3d
-    return pool(x, kernel_size=3, stride=1, padding=1)
-
-
-def soft_skeleton(x: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Soft skeleton of probabilities (N, C, *spatial) by iterated soft erosion and opening (Shit et al.,
-    "clDice", CVPR 2021); ``iterations`` must exceed the largest radius to be thinned, in pixels."""
-    skeleton = F.relu(x - _soft_dilate(_soft_erode(x)))
-    for _ in range(iterations):
-        x = _soft_erode(x)
-        delta = F.relu(x - _soft_dilate(_soft_erode(x)))
-        skeleton = skeleton + F.relu(delta - skeleton * delta)
-    return skeleton
 
 
 class CrossEntropyClDice(nn.Module):
@@ -64,8 +36,9 @@ class CrossEntropyClDice(nn.Module):
         probabilities = torch.softmax(logits, dim=1)[:, 1:]
         truth = F.one_hot(targets[:, 0].long(), logits.shape[1]).movedim(-1, 1)[:, 1:].to(probabilities.dtype)
         dims = tuple(range(2, logits.dim()))
-        skeleton_pred = soft_skeleton(probabilities, self.iterations)
-        skeleton_true = soft_skeleton(truth, self.iterations)
+        # MONAI's soft skeleton (iterated soft erosion and opening, as in the clDice paper)
+        skeleton_pred = soft_skel(probabilities, self.iterations)
+        skeleton_true = soft_skel(truth, self.iterations)
         precision = ((skeleton_pred * truth).sum(dims) + self.smooth) / (skeleton_pred.sum(dims) + self.smooth)
         sensitivity = ((skeleton_true * probabilities).sum(dims) + self.smooth) / (skeleton_true.sum(dims) + self.smooth)
         cldice = 1.0 - 2.0 * precision * sensitivity / (precision + sensitivity)

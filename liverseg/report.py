@@ -122,7 +122,7 @@ def case_report(image: Volume, labels: Volume, label_names: Sequence[str], *, ru
     report: dict[str, Any] = {
         "input": str(input_path),
         "input_format": image.meta.get("format"),
-        "series_uid": image.meta.get("series_uid"),
+        "series_uid": image.dicom.series_uid if image.dicom is not None else None,
         "geometry": geometry(image),
         "labels": per_label,
         "label_names": names,

@@ -185,7 +185,7 @@ def test_dicom_seg_round_trip_oblique_series(tmp_path):
     assert described[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     assert described[2].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
     assert seg.SegmentationType == "BINARY"
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == image.meta["series_uid"]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == image.dicom.series_uid
     number_to_value = {1: 1, 2: 2}
     # Independent of the writer's geometry code: SimpleITK orders slices along the normal
     # (file k = position k), i = column, j = row.
@@ -242,7 +242,7 @@ def test_dicom_seg_of_a_series_read_without_series_instance_uid(tmp_path):
         del ds.SeriesInstanceUID
         ds.save_as(f)
     image = read_volume(tmp_path / "ct")
-    assert image.meta["series_uid"] is None  # no UID recorded, not a made-up one
+    assert image.dicom.series_uid is None  # no UID recorded, not a made-up one
     labels = np.zeros(image.shape, np.uint8)
     labels[2:9, 3:12, 1:3] = 1
     path = write_dicom_seg(labels, image, tmp_path / "seg.dcm", ("background", "liver"))

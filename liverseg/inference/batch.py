@@ -308,7 +308,7 @@ def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels:
     with ThreadPoolExecutor(max_workers=1) as pool:
         files = pool.submit(compressed)
         written = []
-        if volume.meta.get("format") == "dicom":
+        if volume.dicom is not None:  # read from a DICOM series: its SEG can reference the slices
             try:
                 written.append(write_dicom_seg(labels, volume, case_dir / "segmentation.dcm", names,
                                                model_id=bundle.model_id or "liverseg"))

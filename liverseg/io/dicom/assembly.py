@@ -306,8 +306,8 @@ def load_series(info: SeriesInfo, source: Path, allow_gaps: bool = False) -> Vol
     # 512x512x120 series costs longer than decoding it); SimpleITK/NIfTI writers take it back for free
     array = stack.transpose(2, 1, 0)
     exact = not plan.resampled and not plan.tilted
-    meta = {"path": str(source), "format": "dicom", "series_uid": info.series_uid or None,
-            "n_slices": array.shape[2], "modality": info.modality, "corrections": list(plan.notes)}
+    # the series UID and the corrections live on Volume.dicom only (one place for the DICOM source)
+    meta = {"path": str(source), "format": "dicom", "n_slices": array.shape[2], "modality": info.modality}
     dicom = DicomSource(str(source), info.series_uid or None,
                         tuple(str(g[0].path) for g in plan.slices) if exact else None, tuple(plan.notes))
     return Volume(array, affine, meta, dicom)
