@@ -37,7 +37,6 @@ from .run_folder import EXPORT_NAMES, export_path
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
     import torch
 
-FORMATS = EXPORT_NAMES  # format -> file name in a run folder; --format monai-bundle is monai_bundle.py's
 ONNX_OPSET = 17
 
 
@@ -62,8 +61,8 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     """Write the run's model as ``fmt`` (onnx | torchscript) to ``out`` (default: inside the run); atomic."""
     import torch
 
-    if fmt not in FORMATS:
-        raise InputError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
+    if fmt not in EXPORT_NAMES:  # --format monai-bundle is monai_bundle.py's
+        raise InputError(f"--format {fmt!r}: use {' or '.join(EXPORT_NAMES)}")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (the exporter needs it; say so before the slow part)
@@ -114,4 +113,4 @@ def _export_onnx(model: "torch.nn.Module", example: "torch.Tensor", config_text:
     onnx.save(proto, str(path))
 
 
-__all__ = ["export_model", "example_input", "FORMATS", "ONNX_OPSET"]
+__all__ = ["export_model", "example_input", "ONNX_OPSET"]
