@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .inference.loaded import predict
+from .engine.loaded import predict
 from .inference.sources import load_model
 from .io.volume import Volume
 

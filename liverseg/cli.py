@@ -58,7 +58,7 @@ def _parse_lesion_label(text: str) -> int | None | bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
+    from .training.loop import train
 
     if args.resume:
         if args.init is not None:
@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = args.config  # with --init alone: the defaults, the source's model and preprocessing
     shortcuts = [f"data.manifest={args.manifest}"] * bool(args.manifest) + [f"data.root={args.root}"] * bool(args.root)
     if args.init is not None:  # the source's model and preprocessing replace the config's; --set still wins
-        from .finetune import finetune_config, resolve_init
+        from .training.finetune import finetune_config, resolve_init
 
         init = resolve_init(args.init)
         cfg = finetune_config(load_config(config_path, shortcuts), init, args.set)
@@ -87,14 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import plan_command
+    from .training.plan import plan_command
 
     print(plan_command(args.manifest, args.root, args.config, args.set, args.output))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .cohort import parse_part, select_part, torchrun_context
+    from .inference.cohort import parse_part, select_part, torchrun_context
     from .inference import cases_from_inputs, cases_from_manifest, predict_cases
 
     part = parse_part(args.part) if args.part is not None else None
@@ -129,7 +129,7 @@ def _predict_options(args: argparse.Namespace, device: str | None):
 def _predict_ranks(ctx, cases: list, args: argparse.Namespace, device: str | None) -> int:
     """One torchrun rank's share; after a barrier rank 0 prints the summary of all ranks."""
     from . import distributed
-    from .cohort import rank_summary
+    from .inference.cohort import rank_summary
     from .inference.batch import BatchResult, predict_cases
 
     result, error = BatchResult(), None
@@ -178,10 +178,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .export.writers import export_model
 
     if args.format == "monai-bundle":  # a folder, not one file (MONAI's bundle layout, see monai_bundle)
-        from .monai_bundle import export_monai_bundle
+        from .export.monai_bundle import export_monai_bundle
 
         print(export_monai_bundle(args.run_dir, args.output))
         return 0
@@ -215,7 +215,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import check_manifest, format_reports
+    from .datasets.check import check_manifest, format_reports
 
     reports = check_manifest(args.manifest, args.root, args.split, progress=not args.quiet)
     print(format_reports(reports))
@@ -227,14 +227,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest_import(args: argparse.Namespace) -> int:
-    from .manifest import import_manifest
+    from .datasets.manifest import import_manifest
 
     print(import_manifest(args.kind, args.root, args.output, sha256=args.sha256))
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import download_dataset
+    from .datasets.download import download_dataset
 
     print(download_dataset(args.dataset, args.output, progress=not args.quiet, extract=not args.no_extract))
     return 0
@@ -322,7 +322,7 @@ def _shipped_configs_help() -> str:
 
 
 def _importer_kinds_help() -> str:
-    from .manifest import IMPORTERS
+    from .datasets.manifest import IMPORTERS
 
     return f": {', '.join(IMPORTERS)}"
 

@@ -55,7 +55,7 @@ def run_builtin_demo(out: Path, device: str | None = None, threads: int | None =
                      progress: bool = True) -> int:
     """Segment the packaged CT with the built-in liver model; every output, the Dice, where to look."""
     from .builtin import DEFAULT_MODEL, get
-    from .manifest import Case
+    from .datasets.manifest import Case
     from .inference.batch import PredictOptions, predict_cases
 
     started = time.perf_counter()
@@ -106,10 +106,10 @@ def run_training_demo(out: Path, minutes: float = 10.0, device: str | None = Non
 
     from .config import load_config
     from .inference.batch import predict_files
-    from .inference.loaded import resolve_device
-    from .manifest import load_manifest
+    from .engine.loaded import resolve_device
+    from .datasets.manifest import load_manifest
     from .phantoms import write_phantom_manifest
-    from .train import train
+    from .training.loop import train
 
     if minutes <= 0:
         raise InputError(f"--minutes {minutes}: must be positive")

@@ -416,7 +416,7 @@ def main() -> int:
 
     cases: list[tuple[str, str, Path | None]] = []  # (name, input, label)
     if args.manifest is not None:
-        from liverseg.manifest import load_manifest
+        from liverseg.datasets.manifest import load_manifest
 
         cases += [(c.case_id, str(c.image), c.label) for c in load_manifest(args.manifest).split(args.split)]
     from liverseg.io import case_name

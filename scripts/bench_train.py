@@ -8,7 +8,7 @@ Same network (``build_model`` from the config), patch size, batch size, Dice-CE 
 (synthetic phantoms written by ``liverseg.phantoms``) and the same MONAI transforms; what differs
 is the loop around them:
 
-- liverseg: ``liverseg.train.train`` itself (per-step seeding, deterministic ``StepDataset``
+- liverseg: ``liverseg.training.loop.train`` itself (per-step seeding, deterministic ``StepDataset``
   with patches cropped from RAM-cached volumes, no copy of the whole volume per sample, logging,
   checkpoints). Its time per epoch is ``epoch_seconds`` from ``metrics.csv`` (the training
   iterations of the epoch; validation and checkpoint writing come after it and are excluded).
@@ -42,13 +42,13 @@ from monai.data import CacheDataset, DataLoader  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
 from liverseg.config import load_config  # noqa: E402
-from liverseg.data import case_dicts, load_training_manifest  # noqa: E402
-from liverseg.losses import SegmentationLoss  # noqa: E402
+from liverseg.modalities.data import case_dicts, load_training_manifest  # noqa: E402
+from liverseg.training.losses import SegmentationLoss  # noqa: E402
 from liverseg.models import build_model, input_channels  # noqa: E402
 from liverseg.phantoms import write_phantom_manifest  # noqa: E402
-from liverseg.train import train  # noqa: E402
-from liverseg.training_log import read_metrics  # noqa: E402
-from liverseg.transforms import CompactCased, CopyPatchd, augmentation, cached_transforms  # noqa: E402
+from liverseg.training.loop import train  # noqa: E402
+from liverseg.training.log import read_metrics  # noqa: E402
+from liverseg.modalities.transforms import CompactCased, CopyPatchd, augmentation, cached_transforms  # noqa: E402
 
 
 class GpuUtilisation:

@@ -24,10 +24,10 @@ from liverseg.config import apply_overrides, load_config  # noqa: E402
 from liverseg.demo import TEST_SEEDS, TRAIN_SEEDS, VAL_SEEDS  # noqa: E402
 from liverseg.evaluation import evaluate  # noqa: E402
 from liverseg.inference.batch import predict_files  # noqa: E402
-from liverseg.manifest import load_manifest  # noqa: E402
+from liverseg.datasets.manifest import load_manifest  # noqa: E402
 from liverseg.models import MODELS, build_model, count_parameters, input_channels  # noqa: E402
 from liverseg.phantoms import write_phantom_manifest  # noqa: E402
-from liverseg.train import train  # noqa: E402
+from liverseg.training.loop import train  # noqa: E402
 
 
 def main() -> int:

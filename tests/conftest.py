@@ -9,7 +9,7 @@ import pytest
 
 from liverseg.io import write_volume
 from liverseg.io.volume import Volume, voxel_to_world
-from liverseg.manifest import write_manifest
+from liverseg.datasets.manifest import write_manifest
 
 # The project sees the shared sample data at ../shared/data (never copied into the repository).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

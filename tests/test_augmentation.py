@@ -8,7 +8,7 @@ import torch
 from monai.transforms import Compose
 
 from liverseg.config import load_config
-from liverseg.transforms import CopyPatchd, augmentation
+from liverseg.modalities.transforms import CopyPatchd, augmentation
 
 OFF = {"aug_affine_prob": 0, "aug_flip_prob": 0, "aug_intensity_prob": 0, "aug_noise_prob": 0,
        "aug_elastic_prob": 0, "aug_blur_prob": 0, "aug_contrast_prob": 0, "aug_lowres_prob": 0,

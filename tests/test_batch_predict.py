@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from liverseg.cli import main
 from liverseg.inference import batch as batch_module
-from liverseg.inference import loaded as loaded_module
+from liverseg.engine import loaded as loaded_module
 from liverseg.io import write_volume
 
 from conftest import make_volume

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from liverseg.config import load_config
-from liverseg.data import (StepSampler, cached_cases, case_dicts, load_training_manifest, preprocessing_key,
-                           train_loader)
-from liverseg.transforms import LoadCased, cached_transforms
+from liverseg.modalities.data import (StepSampler, cached_cases, case_dicts, load_training_manifest, preprocessing_key,
+                                      train_loader)
+from liverseg.modalities.transforms import LoadCased, cached_transforms
 
 REPO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke_3d.yaml")
 

@@ -344,7 +344,7 @@ def test_train_with_unknown_config_key(tiny_dataset, tmp_path, capfd):
 def test_train_with_a_label_off_its_image_grid_names_the_case(tmp_path, capfd):
     """The error raised inside a MONAI transform reaches the user as liverseg's one-line message."""
     from liverseg.io import read_volume, write_volume
-    from liverseg.manifest import write_manifest
+    from liverseg.datasets.manifest import write_manifest
     from conftest import make_volume
 
     image = make_volume((12, 10, 8), (2.0, 2.0, 3.0), np.eye(3), (0.0, 0.0, 0.0))

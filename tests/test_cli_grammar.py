@@ -166,7 +166,7 @@ def test_unknown_config_name_lists_the_shipped_ones():
 
 
 def test_manifest_import_help_lists_every_importer(capsys, monkeypatch):
-    from liverseg.manifest import IMPORTERS
+    from liverseg.datasets.manifest import IMPORTERS
 
     monkeypatch.setitem(IMPORTERS, "brand_new_kind", lambda root: {})  # a new importer shows up by itself
     with pytest.raises(SystemExit) as info:

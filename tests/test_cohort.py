@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from liverseg.cli import main
-from liverseg.cohort import CLAIMS, Claims, parse_part, remove_leftovers, select_part
+from liverseg.inference.cohort import CLAIMS, Claims, parse_part, remove_leftovers, select_part
 from liverseg.errors import InputError
 from liverseg.io import write_volume
-from liverseg.manifest import Case
+from liverseg.datasets.manifest import Case
 
 from conftest import make_volume
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from liverseg.config import load_config
-from liverseg.data import case_dicts, load_training_manifest, validation_cases
+from liverseg.modalities.data import case_dicts, load_training_manifest, validation_cases
 from liverseg.models import build_model, input_channels
-from liverseg.train import validate
+from liverseg.training.loop import validate
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke_3d.yaml"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from liverseg import download
+from liverseg.datasets import download
 from liverseg.errors import InputError
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB

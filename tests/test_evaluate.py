@@ -12,8 +12,8 @@ from liverseg import metrics
 from liverseg.cli import main
 from liverseg.evaluation import evaluate, format_table, summarise, worst_cases, write_outputs
 from liverseg.io import write_volume
-from liverseg.manifest import load_manifest, write_manifest
-from liverseg.report import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, save_png
+from liverseg.datasets.manifest import load_manifest, write_manifest
+from liverseg.reports.case_report import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, save_png
 
 from conftest import make_volume
 

@@ -11,7 +11,7 @@ from liverseg.cli import main
 from liverseg.errors import InputError
 from liverseg.evaluation import CaseResult, evaluate, format_table, lesion_label_of
 from liverseg.io import write_volume
-from liverseg.report import save_png
+from liverseg.reports.case_report import save_png
 
 from conftest import make_volume
 from test_lesion_metrics import SHAPE, _hand_case

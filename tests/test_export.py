@@ -74,7 +74,7 @@ def _copy_run(run: Path, dest: Path) -> Path:
 def test_a_run_folder_with_a_current_model_onnx_predicts_with_onnx_runtime_on_a_cpu(run_and_input, tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     from liverseg.inference.sources import load_model
-    from liverseg.train import export_for_prediction
+    from liverseg.training.loop import export_for_prediction
 
     run = _copy_run(run_and_input[0], tmp_path / "run")
     assert load_model(run, "cpu").backend == "torch"  # nothing exported yet

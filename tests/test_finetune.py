@@ -11,18 +11,18 @@ import pytest
 import torch
 import yaml
 
-import liverseg.train as train_module
+import liverseg.training.loop as train_module
 from liverseg.builtin import BUILTIN_MODELS, provenance, torch_module
 from liverseg.builtin.kul_liver import scale_hu
 from liverseg.cli import main
 from liverseg.config import ExperimentConfig, load_config
 from liverseg.errors import ConfigError, InputError
-from liverseg.finetune import finetune_config, load_init, resolve_init
+from liverseg.training.finetune import finetune_config, load_init, resolve_init
 from liverseg.io import write_volume
 from liverseg.io.volume import Volume
-from liverseg.manifest import write_manifest
+from liverseg.datasets.manifest import write_manifest
 from liverseg.models import build_model
-from liverseg.preprocess import normalize_ct, standardize_ct
+from liverseg.grid.preprocess import normalize_ct, standardize_ct
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_3d.yaml"
 NO_AUG = [f"train.{key}=0.0" for key in ("aug_affine_prob", "aug_flip_prob", "aug_intensity_prob", "aug_noise_prob",

@@ -15,8 +15,8 @@ import torch
 from liverseg.errors import GeometryError
 from liverseg.io import read_volume, write_label_map, write_volume
 from liverseg.io.volume import LPS_TO_RAS, spacing_from_affine, voxel_to_world
-from liverseg.inference.gridstream import probabilities_to_labels_chunked
-from liverseg.preprocess import original_affine_from_record, plan_grid, preprocess_label, resample, to_canonical
+from liverseg.grid.stream import probabilities_to_labels_chunked
+from liverseg.grid.preprocess import original_affine_from_record, plan_grid, preprocess_label, resample, to_canonical
 
 from conftest import dice_of, make_volume, permutation, rotation, world_centre, world_coords
 

@@ -112,7 +112,7 @@ def test_512x512x119_dicom_outputs_agree_seg_nrrd_dicom_seg_and_report(tmp_path,
         seen_shapes.append(volume.shape)
         return mask.copy()
 
-    monkeypatch.setattr("liverseg.inference.loaded.predict_volume", ellipsoid)
+    monkeypatch.setattr("liverseg.engine.loaded.predict_volume", ellipsoid)
     out = tmp_path / "out"
     assert main(["predict", str(series), "-o", str(out), "--model", str(run), "--device", "cpu", "-q",
                  "--no-preview"]) == 0

@@ -9,10 +9,10 @@ import torch
 
 from conftest import make_volume, permutation, rotation
 from liverseg.config import ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
-from liverseg.inference.gridstream import linear_source, preprocess_image_chunked, probabilities_to_labels_chunked
-from liverseg.inference.tiling import sliding_window, softmax_predictor
-from liverseg.inference.volume import coarse_region, plan_memory, predict_volume
-from liverseg.preprocess import from_canonical, preprocess_image
+from liverseg.grid.stream import linear_source, preprocess_image_chunked, probabilities_to_labels_chunked
+from liverseg.engine.tiling import sliding_window, softmax_predictor
+from liverseg.engine.volume import coarse_region, plan_memory, predict_volume
+from liverseg.grid.preprocess import from_canonical, preprocess_image
 
 GRIDS = [
     ((37, 29, 23), (0.7, 0.9, 1.3), permutation((1, 0, 2), (-1, 1, -1))),  # down-sampled, LPS-like, permuted
@@ -56,7 +56,7 @@ def test_linear_source_matches_torch_interpolate():
 
 
 def test_linear_resize_of_an_axis_matches_torch_bilinear():
-    from liverseg.inference.gridstream import resize_linear
+    from liverseg.grid.stream import resize_linear
 
     array = torch.rand((2, 17, 9, 3), generator=torch.Generator().manual_seed(2))
     for size in ((7, 20), (17, 9), (40, 4)):
@@ -67,7 +67,7 @@ def test_linear_resize_of_an_axis_matches_torch_bilinear():
 
 
 def test_average_pool_matches_torch_avg_pool3d_with_ceil_mode():
-    from liverseg.inference.volume import average_pool
+    from liverseg.engine.volume import average_pool
 
     image = torch.rand((13, 8, 7), generator=torch.Generator().manual_seed(6))
     for factor in (2, 3):
@@ -169,7 +169,7 @@ def test_memory_plan_uses_float16_for_a_large_volume_and_thin_slabs_for_a_small_
     ((150, 20, 128), (96, 32, 128)),    # two tiles of 96 instead of 128; a thin axis; exactly one tile
 ])
 def test_fit_tile_shrinks_tiles_without_adding_any(extent, expected):
-    from liverseg.inference.tiling import fit_tile, tile_starts
+    from liverseg.engine.tiling import fit_tile, tile_starts
 
     roi = (128, 128, 128)
     tile = fit_tile(extent, roi, 0.25, 16)

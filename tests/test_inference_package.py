@@ -13,23 +13,24 @@ import liverseg.inference as inference
 REPO = Path(__file__).resolve().parents[1]
 
 
-MODULES = ("tiling", "gridstream", "volume", "loaded", "sources", "cases", "summary", "case_folders", "batch")
+MODULES = ("sources", "cases", "summary", "case_folders", "cohort", "batch")
 
 
 def test_every_public_name_resolves_to_its_modules_public_name():
-    owners = {name: module for module in MODULES for name in import_module(f"liverseg.inference.{module}").__all__}
+    owners = {name: module for module in MODULES
+              for name in getattr(import_module(f"liverseg.inference.{module}"), "__all__", ())}
     for name in inference.__all__:
         assert getattr(inference, name) is getattr(import_module(f"liverseg.inference.{owners[name]}"), name)
     assert sorted(p.stem for p in (REPO / "liverseg" / "inference").glob("[!_]*.py")) == sorted(MODULES)
 
 
 def test_importing_tiling_loads_neither_the_loaders_nor_the_batch_machinery():
-    code = ("import sys, liverseg.inference.tiling; "
+    code = ("import sys, liverseg.engine.tiling; "
             "print(sorted(m for m in sys.modules if m.startswith('liverseg.') and m.count('.') >= 1))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     loaded = set(ast.literal_eval(result.stdout))
-    assert "liverseg.inference.tiling" in loaded
-    assert not {"liverseg.inference.sources", "liverseg.inference.batch", "liverseg.export",
+    assert "liverseg.engine.tiling" in loaded
+    assert not {"liverseg.inference.sources", "liverseg.inference.batch", "liverseg.export.writers",
                 "liverseg.builtin"} & loaded
 
 
@@ -74,6 +75,6 @@ def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
 
 def test_no_import_cycle_runs_through_inference_or_export():
     graph = _import_graph()
-    checked = [m for m in graph if m.startswith("liverseg.inference") or m in ("liverseg.export", "liverseg.api")]
+    checked = [m for m in graph if m.startswith("liverseg.inference") or m.startswith("liverseg.export") or m == "liverseg.api"]
     assert len(checked) >= 10
     assert [m for m in checked if _reaches(graph, m, m)] == []

@@ -12,7 +12,7 @@ from liverseg.cli import main
 from liverseg.errors import InputError
 from liverseg.io import write_volume
 from liverseg.io.volume import Volume
-from liverseg.manifest import IMPORTERS, import_manifest, load_manifest, sha256_of
+from liverseg.datasets.manifest import IMPORTERS, import_manifest, load_manifest, sha256_of
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data_manifests"
 EXPECTED_CASES = {"msd_task03_liver.json": 131, "lits.json": 131, "ircadb01.json": 20, "chaos_ct.json": 20}
@@ -155,8 +155,8 @@ def test_train_manifest_and_root_shortcuts(tmp_path, monkeypatch):
         seen["cfg"] = cfg
         return Path(run_dir) / "best.pt"
 
-    # a stand-in liverseg.train module: the shortcut is CLI plumbing, no need to import torch here
-    monkeypatch.setitem(sys.modules, "liverseg.train", types.SimpleNamespace(train=fake_train))
+    # a stand-in liverseg.training.loop module: the shortcut is CLI plumbing, no need to import torch here
+    monkeypatch.setitem(sys.modules, "liverseg.training.loop", types.SimpleNamespace(train=fake_train))
     config = Path(__file__).resolve().parents[1] / "configs" / "smoke_3d.yaml"
     assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run"), "--manifest",
                  str(SHIPPED / "lits.json"), "--root", str(tmp_path), "-q"]) == 0

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from liverseg.metrics import dice, iou, overlap_scores
-from liverseg.postprocess import fill_holes, keep_largest_component_inplace, largest_component, remove_small_objects
+from liverseg.engine.postprocess import (fill_holes, keep_largest_component_inplace, largest_component,
+                                         remove_small_objects)
 
 
 def keep_largest_component(labels: np.ndarray, values: list[int]) -> np.ndarray:

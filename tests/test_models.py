@@ -11,7 +11,7 @@ import torch
 
 from liverseg.config import ModelConfig
 from liverseg.errors import ConfigError
-from liverseg.losses import SegmentationLoss, deep_supervision_weights
+from liverseg.training.losses import SegmentationLoss, deep_supervision_weights
 from liverseg.models import MODELS, SizeAdapter, build_model, input_channels
 
 ODD_SHAPES = {3: (19, 22, 17), 2: (37, 29)}
@@ -132,7 +132,7 @@ class _NeighbourDifference(torch.nn.Module):
 
 def test_2d_prediction_feeds_each_slice_with_its_neighbours_in_order():
     from liverseg.config import ExperimentConfig, InferConfig, TrainConfig
-    from liverseg.inference.tiling import network_probabilities
+    from liverseg.engine.tiling import network_probabilities
 
     cfg = ExperimentConfig(model=ModelConfig(spatial_dims=2, slices_2d=3), train=TrainConfig(patch_size=(8, 8)),
                            infer=InferConfig(roi_size=(8, 8), sw_batch_size=5)).validate()

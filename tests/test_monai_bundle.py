@@ -16,8 +16,8 @@ from liverseg.errors import InputError
 from liverseg.io import write_volume
 from liverseg.io.volume import Volume
 from liverseg.models import build_model
-from liverseg.monai_bundle import export_monai_bundle
-from liverseg.preprocess import preprocess_image, preprocess_label
+from liverseg.export.monai_bundle import export_monai_bundle
+from liverseg.grid.preprocess import preprocess_image, preprocess_label
 
 from conftest import dice_of, make_volume, permutation, rotation
 

@@ -13,8 +13,8 @@ from liverseg.cli import main
 from liverseg.errors import InputError
 from liverseg.io import read_volume, write_volume
 from liverseg.io.volume import Volume
-from liverseg.manifest import import_manifest, load_manifest
-from liverseg.nnunet import default_folds
+from liverseg.datasets.manifest import import_manifest, load_manifest
+from liverseg.datasets.nnunet import default_folds
 
 TRAINING = ["liver_0", "liver_1", "liver_2", "liver_10"]
 LABELS = {"background": 0, "liver": 1, "tumour": 2}

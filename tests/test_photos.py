@@ -15,10 +15,10 @@ from liverseg.cli import main
 from liverseg.config import ExperimentConfig, apply_overrides
 from liverseg.errors import GeometryError, InputError
 from liverseg.io.photos import check_same_size, read_mask, read_photo, read_probability_png
-from liverseg.report import save_png
-from liverseg.manifest import load_manifest, write_manifest
-from liverseg.photo_manifests import import_chase, import_drive
-from liverseg.photos import PhotoPatches, crop_transformed, load_photo_case, select_channels, standardize
+from liverseg.reports.case_report import save_png
+from liverseg.datasets.manifest import load_manifest, write_manifest
+from liverseg.datasets.photo_manifests import import_chase, import_drive
+from liverseg.modalities.photo import PhotoPatches, crop_transformed, load_photo_case, select_channels, standardize
 
 SHARED_CHASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chasedb1"
 
@@ -333,7 +333,7 @@ def test_clahe_evens_out_illumination_and_keeps_the_range():
 
 
 def test_loss_kinds():
-    from liverseg.losses import SegmentationLoss
+    from liverseg.training.losses import SegmentationLoss
 
     logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])  # (N=1, K=2, 1, 2): confident and right
     targets = torch.tensor([[[[0, 1]]]])
@@ -347,7 +347,7 @@ def test_loss_kinds():
 
 def test_automatic_fov_finds_the_lit_disc():
     rgb, _, fov = _vessel_photo(np.random.default_rng(1))
-    from liverseg.photos import automatic_fov
+    from liverseg.modalities.photo import automatic_fov
 
     assert np.mean(automatic_fov(rgb, 10) == fov) > 0.99
 

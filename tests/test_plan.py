@@ -13,11 +13,11 @@ import yaml
 
 from liverseg.cli import main
 from liverseg.config import load_config
-from liverseg.data import case_dicts, load_training_manifest
+from liverseg.modalities.data import case_dicts, load_training_manifest
 from liverseg.errors import ConfigError
 from liverseg.io import read_volume
-from liverseg.plan import apply_plan, estimate_memory_gb, fingerprint, plan_dataset, target_spacing
-from liverseg.transforms import LoadCased
+from liverseg.training.plan import apply_plan, estimate_memory_gb, fingerprint, plan_dataset, target_spacing
+from liverseg.modalities.transforms import LoadCased
 
 SMOKE = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke_3d.yaml")
 
@@ -71,7 +71,7 @@ def test_patch_and_batch_follow_the_memory_budget(tiny_dataset):
         assert plan["estimated_memory_gb"] <= gb or min(plan["patch_size"]) == 16
     assert estimate_memory_gb(cfg, (64, 64, 64), 4) > estimate_memory_gb(cfg, (64, 64, 64), 2)
     # The batch grows with the budget once the dataset is large enough not to cap it (5% of its voxels).
-    from liverseg.plan import plan_patch_and_batch
+    from liverseg.training.plan import plan_patch_and_batch
 
     many_cases = 1000 * 48.0 ** 3
     budgets = (1.0, 2.0, 4.0)
@@ -105,8 +105,8 @@ def test_plan_command_writes_a_config_train_uses_as_is(tiny_dataset, tmp_path, c
 def test_train_plans_once_and_inference_uses_the_stored_plan(tiny_dataset, tmp_path, monkeypatch):
     cfg = load_config(SMOKE, [f"data.manifest={tiny_dataset}", "train.auto_plan=true", "train.epochs=1",
                               "train.iters_per_epoch=1", "model.channels=[4, 8, 16]", "infer.coarse_to_fine=false"])
-    from liverseg import plan as plan_module, train as train_module
-    from liverseg.inference import volume as volume_module
+    from liverseg.training import plan as plan_module, loop as train_module
+    from liverseg.engine import volume as volume_module
 
     calls = []
     real_plan_dataset = plan_module.plan_dataset

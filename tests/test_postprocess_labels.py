@@ -7,7 +7,7 @@ import pytest
 
 from liverseg.config import ExperimentConfig, DataConfig, InferConfig
 from liverseg.errors import ConfigError
-from liverseg.postprocess import postprocess_labels
+from liverseg.engine.postprocess import postprocess_labels
 
 NAMES = ("background", "liver", "tumour")
 
@@ -61,7 +61,7 @@ def test_more_components_than_uint16_holds_still_works():
     mask = np.zeros((82, 82, 82), dtype=bool)
     mask[::2, ::2, ::2] = True  # 41^3 = 68921 isolated voxels
     mask[:4, :4, :4] = True     # and one 64-voxel block
-    from liverseg.postprocess import largest_component, remove_small_objects
+    from liverseg.engine.postprocess import largest_component, remove_small_objects
 
     from scipy import ndimage
 

@@ -167,7 +167,7 @@ def test_a_built_in_model_joins_an_ensemble_with_its_input_grid_probabilities(un
     from types import SimpleNamespace
 
     from liverseg.inference.sources import load_model
-    from liverseg.inference.volume import predict_volume_probabilities
+    from liverseg.engine.volume import predict_volume_probabilities
     from liverseg.io import read_volume
 
     volume = read_volume(ct)

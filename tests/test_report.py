@@ -10,18 +10,8 @@ from PIL import Image
 
 from liverseg.errors import GeometryError
 from liverseg.io.volume import Volume
-from liverseg.report import (
-    FALSE_NEGATIVE,
-    FALSE_POSITIVE,
-    TRUE_POSITIVE,
-    case_report,
-    contour_mask,
-    draw_contours,
-    error_overlay,
-    save_png,
-    write_preview_png,
-    write_report,
-)
+from liverseg.reports.case_report import (FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, case_report, contour_mask,
+                                          draw_contours, error_overlay, save_png, write_preview_png, write_report)
 
 NAMES = ("background", "liver", "tumour", "spleen")
 
@@ -144,7 +134,7 @@ def test_preview_empty_labels_uses_the_middle(tmp_path):
     rgb = np.asarray(Image.open(path).convert("RGB"))
     assert not (rgb[:-20] == (221, 130, 101)).all(-1).any()
     assert rgb.shape[0] > 20 and rgb.shape[1] > 60
-    from liverseg.report import _centre_voxel
+    from liverseg.reports.case_report import _centre_voxel
 
     assert _centre_voxel(empty.array) == tuple(s // 2 for s in empty.shape)  # the slices the mosaic shows
 
@@ -205,7 +195,7 @@ def test_save_png_round_trip(tmp_path):
 
 
 def test_preview_centre_on_a_strided_view_and_tiny_labels(monkeypatch):
-    from liverseg import report
+    from liverseg.reports import case_report as report
 
     labels = np.zeros((30, 20, 12), np.uint8)
     labels[3:9, 10:16, 2:6] = 1                      # centroid (5.5, 12.5, 3.5) -> within a voxel

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from liverseg.config import load_config
-from liverseg.train import train
+from liverseg.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke_3d.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liverseg.inference.tiling import gaussian_importance, sliding_window, tile_starts
+from liverseg.engine.tiling import gaussian_importance, sliding_window, tile_starts
 
 SHAPES = [
     (10, 12, 7),   # smaller than the tile along every axis
@@ -57,7 +57,7 @@ def test_channels_of_the_predictor_output_are_kept_apart(blend, batch_size):
 def test_torch_tensors_and_torch_predictors_still_work():
     """Training validation hands tensors in; a torch module as a model is wrapped by as_network."""
     torch = pytest.importorskip("torch")
-    from liverseg.inference.tiling import softmax_predictor
+    from liverseg.engine.tiling import softmax_predictor
 
     image = torch.rand((1, 12, 10, 9), generator=torch.Generator().manual_seed(4))
     model = torch.nn.Conv3d(1, 2, 1)

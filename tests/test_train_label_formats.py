@@ -44,7 +44,7 @@ def test_train_on_png_slice_labels_through_a_manifest(tmp_path, capsys):
     # ... and the label training read is the PNG masks, voxel for voxel on the image grid
     from liverseg.io import read_volume
     from liverseg.io.labels import read_label
-    from liverseg.manifest import load_manifest
+    from liverseg.datasets.manifest import load_manifest
 
     case = load_manifest(tmp_path / "m.json").split("train")[0]
     label = read_label(case.label, read_volume(case.image), case.label_format, case.structures)

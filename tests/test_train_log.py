@@ -6,7 +6,7 @@ import importlib.util
 import numpy as np
 from PIL import Image
 
-from liverseg.training_log import TensorBoard, metric_columns, read_metrics, summary, write_curves, write_metrics
+from liverseg.training.log import TensorBoard, metric_columns, read_metrics, summary, write_curves, write_metrics
 
 LABELS = ("background", "liver", "tumour")
 

@@ -16,16 +16,9 @@ from conftest import permutation, ras_affine, rotation, world_coords
 
 from liverseg.io import write_volume
 from liverseg.io.volume import Volume
-from liverseg.manifest import Case
-from liverseg.tumour_burden import (
-    CSV_COLUMNS,
-    AxialGeometry,
-    burden_summary,
-    label_roles,
-    lesions_csv,
-    slice_diameters,
-    tumour_burden,
-)
+from liverseg.datasets.manifest import Case
+from liverseg.reports.tumour_burden import (CSV_COLUMNS, AxialGeometry, burden_summary, label_roles, lesions_csv,
+                                            slice_diameters, tumour_burden)
 
 NAMES = ("background", "liver", "tumour")
 

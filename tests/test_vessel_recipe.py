@@ -18,10 +18,10 @@ from liverseg.errors import ConfigError
 from liverseg.io.photos import read_probability_png
 from monai.losses.cldice import soft_skel
 
-from liverseg.losses import SegmentationLoss
-from liverseg.manifest import write_manifest
-from liverseg.photo_manifests import chase_cv_splits, import_chase
-from liverseg.photos import load_photo_case, network_size, to_network_resolution
+from liverseg.training.losses import SegmentationLoss
+from liverseg.datasets.manifest import write_manifest
+from liverseg.datasets.photo_manifests import chase_cv_splits, import_chase
+from liverseg.modalities.photo import load_photo_case, network_size, to_network_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 CHASE_IDS = [f"Image_{n:02d}{side}" for n in range(1, 15) for side in "LR"]
@@ -118,7 +118,7 @@ def test_training_at_a_normalised_resolution_predicts_on_the_photographs_own_pix
         "data.modality=photo", "data.labels=[background, vessel]", "model.spatial_dims=2",
         f"data.manifest={manifest}", "preprocess.photo_fov_diameter=32", "infer.largest_component=[]",
         "train.patch_size=[16, 16]", "infer.roi_size=[32, 32]"]).validate()
-    from liverseg.manifest import load_manifest
+    from liverseg.datasets.manifest import load_manifest
 
     item = load_manifest(manifest).cases["c0"]
     case = load_photo_case({"id": item.case_id, "image": item.image, "label": item.label, "fov": item.fov}, cfg)

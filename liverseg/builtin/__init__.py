@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig
 from ..errors import InputError
-from ..inference.loaded import TrainedModel, nvidia_gpu_present, resolve_device
+from ..engine.loaded import TrainedModel, nvidia_gpu_present, resolve_device
 
 WEIGHTS = Path(str(resources.files("liverseg") / "builtin" / "weights"))
 

@@ -38,7 +38,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..io.volume import Volume
-from ..preprocess import canonical_ornt, to_canonical
+from ..grid.preprocess import canonical_ornt, to_canonical
 from .runtime import sampled_roi
 from .zoom import median3, zoom3d, zoom_axis, zoomed_size
 
@@ -363,7 +363,7 @@ def _liver_window(engine: Engine, image: np.ndarray, details: dict) -> tuple[sli
 def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: Sequence[int], ornt: np.ndarray,
                           shape: Sequence[int]) -> np.ndarray:
     """The 3 mm probability -> uint8 liver labels on the input grid (linear, > 0.5, largest component)."""
-    from ..postprocess import keep_largest_component_inplace
+    from ..engine.postprocess import keep_largest_component_inplace
 
     labels = np.zeros(shape, dtype=np.uint8)
     found = interpolate_mask(probability, grid)

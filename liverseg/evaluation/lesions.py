@@ -14,7 +14,7 @@ __all__ = ["LESION_WORDS", "LesionResult", "LesionSpec", "lesion_spec", "lesion_
            "pool_lesions"]
 
 # A label whose name contains one of these (any case) is the lesion label unless evaluate() is told
-# otherwise: "tumour", "Liver_Tumor", "lesions" (the rule of liverseg.tumour_burden).
+# otherwise: "tumour", "Liver_Tumor", "lesions" (the rule of liverseg.reports.tumour_burden).
 LESION_WORDS = ("lesion", "tumour", "tumor")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..manifest import load_manifest
+from ..datasets.manifest import load_manifest
 from .lesions import LesionResult
 from .scoring import EVALUATION_FOLDER, CaseResult, evaluate
 from .tables import format_table, write_csv, write_outputs

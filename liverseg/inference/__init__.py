@@ -1,31 +1,23 @@
-"""Prediction: from a trained model and a CT (or photograph) to labels on the input's own grid.
+"""Prediction of many cases: model sources behind one loader, and the batch driver.
 
-Modules, each importing only modules listed above it (and never ``liverseg.export``, which imports
-``sources`` to write exported files):
+Modules, each importing only modules listed above it (``liverseg.export`` imports ``sources`` to
+write exported files, so nothing here imports it). One volume is predicted by ``liverseg.engine``;
+the modality plug-ins (``liverseg.modalities``) sit between the two.
 
-* ``tiling``: networks as numpy callables, the Gaussian-blended sliding window, flip TTA;
-* ``gridstream``: CT -> network grid and probabilities -> input grid, slab by slab;
-* ``volume``: one CT volume: coarse-to-fine, memory plan, probabilities and ensembles' averages;
-* ``loaded``: the one loaded-model type (``TrainedModel``, ``Ensemble``), ``predict``, device choice;
 * ``sources``: run folder, exported ONNX / TorchScript file or built-in model -> ``TrainedModel``;
 * ``cases``, ``summary``, ``case_folders``: which cases, ``batch_summary.csv``, atomic case folders;
+* ``cohort``: a share of the cases per job, claims between workers, the read-ahead/write-behind loop;
 * ``batch``: batch prediction (``liverseg predict``).
 
 Every name below can be imported from this package (``from liverseg.inference import load_model``);
 its module is imported when the name is first asked for, so importing one module does not load the
-others (``liverseg.photos`` needs only ``tiling``, ``liverseg.builtin`` only ``loaded``).
+others.
 """
 from __future__ import annotations
 
 from importlib import import_module
 
 _EXPORTS = {
-    "tiling": ("TorchNetwork", "as_network", "gaussian_importance", "network_probabilities", "sliding_window",
-               "softmax", "softmax_predictor", "tile_starts"),
-    "gridstream": ("preprocess_image_chunked", "probabilities_to_input_grid", "probabilities_to_labels_chunked"),
-    "volume": ("MemoryPlan", "PROBABILITY_SCALE", "coarse_region", "network_grid_probabilities", "plan_memory",
-               "predict_volume", "predict_volume_probabilities"),
-    "loaded": ("Ensemble", "TrainedModel", "predict", "resolve_device"),
     "sources": ("BACKENDS", "OnnxNetwork", "load_ensemble", "load_exported", "load_model", "load_trained_model"),
     "cases": ("cases_from_inputs", "cases_from_manifest"),
     "summary": ("BATCH_SUMMARY", "write_batch_summary"),

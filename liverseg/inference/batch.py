@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
+from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from ..config import apply_overrides
 from ..errors import ConfigError, InputError, LiversegError
 from ..io import read_volume, write_label_map
@@ -30,12 +30,12 @@ from ..io.integrity import check_ct_values
 from ..io.outputs import (label_voxel_counts, probability_map_description, write_color_table, write_probability_map,
                           write_seg_nrrd)
 from ..io.volume import Volume
-from ..manifest import Case
-from ..report import case_report, write_lesions_csv, write_preview_png, write_report
-from ..tumour_burden import burden_summary, tumour_burden
+from ..datasets.manifest import Case
+from ..reports.case_report import case_report, write_lesions_csv, write_preview_png, write_report
+from ..reports.tumour_burden import burden_summary, tumour_burden
 from .case_folders import OWNER_FILE, clean_stale_partials, commit_case_folder, owned_temp_dir
 from .cases import cases_from_inputs
-from .loaded import Ensemble, TrainedModel, predict
+from ..engine.loaded import Ensemble, TrainedModel, predict
 from .sources import load_ensemble, load_model
 from .summary import BATCH_SUMMARY, summary_row, write_batch_summary
 
@@ -61,7 +61,7 @@ class PredictOptions:
     overrides: tuple[str, ...] = ()  # infer.KEY=VALUE
     preview: bool = True
     backend: str = "auto"  # auto | torch | onnx: see sources.load_model
-    pipeline: bool = True  # read the next case and write the last while the network runs (liverseg.cohort)
+    pipeline: bool = True  # read the next case and write the last while the network runs (liverseg.inference.cohort)
     save_probabilities: bool = False  # also write PROBABILITIES (uint8 softmax per label on the input grid)
 
 
@@ -178,7 +178,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         rows[case.case_id] = summary_row(case.case_id, "failed", None, label_names, seconds,
                                           f"{type(exc).__name__}: {reason}")
 
-    def skipped(case: Case) -> None:  # done, or being done, by another worker on this -o (liverseg.cohort)
+    def skipped(case: Case) -> None:  # done, or being done, by another worker on this -o (liverseg.inference.cohort)
         result.skipped.append(case.case_id)
         rows[case.case_id] = summary_row(case.case_id, "skipped", out_dir / case.case_id, label_names)
 
@@ -221,7 +221,7 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
     work = owned_temp_dir(out_dir, case.case_id, ".partial")
     try:
         if bundle.cfg.data.modality == "photo":
-            from ..photos import predict_photo_case  # torch: photos imports it at the top
+            from ..modalities.photo import predict_photo_case  # torch: photos imports it at the top
 
             predict_photo_case(bundle, case, work)
         elif segmented is not None:

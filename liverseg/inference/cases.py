@@ -12,7 +12,7 @@ from typing import Sequence
 from ..io import case_name, is_image_file
 from ..io.dicom import holds_dicom
 from ..io.photos import is_photo_file
-from ..manifest import Case, load_manifest
+from ..datasets.manifest import Case, load_manifest
 
 log = logging.getLogger(__name__)
 

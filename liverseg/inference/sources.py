@@ -20,7 +20,7 @@ from .. import builtin
 from ..config import ExperimentConfig, config_from_yaml_text
 from ..errors import ConfigError, InputError
 from ..run_folder import current_onnx_export, find_checkpoint, find_exported, is_run_folder, read_checkpoint
-from .loaded import Ensemble, TrainedModel, file_digest, nvidia_gpu_present, resolve_device
+from ..engine.loaded import Ensemble, TrainedModel, file_digest, nvidia_gpu_present, resolve_device
 
 log = logging.getLogger(__name__)
 

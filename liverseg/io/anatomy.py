@@ -1,7 +1,7 @@
 """The anatomy table: label names -> display colours and SNOMED CT codes.
 
 One table for every output that names or colours a label: the Slicer ``.seg.nrrd`` and ``.ctbl``
-(``outputs``), the DICOM SEG (``dicom_seg``) and the preview mosaic (``liverseg.report``). Names are
+(``outputs``), the DICOM SEG (``dicom_seg``) and the preview mosaic (``liverseg.reports.case_report``). Names are
 matched after normalisation (``'Liver Tumour'`` == ``liver_tumour``); names not in the table get
 distinct palette colours and the generic Tissue code.
 """

@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from ..io import write_volume
 from ..io.volume import Volume
-from ..manifest import write_manifest
+from ..datasets.manifest import write_manifest
 from .anatomy import Anatomy, rotation, uniform
 from .render import Grid, render
 

@@ -8,7 +8,7 @@ small CT).
 
 The sliding window keeps a rolling float32 buffer one tile deep and can store the blended
 probabilities as float16 (``volume.plan_memory`` decides). Used for CT volumes (``volume``), for 2D
-models slice by slice, and for photographs (``liverseg.photos``).
+models slice by slice, and for photographs (``liverseg.modalities.photo``).
 """
 from __future__ import annotations
 

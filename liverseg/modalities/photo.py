@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .config import PHOTO_CHANNELS, ExperimentConfig
-from .errors import InputError
-from .inference.tiling import sliding_window, softmax_predictor
-from .io.photos import check_same_size, probability_filename, read_fov, read_mask, read_photo
+from ..config import PHOTO_CHANNELS, ExperimentConfig
+from ..errors import InputError
+from ..engine.tiling import sliding_window, softmax_predictor
+from ..io.photos import check_same_size, probability_filename, read_fov, read_mask, read_photo
 
 # Overlay colours (RGB): prediction contour, reference contour.
 PREDICTION_COLOR = (0, 255, 0)
@@ -307,7 +307,7 @@ def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
     mask.png holds 0/255 for two-class tasks and class indices otherwise; the probability maps are
     16-bit (0..65535) so metrics such as ROC AUC can be computed from them without losing precision.
     """
-    from .report import draw_contours, save_png
+    from ..reports.case_report import draw_contours, save_png
 
     cfg = bundle.cfg
     rgb, labels, probabilities, _ = predict_photo(bundle.model, cfg, case.image, case.fov, bundle.device)

@@ -18,7 +18,7 @@ Three layouts are read (the JSON format is documented in ``data_manifests/README
 
 * an nnU-Net v2 ``dataset.json`` (``channel_names``, ``labels``, ``file_ending``, ``numTraining``) with
   ``imagesTr/<case>_0000<ending>`` + ``labelsTr/<case><ending>`` and ``imagesTs/`` as split ``test``; folds
-  from ``splits_final.json`` beside it, else nnU-Net's own default folds (see ``liverseg.nnunet``).
+  from ``splits_final.json`` beside it, else nnU-Net's own default folds (see ``liverseg.datasets.nnunet``).
 
 Paths inside a manifest are relative to ``root`` (default: the manifest's folder).
 
@@ -34,11 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
-from .atomic import write_text_atomic
+from ..errors import InputError
+from ..atomic import write_text_atomic
 from .download import file_hash
-from .io.formats import strip_image_suffix
-from .io.labels import LABEL_FORMATS, natural_key
+from ..io.formats import strip_image_suffix
+from ..io.labels import LABEL_FORMATS, natural_key
 from .nnunet import is_nnunet_v2, read_nnunet
 from .photo_manifests import PHOTO_IMPORTERS
 

@@ -19,9 +19,9 @@ import numpy as np
 
 from ..config import ExperimentConfig
 from ..io.volume import Volume
-from ..postprocess import postprocess_labels
-from ..preprocess import standardize_ct, to_canonical
-from .gridstream import preprocess_image_chunked, probabilities_to_input_grid, probabilities_to_labels_chunked
+from .postprocess import postprocess_labels
+from ..grid.preprocess import standardize_ct, to_canonical
+from ..grid.stream import preprocess_image_chunked, probabilities_to_input_grid, probabilities_to_labels_chunked
 from .tiling import as_network, as_numpy, is_torch_module, network_probabilities
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from monai.transforms import (FgBgToIndicesd, MapTransform, Rand2DElasticd, Rand
                               RandomizableTransform, RandScaleIntensityd, RandScaleIntensityFixedMeand,
                               RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd)
 
-from .config import ExperimentConfig
-from .errors import GeometryError, InputError
-from .io import read_volume
-from .io.labels import read_label
-from .preprocess import preprocess_image, preprocess_label, remap_labels, standardize_ct
+from ..config import ExperimentConfig
+from ..errors import GeometryError, InputError
+from ..io import read_volume
+from ..io.labels import read_label
+from ..grid.preprocess import preprocess_image, preprocess_label, remap_labels, standardize_ct
 
 
 class LoadCased(MapTransform):

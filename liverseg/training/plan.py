@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import ExperimentConfig, load_config, save_config
-from .errors import ConfigError, GeometryError, InputError
-from .io import read_volume
-from .io.labels import read_label
-from .io.volume import spacing_from_affine
-from .preprocess import canonical_affine, canonical_ornt, remap_labels
+from ..config import ExperimentConfig, load_config, save_config
+from ..errors import ConfigError, GeometryError, InputError
+from ..io import read_volume
+from ..io.labels import read_label
+from ..io.volume import spacing_from_affine
+from ..grid.preprocess import canonical_affine, canonical_ornt, remap_labels
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def apply_plan(cfg: ExperimentConfig, plan: dict) -> ExperimentConfig:
 def plan_command(manifest: str, root: str | None, config: Path | None, overrides: list[str],
                  output: Path | None) -> str:
     """``liverseg plan``: print the plan and the config values it sets (and write the config)."""
-    from .data import case_dicts, load_training_manifest
+    from ..modalities.data import case_dicts, load_training_manifest
 
     cfg = load_config(config, [*overrides, f"data.manifest={manifest}"] + ([f"data.root={root}"] if root else []))
     if cfg.data.modality != "ct":

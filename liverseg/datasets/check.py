@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, LiversegError
-from .io import read_volume
-from .io.labels import read_label
+from ..errors import InputError, LiversegError
+from ..io import read_volume
+from ..io.labels import read_label
 from .manifest import Case, load_manifest, sha256_of
 
 

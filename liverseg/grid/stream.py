@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..io.volume import Volume
-from ..preprocess import GridRecord, plan_grid, to_canonical
+from .preprocess import GridRecord, plan_grid, to_canonical
 
 _TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
 

@@ -18,7 +18,7 @@ without it they are the folds nnU-Net itself would generate (5-fold KFold, shuff
 over the sorted case ids), so liverseg fold k and ``nnUNetv2_train ... k`` hold out the same cases.
 
 This module returns plain dicts (paths relative to the dataset folder, as in a liverseg manifest);
-``liverseg.manifest`` turns them into a ``Manifest`` or writes them with ``manifest import nnunet``.
+``liverseg.datasets.manifest`` turns them into a ``Manifest`` or writes them with ``manifest import nnunet``.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io.labels import natural_key
+from ..errors import InputError
+from ..io.labels import natural_key
 
 SPLITS_FILE = "splits_final.json"
 N_FOLDS = 5

@@ -26,7 +26,7 @@ import logging
 import re
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

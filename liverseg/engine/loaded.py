@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import ExperimentConfig
-from ..download import file_hash
+from ..datasets.download import file_hash
 from ..errors import InputError
 from ..io.volume import Volume
 from .volume import predict_volume, predict_volume_probabilities

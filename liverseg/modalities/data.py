@@ -26,9 +26,9 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 
-from .config import ExperimentConfig, to_dict
-from .errors import ConfigError, InputError, surface_user_errors
-from .manifest import Case, Manifest, load_manifest
+from ..config import ExperimentConfig, to_dict
+from ..errors import ConfigError, InputError, surface_user_errors
+from ..datasets.manifest import Case, Manifest, load_manifest
 from .transforms import LoadCased, augmentation, cached_transforms, crop_size
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
     """Loader of augmented patches; its ``sampler`` is a ``StepSampler`` that the training loop
     points at the steps to draw (``loader.sampler.set_steps(first, stop)``)."""
     if cfg.data.modality == "photo":
-        from .photos import photo_train_loader
+        from .photo import photo_train_loader
 
         return photo_train_loader(cfg, items, workers, seed, rank=rank, world=world)
     cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
@@ -229,7 +229,7 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
 def validation_cases(cfg: ExperimentConfig, items: list[dict]):
     """Whole preprocessed volumes (no augmentation), cached in memory."""
     if cfg.data.modality == "photo":
-        from .photos import photo_validation_cases
+        from .photo import photo_validation_cases
 
         return photo_validation_cases(cfg, items)
     with surface_user_errors():

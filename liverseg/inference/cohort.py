@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from .errors import InputError, LiversegError
+from ..errors import InputError, LiversegError
 
 log = logging.getLogger(__name__)
 
@@ -525,7 +525,7 @@ def torchrun_context(device: str | None):
         return None, device
     import torch
 
-    from . import distributed
+    from .. import distributed
 
     if device in (None, "auto"):
         wanted = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -538,7 +538,7 @@ def torchrun_context(device: str | None):
 def rank_summary(ctx, counts: dict, failed: Sequence[str], error: str | None) -> tuple[str | None, bool]:
     """After every rank's share: a barrier, then (rank 0's summary line or None elsewhere, whether any
     rank failed a case or stopped with an error)."""
-    from . import distributed
+    from .. import distributed
 
     everyone = distributed.gather(ctx, {"counts": counts, "failed": list(failed), "error": error})
     distributed.barrier(ctx)

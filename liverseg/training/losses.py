@@ -7,7 +7,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from monai.losses.cldice import soft_skel
 from torch import nn
 
-from .config import LOSSES  # the train.loss values
+from ..config import LOSSES  # the train.loss values
 
 
 def deep_supervision_weights(n_heads: int) -> list[float]:

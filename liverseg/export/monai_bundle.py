@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
-from .config import ExperimentConfig
-from .errors import InputError
-from .export import example_input
-from .inference.loaded import TrainedModel
-from .inference.sources import load_trained_model
-from .run_folder import RUN, monai_bundle_path
+from .. import __version__
+from ..config import ExperimentConfig
+from ..errors import InputError
+from .writers import example_input
+from ..engine.loaded import TrainedModel
+from ..inference.sources import load_trained_model
+from ..run_folder import RUN, monai_bundle_path
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +140,7 @@ def inference_config(cfg: "ExperimentConfig") -> dict:
          "nearest_interp": False, "to_tensor": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
     ]
-    # The run's clean-up (infer config), in liverseg's order; 26-connectivity as liverseg.postprocess.
+    # The run's clean-up (infer config), in liverseg's order; 26-connectivity as liverseg.engine.postprocess.
     for name, size_ml in cfg.infer.min_object_ml.items():
         if len(labels) == 2:  # RemoveSmallObjects treats all foreground as one: exact for one class only
             post.append({"_target_": "RemoveSmallObjectsd", "keys": "pred", "min_size": float(size_ml) * 1000.0,

@@ -31,20 +31,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
-from . import distributed as dist_utils
-from .config import ExperimentConfig, save_config
-from .data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
-from .errors import InputError, surface_user_errors
-from .export import export_model
+from .. import __version__
+from .. import distributed as dist_utils
+from ..config import ExperimentConfig, save_config
+from ..modalities.data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
+from ..errors import InputError, surface_user_errors
+from ..export.writers import export_model
 from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init
-from .inference.loaded import resolve_device
-from .inference.tiling import network_probabilities
-from .metrics import dice
+from ..engine.loaded import resolve_device
+from ..engine.tiling import network_probabilities
+from ..metrics import dice
 from .losses import SegmentationLoss
-from .models import build_model, count_parameters, input_channels
-from .run_folder import RUN, check_run_dir, resume_from_last, save_checkpoint, write_init_record, write_plan
-from .training_log import TensorBoard, summary, write_curves, write_metrics
+from ..models import build_model, count_parameters, input_channels
+from ..run_folder import RUN, check_run_dir, resume_from_last, save_checkpoint, write_init_record, write_plan
+from .log import TensorBoard, summary, write_curves, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
     """Train a model into ``run_dir``; returns the path of the best checkpoint.
 
     ``init``: start from a built-in model's (by name), a run folder's or a checkpoint file's weights, or
-    a resolved ``finetune.InitSource`` (fine-tuning, ``liverseg.finetune``); ``cfg`` must keep that
+    a resolved ``finetune.InitSource`` (fine-tuning, ``liverseg.training.finetune``); ``cfg`` must keep that
     source's architecture (build it with ``finetune.finetune_config``)."""
     run_dir = Path(run_dir)
     source = None
@@ -301,7 +301,7 @@ def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch
     with torch.inference_mode():
         for case in cases:
             if cfg.data.modality == "photo":
-                from .photos import photo_probabilities
+                from ..modalities.photo import photo_probabilities
 
                 probabilities = photo_probabilities(model, case["image"], cfg, device)
             else:

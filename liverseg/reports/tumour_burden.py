@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .io.volume import LPS_TO_RAS
+from ..io.volume import LPS_TO_RAS
 
 DEFAULT_MIN_VOLUME_ML = 0.1
 LESION_WORDS = ("lesion", "tumour", "tumor")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io.volume import Volume, axis_orientation, spacing_from_affine
+from ..io.volume import Volume, axis_orientation, spacing_from_affine
 
 if TYPE_CHECKING:  # torch is imported inside the functions that use it: ONNX prediction runs without it
     import torch

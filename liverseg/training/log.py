@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_path
-from .run_folder import RUN, TRAINING_OUTPUTS, read_metrics
+from ..atomic import atomic_path
+from ..run_folder import RUN, TRAINING_OUTPUTS, read_metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Modalities: what differs between CT volumes and 2D photographs, behind one small interface."""
