@@ -205,7 +205,7 @@ def real_tile(ct: Path, liver: Path) -> tuple[str, np.ndarray]:
     """The first tile that the product runs on ``ct`` gated by ``liver`` (liverseg's lesion road)."""
     from liverseg.builtin import kul_lesion
     from liverseg.io import read_volume
-    from liverseg.grid.preprocess import canonical_ornt, to_canonical
+    from liverseg.grid.record import canonical_ornt, to_canonical
 
     volume, mask = read_volume(ct), read_volume(liver)
     ornt = canonical_ornt(volume.affine_ras)

@@ -358,7 +358,7 @@ def preprocess_ct(path: Path) -> np.ndarray:
     """liverseg's own road to the original's 3 mm scaled image of the body box (X, Y, Z = R, A, S)."""
     from liverseg.builtin.kul_liver import Grid, body_box, resample_body
     from liverseg.io import read_volume
-    from liverseg.grid.preprocess import canonical_ornt, to_canonical
+    from liverseg.grid.record import canonical_ornt, to_canonical
 
     vol = read_volume(path)
     ornt = canonical_ornt(vol.affine_ras)

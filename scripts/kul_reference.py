@@ -12,7 +12,7 @@ package's own pipeline, one fixed patch". It re-implements, in our own code, wha
 ``pyliverlesionseg==0.3`` (KU Leuven, Apache-2.0; ``cnn_liver_lesion_seg_CT_MR_main``) does:
 
 1. orientation: the package works on an LPS-ordered array (array axes running to patient Left,
-   Posterior, Superior). Here: the input's closest-RAS array (``liverseg.grid.preprocess``), flipped along
+   Posterior, Superior). Here: the input's closest-RAS array (``liverseg.grid.record``), flipped along
    its first two axes;
 2. ``crop_ct_image`` with the package's CT arguments: a body box from the largest soft-tissue blob; the
    liver dome from the air profile of the lungs (air blobs other than the outside air) and from the
@@ -86,7 +86,7 @@ def read_lps(path: Path):
     to go back to the input's own voxel order and geometry."""
     from liverseg.io import read_volume
     from liverseg.io.volume import spacing_from_affine
-    from liverseg.grid.preprocess import canonical_affine, canonical_ornt, to_canonical
+    from liverseg.grid.record import canonical_affine, canonical_ornt, to_canonical
 
     volume = read_volume(path)
     ornt = canonical_ornt(volume.affine_ras)
@@ -307,7 +307,7 @@ def write_mask(mask_lps: np.ndarray, volume, ornt, source: Path, out: Path) -> N
     import SimpleITK as sitk
 
     from liverseg.io.volume import lps_from_affine
-    from liverseg.grid.preprocess import from_canonical
+    from liverseg.grid.record import from_canonical
 
     mask = from_canonical(mask_lps[::-1, ::-1, :], ornt)
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0)))  # (i,j,k) -> (z,y,x)

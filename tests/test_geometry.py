@@ -15,8 +15,10 @@ import torch
 from liverseg.errors import GeometryError
 from liverseg.io import read_volume, write_label_map, write_volume
 from liverseg.io.volume import LPS_TO_RAS, spacing_from_affine, voxel_to_world
-from liverseg.grid.stream import probabilities_to_labels_chunked
-from liverseg.grid.preprocess import original_affine_from_record, plan_grid, preprocess_label, resample, to_canonical
+from liverseg.config import PreprocessConfig
+from liverseg.grid.record import original_affine_from_record, plan_grid, to_canonical
+from liverseg.grid.resample import resize_linear
+from liverseg.grid.road import labels_to_network_grid, probabilities_to_labels, to_network_grid
 
 from conftest import dice_of, make_volume, permutation, rotation, world_centre, world_coords
 
@@ -73,7 +75,7 @@ def test_plan_grid_gives_back_the_input_affine_and_shape(geometry):
     assert record.original_shape == volume.shape
 
     probabilities = torch.softmax(torch.randn((2, *record.target_shape)), dim=0).numpy()
-    labels = probabilities_to_labels_chunked(probabilities, record)
+    labels = probabilities_to_labels(probabilities, record)
     assert labels.shape == volume.shape
     assert labels.dtype == np.uint8
 
@@ -116,7 +118,9 @@ def test_target_affine_places_resampled_values_where_they_belong(geometry):
     np.testing.assert_allclose(canonical, _linear(world_coords(record.canonical_shape, record.canonical_affine)),
                                atol=1e-9)
 
-    resampled = resample(canonical.astype(np.float32), record.target_shape, labels=False, anti_alias=False).numpy()
+    resampled = canonical.astype(np.float32)
+    for axis, size in enumerate(record.target_shape):  # linear, without the anti-aliasing Gaussian
+        resampled = resize_linear(resampled, axis, size)
     assert resampled.shape == record.target_shape
     expected = _linear(world_coords(record.target_shape, record.target_affine))
 
@@ -148,9 +152,9 @@ def test_label_round_trip_is_exact_at_the_input_spacing(geometry):
     record = plan_grid(volume, tuple(canonical_spacing))
     assert record.target_shape == record.canonical_shape
 
-    on_network = preprocess_label(volume.with_array(labels), record)
+    on_network = labels_to_network_grid(volume.with_array(labels), record)
     assert tuple(on_network.shape) == record.target_shape
-    back = probabilities_to_labels_chunked(_one_hot(on_network.numpy(), 3), record)  # prediction's way back
+    back = probabilities_to_labels(_one_hot(on_network, 3), record)  # prediction's way back
     assert back.shape == volume.shape
     np.testing.assert_array_equal(back, labels)
 
@@ -162,7 +166,7 @@ def test_label_round_trip_is_close_after_resampling(geometry):
     record = plan_grid(volume, TARGET_SPACING)
     assert record.target_shape != record.canonical_shape  # really resampled
 
-    on_network = preprocess_label(volume.with_array(labels), record).numpy()
+    on_network = labels_to_network_grid(volume.with_array(labels), record)
     assert on_network.shape == record.target_shape
     # On the network grid the label sits where the same world-space blob is.
     expected_network = _blob_on_grid(volume, record.target_shape, record.target_affine)
@@ -170,10 +174,65 @@ def test_label_round_trip_is_close_after_resampling(geometry):
         assert dice_of(on_network == value, expected_network == value) > 0.85, value
 
     # Probabilities mapped back before the argmax (prediction's way back) land in the same place.
-    from_probabilities = probabilities_to_labels_chunked(_one_hot(on_network, 3), record)
+    from_probabilities = probabilities_to_labels(_one_hot(on_network, 3), record)
     assert from_probabilities.shape == volume.shape
     for value in (1, 2):
         assert dice_of(from_probabilities == value, labels == value) > 0.9, value
+
+
+# ----------------------------------------------------------------------------- the image road there and back
+
+HU_OF_LABEL = np.array([-100.0, 100.0, 200.0])  # background, 1, 2: window-scaled to 0.2, 0.6, 0.8
+WINDOW = (-200.0, 300.0)
+
+
+def _labels_of_image(image: np.ndarray) -> np.ndarray:
+    return np.digitize(image, [0.4, 0.7]).astype(np.uint8)
+
+
+@CASES
+def test_the_image_road_puts_the_ct_in_place_and_its_prediction_back_on_the_input_grid(geometry):
+    volume = _volume(geometry)
+    labels = _blob(volume)
+    expected_network = None
+    # One structure at a time (200 HU in -100 HU), label 2 being the asymmetric one a flip would move:
+    # with three intensities, a blurred 0-2 boundary would pass through label 1's intensity.
+    for value in (1, 2):
+        ct = volume.with_array(np.where(labels == value, 200, -100).astype(np.int16))
+        image, record = to_network_grid(ct, PreprocessConfig(spacing_mm=TARGET_SPACING, hu_window=WINDOW))
+        planned = plan_grid(volume, TARGET_SPACING)
+        assert image.dtype == np.float32 and image.shape == record.target_shape == planned.target_shape
+        np.testing.assert_allclose(record.target_affine, planned.target_affine, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(original_affine_from_record(record), volume.affine_ras, atol=1e-5, rtol=0)
+        assert 0.2 - 1e-6 <= image.min() and image.max() <= 0.8 + 1e-6
+
+        found = (image > 0.5).astype(np.uint8)  # what a perfect network would say
+        if expected_network is None:
+            expected_network = _blob_on_grid(volume, record.target_shape, record.target_affine)
+        assert dice_of(found == 1, expected_network == value) > 0.85, value
+        back = probabilities_to_labels(_one_hot(found, 2), record)
+        assert back.shape == volume.shape
+        assert dice_of(back == 1, labels == value) > 0.9, value
+
+
+@CASES
+def test_the_image_road_at_the_input_spacing_only_reorients_and_comes_back_exactly(geometry):
+    volume = _volume(geometry)
+    labels = _blob(volume)
+    volume = volume.with_array(HU_OF_LABEL[labels].astype(np.int16))
+    canonical_spacing = tuple(spacing_from_affine(plan_grid(volume, TARGET_SPACING).canonical_affine))
+    image, record = to_network_grid(volume, PreprocessConfig(spacing_mm=canonical_spacing, hu_window=WINDOW))
+    assert record.target_shape == record.canonical_shape
+    expected = (to_canonical(HU_OF_LABEL[labels], record.ornt) + 200.0) / 500.0
+    np.testing.assert_allclose(image, expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(probabilities_to_labels(_one_hot(_labels_of_image(image), 3), record), labels)
+
+
+def test_labels_to_network_grid_refuses_a_label_map_of_another_shape():
+    volume = _volume("ras")
+    record = plan_grid(volume, TARGET_SPACING)
+    with pytest.raises(GeometryError, match=r"\(19, 24, 16\)"):
+        labels_to_network_grid(np.zeros((19, 24, 16), dtype=np.uint8), record)
 
 
 # ----------------------------------------------------------------------------- files

@@ -1,24 +1,52 @@
-"""The fast, bounded-memory prediction path: slab-wise resampling equals the whole-volume functions,
-the streaming sliding window equals plain blending, coarse-to-fine finds the region (and falls back),
-flip TTA averages the flips, and the memory plan picks float16 for large volumes."""
+"""The fast, bounded-memory prediction path: the grid road (slab-wise resampling) computes the
+whole-volume reference numbers whatever the slab size, in both intensity modes, the streaming sliding
+window equals plain blending, coarse-to-fine finds the region (and falls back), flip TTA averages the
+flips, and the memory plan picks float16 for large volumes."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from conftest import make_volume, permutation, rotation
 from liverseg.config import ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
-from liverseg.grid.stream import linear_source, preprocess_image_chunked, probabilities_to_labels_chunked
 from liverseg.engine.tiling import sliding_window, softmax_predictor
 from liverseg.engine.volume import coarse_region, plan_memory, predict_volume
-from liverseg.grid.preprocess import from_canonical, preprocess_image
+from liverseg.grid.record import from_canonical, plan_grid, to_canonical
+from liverseg.grid.resample import linear_source, nearest_source
+from liverseg.grid.road import labels_to_network_grid, normalize_ct, probabilities_to_labels, to_network_grid
 
 GRIDS = [
     ((37, 29, 23), (0.7, 0.9, 1.3), permutation((1, 0, 2), (-1, 1, -1))),  # down-sampled, LPS-like, permuted
     ((20, 22, 9), (2.0, 2.0, 5.0), None),                                    # up-sampled, anisotropic
     ((18, 16, 14), (1.1, 1.6, 2.4), rotation(2, 12.0)),                      # oblique
 ]
+WINDOW = PreprocessConfig(spacing_mm=(1.5, 1.5, 2.0), hu_window=(-200.0, 300.0))
+Z_SCORE = PreprocessConfig(spacing_mm=(1.5, 1.5, 2.0), hu_window=(-57.0, 164.0), intensity_mean_hu=99.4,
+                           intensity_std_hu=37.2)
+
+
+def _random_ct(shape, spacing, direction):
+    rng = np.random.default_rng(0)
+    return make_volume(shape, spacing, direction, array=rng.normal(0, 200, shape).astype(np.int16))
+
+
+def _whole_volume_image(volume, preprocess: PreprocessConfig) -> np.ndarray:
+    """The reference for the way in, one whole-volume step after the other: reorient, clip and scale the
+    HU window, scipy's Gaussian pre-filter (sigma (f - 1) / 2 along shrunk axes), torch's trilinear
+    interpolation, then the z-scoring."""
+    record = plan_grid(volume, preprocess.spacing_mm)
+    low, high = preprocess.hu_window
+    canonical = np.ascontiguousarray(to_canonical(volume.array, record.ornt)).astype(np.float32)
+    image = (np.clip(canonical, low, high) - low) / (high - low)
+    sigma = [max(0.0, (n / t - 1.0) / 2.0) for n, t in zip(record.canonical_shape, record.target_shape)]
+    image = ndimage.gaussian_filter(image, sigma=sigma, mode="nearest")
+    image = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], size=record.target_shape,
+                                            mode="trilinear", align_corners=False)[0, 0].numpy()
+    if preprocess.intensity_std_hu > 0:
+        image = (image * (high - low) + low - preprocess.intensity_mean_hu) / preprocess.intensity_std_hu
+    return image
 
 
 def _whole_volume_labels(probabilities: torch.Tensor, record) -> np.ndarray:
@@ -30,19 +58,74 @@ def _whole_volume_labels(probabilities: torch.Tensor, record) -> np.ndarray:
 
 @pytest.mark.parametrize("shape, spacing, direction", GRIDS)
 @pytest.mark.parametrize("chunk", [1, 4, 1000])
-def test_chunked_resampling_equals_the_whole_volume_functions(shape, spacing, direction, chunk):
-    rng = np.random.default_rng(0)
-    volume = make_volume(shape, spacing, direction, array=rng.normal(0, 200, shape).astype(np.int16))
-    expected, record = preprocess_image(volume, (1.5, 1.5, 2.0), (-200, 300))
-    image, record2 = preprocess_image_chunked(volume, (1.5, 1.5, 2.0), (-200, 300), chunk=chunk)
-    assert record2.target_shape == record.target_shape
-    np.testing.assert_allclose(record2.target_affine, record.target_affine)
-    assert isinstance(image, np.ndarray) and image.dtype == np.float32
-    np.testing.assert_allclose(image, expected.numpy(), atol=2e-6, rtol=0)
+def test_the_road_computes_whole_volume_resampling_slab_by_slab(shape, spacing, direction, chunk):
+    volume = _random_ct(shape, spacing, direction)
+    image, record = to_network_grid(volume, WINDOW, chunk=chunk)
+    assert record.target_shape == plan_grid(volume, WINDOW.spacing_mm).target_shape
+    assert isinstance(image, np.ndarray) and image.dtype == np.float32 and image.shape == record.target_shape
+    np.testing.assert_allclose(image, _whole_volume_image(volume, WINDOW), atol=2e-6, rtol=0)
     probabilities = torch.softmax(torch.randn((3, *image.shape), generator=torch.Generator().manual_seed(1)), 0)
-    labels = probabilities_to_labels_chunked(probabilities.numpy(), record, chunk=chunk)
+    labels = probabilities_to_labels(probabilities.numpy(), record, chunk=chunk)
     np.testing.assert_array_equal(labels, _whole_volume_labels(probabilities, record))
     assert labels.shape == shape and labels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape, spacing, direction", GRIDS)
+def test_the_slab_size_does_not_change_the_result(shape, spacing, direction):
+    volume = _random_ct(shape, spacing, direction)
+    images = [to_network_grid(volume, Z_SCORE, chunk=chunk)[0] for chunk in (1, 3, 1000)]
+    for image in images[1:]:
+        np.testing.assert_allclose(image, images[0], atol=1e-6, rtol=0)
+    probabilities = np.random.default_rng(2).random((3, *images[0].shape), dtype=np.float32).astype(np.float16)
+    record = plan_grid(volume, Z_SCORE.spacing_mm)
+    labels = [probabilities_to_labels(probabilities, record, chunk=chunk) for chunk in (1, 5, 1000)]
+    for other in labels[1:]:
+        np.testing.assert_array_equal(other, labels[0])
+
+
+@pytest.mark.parametrize("shape, spacing, direction", GRIDS)
+def test_z_scoring_is_the_window_scaling_mapped_affinely(shape, spacing, direction):
+    """intensity_std_hu > 0: z-scores of the clipped HU, (HU - mean) / std, on the same grid (the affine
+    map commutes with the resampling); the plain window scaling lies in [0, 1]."""
+    volume = _random_ct(shape, spacing, direction)
+    scaled, record = to_network_grid(volume, WINDOW)
+    assert 0.0 <= scaled.min() and scaled.max() <= 1.0
+    window_only = PreprocessConfig(spacing_mm=Z_SCORE.spacing_mm, hu_window=Z_SCORE.hu_window)
+    scaled, _ = to_network_grid(volume, window_only)
+    z_scores, z_record = to_network_grid(volume, Z_SCORE)
+    assert z_record.target_shape == record.target_shape
+    low, high = Z_SCORE.hu_window
+    np.testing.assert_allclose(z_scores, (scaled * (high - low) + low - 99.4) / 37.2, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(z_scores, _whole_volume_image(volume, Z_SCORE), atol=1e-5, rtol=0)
+
+
+def test_normalize_ct_clips_then_scales_or_z_scores():
+    hu = np.array([-1000.0, -57.0, 0.0, 99.4, 164.0, 3000.0])
+    window = PreprocessConfig(hu_window=(-57.0, 164.0))
+    np.testing.assert_allclose(normalize_ct(hu, window), (np.clip(hu, -57.0, 164.0) + 57.0) / 221.0, atol=1e-7)
+    np.testing.assert_allclose(normalize_ct(hu, Z_SCORE), (np.clip(hu, -57.0, 164.0) - 99.4) / 37.2, atol=1e-6)
+    assert normalize_ct(hu, Z_SCORE).dtype == np.float32 and hu[0] == -1000.0  # the input is left alone
+
+
+@pytest.mark.parametrize("shape, spacing, direction", GRIDS)
+def test_labels_go_to_the_network_grid_by_torchs_nearest_exact(shape, spacing, direction):
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, shape).astype(np.uint8)
+    volume = make_volume(shape, spacing, direction, array=labels)
+    record = plan_grid(volume, WINDOW.spacing_mm)
+    on_network = labels_to_network_grid(volume, record)
+    canonical = torch.from_numpy(np.ascontiguousarray(to_canonical(labels, record.ornt)).astype(np.float32))
+    expected = torch.nn.functional.interpolate(canonical[None, None], size=record.target_shape,
+                                               mode="nearest-exact")[0, 0].to(torch.int16).numpy()
+    assert on_network.dtype == np.int16
+    np.testing.assert_array_equal(on_network, expected)
+
+
+def test_nearest_source_matches_torch_nearest_exact_on_awkward_ratios():
+    for n_in, n_out in ((7, 3), (3, 7), (6, 9), (128, 85), (512, 267), (48, 120), (2, 1), (10, 4), (5, 5)):
+        signal = torch.arange(n_in, dtype=torch.float32)[None, None]
+        expected = torch.nn.functional.interpolate(signal, size=n_out, mode="nearest-exact")[0, 0].long().numpy()
+        np.testing.assert_array_equal(nearest_source(n_in, n_out), expected)
 
 
 def test_linear_source_matches_torch_interpolate():
@@ -56,7 +139,7 @@ def test_linear_source_matches_torch_interpolate():
 
 
 def test_linear_resize_of_an_axis_matches_torch_bilinear():
-    from liverseg.grid.stream import resize_linear
+    from liverseg.grid.resample import resize_linear
 
     array = torch.rand((2, 17, 9, 3), generator=torch.Generator().manual_seed(2))
     for size in ((7, 20), (17, 9), (40, 4)):
@@ -121,14 +204,14 @@ def test_coarse_to_fine_runs_the_network_only_around_the_organ_and_gives_the_sam
 
 def test_coarse_pass_falls_back_to_the_whole_volume_when_it_finds_nothing():
     volume = make_volume((48, 40, 44), (2, 2, 2), dtype=np.int16)
-    image, _ = preprocess_image(volume, (2.0, 2.0, 2.0), (0.0, 100.0))
+    image, _ = to_network_grid(volume, _cfg().preprocess)
     box, why = coarse_region(_BrightIsLiver(), image, _cfg(), torch.device("cpu"))
     assert box is None and "found nothing" in why
 
 
 def test_an_organ_cut_by_the_field_of_view_is_cropped_up_to_the_border_and_segmented_whole():
     volume, inside = _blob_volume((2, 18, 22), (6, 6, 5))  # reaches past the first slice along x
-    image, _ = preprocess_image(volume, (2.0, 2.0, 2.0), (0.0, 100.0))
+    image, _ = to_network_grid(volume, _cfg().preprocess)
     box, _ = coarse_region(_BrightIsLiver(), image, _cfg(coarse_margin_mm=4.0), torch.device("cpu"))
     assert box is not None and box[0].start == 0 and box[0].stop < 48
     labels = predict_volume(_BrightIsLiver(), volume, _cfg(coarse_margin_mm=4.0), torch.device("cpu"))

@@ -17,7 +17,7 @@ from liverseg.io import write_volume
 from liverseg.io.volume import Volume
 from liverseg.models import build_model
 from liverseg.export.monai_bundle import export_monai_bundle
-from liverseg.grid.preprocess import preprocess_image, preprocess_label
+from liverseg.grid.road import labels_to_network_grid, to_network_grid
 
 from conftest import dice_of, make_volume, permutation, rotation
 
@@ -44,8 +44,8 @@ def fitted_run(tmp_path_factory) -> tuple[Path, Path]:
     volume, inside = _phantom()
     folder = tmp_path_factory.mktemp("monai_bundle")
     image = write_volume(volume, folder / "input" / "ct.nii.gz")
-    x, record = preprocess_image(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window)
-    y = preprocess_label(Volume(inside.astype(np.uint8), volume.affine_ras), record).long()
+    on_grid, record = to_network_grid(volume, cfg.preprocess)
+    x, y = torch.from_numpy(on_grid), torch.from_numpy(labels_to_network_grid(inside.astype(np.uint8), record)).long()
     threads = torch.get_num_threads()
     torch.manual_seed(0)
     torch.set_num_threads(1)

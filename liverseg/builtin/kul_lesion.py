@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io.volume import Volume
-from ..grid.preprocess import canonical_ornt, to_canonical
+from ..grid.record import canonical_ornt, to_canonical
 from .kul_liver import Grid, interpolate_mask, probability_on_input, scale_hu
 from .zoom import zoom3d
 

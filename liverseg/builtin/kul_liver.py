@@ -38,7 +38,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..io.volume import Volume
-from ..grid.preprocess import canonical_ornt, to_canonical
+from ..grid.record import canonical_ornt, to_canonical
 from .runtime import sampled_roi
 from .zoom import median3, zoom3d, zoom_axis, zoomed_size
 

@@ -4,7 +4,7 @@ Everything between reading the CT and writing the labels is numpy: the network i
 (a torch module is wrapped), so prediction from an exported ONNX model never imports PyTorch.
 
 Memory on a large CT (512x512x1000) stays bounded: the image is resampled to the network grid slab by
-slab (``gridstream``), the sliding window (``tiling``) keeps a rolling float32 buffer one tile deep and
+slab (``grid.road``), the sliding window (``tiling``) keeps a rolling float32 buffer one tile deep and
 stores the blended probabilities as float16 when the memory budget asks for it (``plan_memory``), and
 the probabilities are mapped back to the input grid (trilinear, before the argmax) slab by slab.
 """
@@ -20,8 +20,8 @@ import numpy as np
 from ..config import ExperimentConfig
 from ..io.volume import Volume
 from .postprocess import postprocess_labels
-from ..grid.preprocess import standardize_ct, to_canonical
-from ..grid.stream import preprocess_image_chunked, probabilities_to_input_grid, probabilities_to_labels_chunked
+from ..grid.record import to_canonical
+from ..grid.road import probabilities_to_input_grid, probabilities_to_labels, to_network_grid
 from .tiling import as_network, as_numpy, is_torch_module, network_probabilities
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,7 @@ def network_grid_probabilities(model: Any, volume: Volume, cfg: ExperimentConfig
     """(class probabilities (K, X', Y', Z') on the network grid, ``GridRecord``) of one CT volume:
     preprocessing slab by slab, the optional coarse pass, the sliding window (``plan``'s precision)."""
     plan = plan or plan_memory(volume, cfg, None)
-    image, record = preprocess_image_chunked(volume, cfg.preprocess.spacing_mm, cfg.preprocess.hu_window,
-                                             chunk=plan.chunk_slices)
-    # z-scoring of planned CT runs (intensity_std_hu > 0)
-    image = standardize_ct(image, cfg.preprocess.hu_window, cfg.preprocess.intensity_mean_hu,
-                           cfg.preprocess.intensity_std_hu)
+    image, record = to_network_grid(volume, cfg.preprocess, chunk=plan.chunk_slices)
     if is_torch_module(model):
         model.eval()
     network = as_network(model, device)
@@ -159,7 +155,7 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, device: An
     """
     plan = plan_memory(volume, cfg, memory_gb)
     probabilities, record = network_grid_probabilities(model, volume, cfg, device, progress, plan)
-    labels = probabilities_to_labels_chunked(probabilities, record, chunk=plan.chunk_slices)
+    labels = probabilities_to_labels(probabilities, record, chunk=plan.chunk_slices)
     del probabilities
     return _postprocess(labels, volume, cfg)
 
@@ -181,7 +177,7 @@ def predict_volume_probabilities(members: Sequence[Any], volume: Volume, progres
     (X, Y, Z, K) on exactly the volume's grid (a Fortran-ordered view, as NIfTI stores it), value =
     round(255 p); None unless ``keep_probabilities``.
 
-    One member: each input-grid slab (``gridstream.probabilities_to_input_grid``) gives its argmax
+    One member: each input-grid slab (``grid.road.probabilities_to_input_grid``) gives its argmax
     (float32, ties to the lower label) and its uint8 probabilities; beyond the usual prediction this
     holds K bytes per input voxel. Several: each member's slabs are added, member by member, into one
     uint16 buffer on the input grid (round(p * (65535 // M)) per member: no overflow, steps of under

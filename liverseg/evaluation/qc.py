@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grid.preprocess import canonical_ornt, to_canonical
+from ..grid.record import canonical_ornt, to_canonical
 from ..reports.case_report import CT_DISPLAY_WINDOW, error_overlay, save_png
 
 __all__ = ["write_photo_qc", "write_volume_qc"]

@@ -12,7 +12,7 @@ from ..errors import GeometryError, InputError
 from ..io import case_name, is_image_file, read_volume
 from ..io.labels import read_label
 from ..io.photos import check_same_size, is_photo_file, probability_filename, read_fov, read_mask, read_photo, read_probability_png
-from ..grid.preprocess import remap_labels
+from ..grid.road import remap_labels
 from .lesions import LesionResult, LesionSpec, lesion_scores, lesion_spec
 from .qc import write_photo_qc, write_volume_qc
 

@@ -1,7 +1,7 @@
 """MONAI dictionary transforms: loading a case onto the network grid, and training augmentation.
 
-The geometry math lives in ``preprocess.py``; ``LoadCased`` is the thin keyed wrapper around it
-that training uses, so a training volume and an inference volume go through the same functions.
+The geometry math lives in ``grid.road``; ``LoadCased`` is the thin keyed wrapper around it that
+training and validation use, so a training volume and an inference volume go through the same functions.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..config import ExperimentConfig
 from ..errors import GeometryError, InputError
 from ..io import read_volume
 from ..io.labels import read_label
-from ..grid.preprocess import preprocess_image, preprocess_label, remap_labels, standardize_ct
+from ..grid.road import labels_to_network_grid, remap_labels, to_network_grid
 
 
 class LoadCased(MapTransform):
@@ -37,10 +37,8 @@ class LoadCased(MapTransform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         image_volume = read_volume(data["image"])
-        p = cfg.preprocess
-        image, record = preprocess_image(image_volume, p.spacing_mm, p.hu_window)
-        image = standardize_ct(image, p.hu_window, p.intensity_mean_hu, p.intensity_std_hu)
-        out: dict[str, Any] = {"id": data["id"], "image": image[None]}
+        image, record = to_network_grid(image_volume, cfg.preprocess)
+        out: dict[str, Any] = {"id": data["id"], "image": torch.from_numpy(image)[None]}
         if data.get("label"):
             # NIfTI/NRRD/MHA maps, DICOM mask folders, PNG slices or DICOM SEG, placed on the image's grid
             # (exactly, or refused with both grids printed)
@@ -60,8 +58,8 @@ class LoadCased(MapTransform):
                     f"case {data['id']}: {data['label']} holds label value(s) {bad} but data.labels has "
                     f"{n_classes} classes {list(cfg.data.labels)}; map them with data.label_remap, "
                     "e.g. --set 'data.label_remap={2: 1}'")
-            label = preprocess_label(label_volume.with_array(label_array), record)
-            out["label"] = label[None].long()
+            label = labels_to_network_grid(label_array, record)
+            out["label"] = torch.from_numpy(label)[None].long()
         return out
 
 

@@ -33,7 +33,8 @@ from ..errors import ConfigError, GeometryError, InputError
 from ..io import read_volume
 from ..io.labels import read_label
 from ..io.volume import spacing_from_affine
-from ..grid.preprocess import canonical_affine, canonical_ornt, remap_labels
+from ..grid.record import canonical_affine, canonical_ornt
+from ..grid.road import remap_labels
 
 log = logging.getLogger(__name__)
 
