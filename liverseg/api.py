@@ -27,6 +27,7 @@ import numpy as np
 from .errors import InputError
 from .engine.loaded import predict
 from .inference.sources import load_model
+from .modalities import modality_for
 from .io.volume import Volume
 
 
@@ -97,7 +98,7 @@ def segment(image: Any, model: str | Path = "liver", *, device: str | None = Non
                 raise InputError("liver_mask: its grid (shape and affine) differs from the CT's; resample it onto "
                                  "the CT first")
             mask = np.asarray(mask.array)
-    elif not builtin and bundle.cfg.data.modality != "ct":
+    elif not builtin and not modality_for(bundle.cfg).traits.volume_inputs:
         raise InputError(f"--model {model}: a {bundle.cfg.data.modality} model; liverseg.segment is for CT")
     labels, _, warnings, details = predict(bundle, volume, threads=threads, liver_mask=mask)
     return Segmentation(labels, volume, tuple(bundle.cfg.data.labels), list(warnings), dict(details))

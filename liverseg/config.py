@@ -6,6 +6,7 @@ prediction rebuilds everything from it, so nothing here may depend on the machin
 """
 from __future__ import annotations
 
+import logging
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -16,9 +17,13 @@ import yaml
 from .atomic import write_text_atomic
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
 
-# preprocess.photo_color -> input channels of the network
+# photo.color -> input channels of the network
 PHOTO_CHANNELS = {"rgb": 3, "green": 1, "gray": 1}
+
+# data.modality -> the model.spatial_dims it allows (modalities/ holds the rest of each modality)
+MODALITY_SPATIAL_DIMS = {"ct": (2, 3), "photo": (2,)}
 
 LOSSES = ("dice_ce", "ce", "dice", "ce_cldice")  # train.loss; built in losses.py
 
@@ -51,22 +56,6 @@ class PreprocessConfig:
     # scheme; `liverseg plan` fills window, mean and std from the foreground voxels).
     intensity_mean_hu: float = 0.0
     intensity_std_hu: float = 0.0
-    # data.modality=photo: the channels the network sees ("rgb", "green" — the usual choice for
-    # retinal vessels —, or "gray"); each image is standardised to zero mean, unit variance inside its
-    # field of view.
-    photo_color: str = "rgb"
-    # data.modality=photo: contrast-limited adaptive histogram equalisation of each channel first
-    # (scikit-image's equalize_adapthist at this clip limit; 0 = off), as vessel-segmentation
-    # pipelines do to even out uneven illumination.
-    photo_clahe: float = 0.0
-    # data.modality=photo, a case without a field-of-view mask: pixels brighter than this (0-255, any
-    # channel) form its field of view (a fundus photograph's lit disc); 0 = the whole image.
-    photo_fov_threshold: int = 0
-    # data.modality=photo: resolution normalisation. Each photograph is resized (for training and for
-    # prediction; predictions are resized back to the photograph's own pixels) so that its field of view
-    # is this many pixels wide, so vessels appear at similar pixel widths whatever the camera's resolution
-    # (FOV widths: DRIVE about 540 px, CHASE_DB1 896-924, HRF about 3,300). 0 = native size.
-    photo_fov_diameter: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,31 +166,53 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class PhotoConfig:
+    # data.modality=photo only. The channels the network sees ("rgb", "green" — the usual choice for
+    # retinal vessels —, or "gray"); each image is standardised to zero mean, unit variance inside its
+    # field of view.
+    color: str = "rgb"
+    # Contrast-limited adaptive histogram equalisation of each channel first (scikit-image's
+    # equalize_adapthist at this clip limit; 0 = off), as vessel-segmentation pipelines do to even out
+    # uneven illumination.
+    clahe: float = 0.0
+    # A case without a field-of-view mask: pixels brighter than this (0-255, any channel) form its field
+    # of view (a fundus photograph's lit disc); 0 = the whole image.
+    fov_threshold: int = 0
+    # Resolution normalisation. Each photograph is resized (for training and for prediction; predictions
+    # are resized back to the photograph's own pixels) so that its field of view is this many pixels wide,
+    # so vessels appear at similar pixel widths whatever the camera's resolution (FOV widths: DRIVE about
+    # 540 px, CHASE_DB1 896-924, HRF about 3,300). 0 = native size.
+    fov_diameter: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    photo: PhotoConfig = field(default_factory=PhotoConfig)
 
     def validate(self) -> "ExperimentConfig":
         """Cross-field checks; raises ConfigError naming the key, the value and the fix."""
-        if self.data.modality not in ("ct", "photo"):
-            raise ConfigError(f"data.modality={self.data.modality!r}: use ct or photo")
-        if self.preprocess.photo_color not in PHOTO_CHANNELS:
-            raise ConfigError(f"preprocess.photo_color={self.preprocess.photo_color!r}: use "
-                              f"{', '.join(PHOTO_CHANNELS)}")
-        if not 0 <= self.preprocess.photo_fov_threshold < 255:
-            raise ConfigError(f"preprocess.photo_fov_threshold={self.preprocess.photo_fov_threshold}: a grey "
-                              "level in 0..254 (0 = the whole image is the field of view)")
-        if self.preprocess.photo_fov_diameter != 0 and not 32 <= self.preprocess.photo_fov_diameter <= 8192:
-            raise ConfigError(f"preprocess.photo_fov_diameter={self.preprocess.photo_fov_diameter}: a field-of-view "
-                              "width in pixels between 32 and 8192, or 0 for the native size")
-        if not 0.0 <= self.preprocess.photo_clahe <= 1.0:
-            raise ConfigError(f"preprocess.photo_clahe={self.preprocess.photo_clahe}: a clip limit in [0, 1] "
-                              "(0 = off; 0.01 is scikit-image's default)")
-        if self.data.modality == "photo" and self.model.spatial_dims != 2:
-            raise ConfigError(f"data.modality=photo needs model.spatial_dims=2, got {self.model.spatial_dims}")
+        if self.data.modality not in MODALITY_SPATIAL_DIMS:
+            raise ConfigError(f"data.modality={self.data.modality!r}: use {' or '.join(MODALITY_SPATIAL_DIMS)}")
+        if self.photo.color not in PHOTO_CHANNELS:
+            raise ConfigError(f"photo.color={self.photo.color!r}: use {', '.join(PHOTO_CHANNELS)}")
+        if not 0 <= self.photo.fov_threshold < 255:
+            raise ConfigError(f"photo.fov_threshold={self.photo.fov_threshold}: a grey level in 0..254 (0 = the "
+                              "whole image is the field of view)")
+        if self.photo.fov_diameter != 0 and not 32 <= self.photo.fov_diameter <= 8192:
+            raise ConfigError(f"photo.fov_diameter={self.photo.fov_diameter}: a field-of-view width in pixels "
+                              "between 32 and 8192, or 0 for the native size")
+        if not 0.0 <= self.photo.clahe <= 1.0:
+            raise ConfigError(f"photo.clahe={self.photo.clahe}: a clip limit in [0, 1] (0 = off; 0.01 is "
+                              "scikit-image's default)")
+        allowed_dims = MODALITY_SPATIAL_DIMS[self.data.modality]
+        if self.model.spatial_dims in (2, 3) and self.model.spatial_dims not in allowed_dims:
+            raise ConfigError(f"data.modality={self.data.modality} needs model.spatial_dims="
+                              f"{' or '.join(map(str, allowed_dims))}, got {self.model.spatial_dims}")
         labels = self.data.labels
         if len(labels) < 2 or labels[0] != "background":
             raise ConfigError(f"data.labels={list(labels)}: needs 'background' first and at least one "
@@ -285,6 +296,37 @@ def _check_positive(key: str, values: tuple) -> None:
 
 # ----------------------------------------------------------------------------- dict <-> dataclass
 
+# Keys that moved: old SECTION.KEY -> new one. Configs, run folders and --set overrides that use an old key
+# still load, with a warning naming the new one (where a file gives both, the new key's value is kept).
+MOVED_KEYS = {
+    "preprocess.photo_color": "photo.color",
+    "preprocess.photo_clahe": "photo.clahe",
+    "preprocess.photo_fov_threshold": "photo.fov_threshold",
+    "preprocess.photo_fov_diameter": "photo.fov_diameter",
+}
+
+
+def move_old_keys(data: dict) -> dict:
+    """A copy of ``data`` (a whole config as nested dicts) with the ``MOVED_KEYS`` at their new places."""
+    moved = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        source = moved.get(old_section)
+        if not isinstance(source, dict) or old_key not in source:
+            continue
+        value = source.pop(old_key)
+        target = moved.get(new_section) or {}
+        moved[new_section] = target
+        if not isinstance(target, dict):
+            continue  # from_dict reports the section that is not a mapping
+        if new_key in target:
+            log.warning("config key %s is now %s, which is set too: %s=%r is ignored", old, new, old, value)
+        else:
+            log.warning("config key %s is now %s: please rename it", old, new)
+            target[new_key] = value
+    return moved
+
+
 def to_dict(obj: Any) -> Any:
     """Plain YAML-friendly structure (tuples become lists)."""
     if is_dataclass(obj):
@@ -302,6 +344,8 @@ def from_dict(data: dict | None, cls: type = ExperimentConfig, where: str = "") 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
+    if cls is ExperimentConfig:
+        data = move_old_keys(data)
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(data) - set(valid))
@@ -423,6 +467,9 @@ def _apply_override(data: dict, override: str) -> None:
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"--set {override!r}: the key must be SECTION.KEY, e.g. train.lr; sections: "
                           f"{', '.join(f.name for f in fields(ExperimentConfig))}")
+    if ".".join(parts) in MOVED_KEYS:
+        log.warning("--set %s: the key is now %s", dotted.strip(), MOVED_KEYS[".".join(parts)])
+        parts = MOVED_KEYS[".".join(parts)].split(".")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -452,5 +499,6 @@ def config_from_yaml_text(text: str) -> ExperimentConfig:
     return from_dict(yaml.safe_load(text)).validate()
 
 
-__all__ = ["DataConfig", "PreprocessConfig", "ModelConfig", "TrainConfig", "InferConfig",
-           "ExperimentConfig", "load_config", "save_config", "apply_overrides", "to_dict", "from_dict"]
+__all__ = ["DataConfig", "PreprocessConfig", "ModelConfig", "TrainConfig", "InferConfig", "PhotoConfig",
+           "ExperimentConfig", "MOVED_KEYS", "MODALITY_SPATIAL_DIMS", "load_config", "save_config", "apply_overrides",
+           "to_dict", "from_dict"]

@@ -106,7 +106,7 @@ def monai_tutorial_epochs(cfg, items: list[dict], device: torch.device, workers:
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=t.iters_per_epoch * t.batch_size)
     loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels)).to(device)
+    model = build_model(cfg.model, in_channels=input_channels(cfg.model), out_channels=len(cfg.data.labels)).to(device)
     loss_function = SegmentationLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     use_amp = device.type == "cuda" and t.amp

@@ -56,7 +56,7 @@ def main() -> int:
         rows = []
         for name in args.models:
             cfg = apply_overrides(base, [f"model.name={name}"])
-            params = count_parameters(build_model(cfg.model, input_channels(cfg), len(cfg.data.labels)))
+            params = count_parameters(build_model(cfg.model, input_channels(cfg.model), len(cfg.data.labels)))
             run_dir = work / "runs" / f"{name}_{cfg.model.spatial_dims}d"
             start = time.perf_counter()
             train(cfg, run_dir, threads=args.threads, progress=False)

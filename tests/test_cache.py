@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from liverseg.config import load_config
-from liverseg.modalities.data import (StepSampler, cached_cases, case_dicts, load_training_manifest, preprocessing_key,
-                                      train_loader)
+from liverseg.modalities.data import (cached_cases, case_dicts, load_training_manifest, preprocessing_key,
+                                      volume_train_loader)
+from liverseg.modalities.sampling import StepSampler
 from liverseg.modalities.transforms import LoadCased, cached_transforms
 
 REPO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke_3d.yaml")
@@ -69,7 +70,7 @@ def test_ram_cache_holds_what_fits_the_budget(tiny_dataset):
 
 def test_samples_depend_on_seed_and_index_only(tiny_dataset):
     cfg, items = _setup(tiny_dataset, "train.batch_size=2", "train.aug_affine_prob=0.5")
-    loader = train_loader(cfg, items, workers=0, seed=3, ram_budget_gb=1.0)
+    loader = volume_train_loader(cfg, items, workers=0, seed=3, ram_budget_gb=1.0)
     assert isinstance(loader.sampler, StepSampler)
     dataset = loader.dataset
     a, b = dataset[17], dataset[17]
@@ -89,8 +90,8 @@ def test_samples_depend_on_seed_and_index_only(tiny_dataset):
 @pytest.mark.slow
 def test_worker_processes_draw_the_same_batches(tiny_dataset):
     cfg, items = _setup(tiny_dataset, "train.batch_size=2")
-    serial = train_loader(cfg, items, workers=0, seed=5, ram_budget_gb=1.0)
-    parallel = train_loader(cfg, items, workers=2, seed=5, ram_budget_gb=1.0)
+    serial = volume_train_loader(cfg, items, workers=0, seed=5, ram_budget_gb=1.0)
+    parallel = volume_train_loader(cfg, items, workers=2, seed=5, ram_budget_gb=1.0)
     for loader in (serial, parallel):
         loader.sampler.set_steps(0, 3)
     for x, y in zip(serial, parallel):

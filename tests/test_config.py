@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from liverseg.config import (DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig,
-                             TrainConfig, apply_overrides, load_config, save_config, to_dict)
+from liverseg.config import (MODALITY_SPATIAL_DIMS, MOVED_KEYS, DataConfig, ExperimentConfig, InferConfig, ModelConfig,
+                             PhotoConfig, PreprocessConfig, TrainConfig, apply_overrides, config_from_yaml_text,
+                             from_dict, load_config, save_config, to_dict)
 from liverseg.errors import ConfigError
 from liverseg.models import size_divisor
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SECTIONS = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig, "train": TrainConfig,
-            "infer": InferConfig}
+            "infer": InferConfig, "photo": PhotoConfig}
 
 
 def _names(cls) -> list[str]:
@@ -192,3 +193,112 @@ def test_every_shipped_config_loads_and_validates(path, tmp_path):
     assert all(s % divisor == 0 for s in cfg.infer.roi_size), cfg.infer.roi_size
     # And it survives the trip through a run folder's config.yaml.
     assert load_config(save_config(cfg, tmp_path / "config.yaml")) == cfg
+
+
+# ----------------------------------------------------------------------------- moved keys
+
+OLD_PHOTO_YAML = """data:
+  modality: photo
+  labels: [background, vessel]
+preprocess:
+  spacing_mm: [1.0, 1.0, 1.0]
+  photo_color: green
+  photo_clahe: 0.01
+  photo_fov_threshold: 10
+  photo_fov_diameter: 640
+model:
+  spatial_dims: 2
+  channels: [8, 16]
+  strides: [2]
+train:
+  patch_size: [64, 64]
+infer:
+  roi_size: [64, 64]
+  largest_component: []
+"""
+NEW_PHOTO = PhotoConfig(color="green", clahe=0.01, fov_threshold=10, fov_diameter=640)
+
+
+def test_an_old_config_with_preprocess_photo_keys_loads_into_the_photo_section(tmp_path, caplog):
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_PHOTO_YAML)
+    with caplog.at_level("WARNING", logger="liverseg.config"):
+        cfg = load_config(path)
+    assert cfg.photo == NEW_PHOTO
+    assert cfg.preprocess.spacing_mm == (1.0, 1.0, 1.0)  # the section's other keys stay where they were
+    for old, new in MOVED_KEYS.items():
+        assert any(old in r.getMessage() and new in r.getMessage() for r in caplog.records), old
+    # a run folder's config.yaml and a checkpoint's config dict of that age load the same way
+    assert config_from_yaml_text(OLD_PHOTO_YAML) == cfg
+    assert from_dict(yaml.safe_load(OLD_PHOTO_YAML)).validate() == cfg
+    # and are saved in the new layout
+    saved = yaml.safe_load(save_config(cfg, tmp_path / "config.yaml").read_text())
+    assert saved["photo"]["color"] == "green" and "photo_color" not in saved["preprocess"]
+
+
+def test_old_keys_in_set_overrides_set_the_new_ones(tmp_path):
+    cfg = load_config(overrides=["preprocess.photo_color=gray", "preprocess.photo_fov_diameter=512"])
+    assert (cfg.photo.color, cfg.photo.fov_diameter) == ("gray", 512)
+    assert apply_overrides(cfg, ["preprocess.photo_clahe=0.02"]).photo.clahe == 0.02
+    # an override, old key or new, wins over an old key in the file
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_PHOTO_YAML)
+    assert load_config(path, ["photo.color=rgb"]).photo.color == "rgb"
+    assert load_config(path, ["preprocess.photo_color=gray"]).photo.color == "gray"
+
+
+def test_the_new_key_wins_where_a_file_gives_both(caplog):
+    data = yaml.safe_load(OLD_PHOTO_YAML)
+    data["photo"] = {"color": "rgb"}
+    with caplog.at_level("WARNING", logger="liverseg.config"):
+        cfg = from_dict(data).validate()
+    assert cfg.photo.color == "rgb" and cfg.photo.clahe == 0.01
+    assert any("ignored" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("photo.color=blue", "photo.color"),
+    ("photo.fov_threshold=300", "photo.fov_threshold"),
+    ("photo.fov_diameter=8", "photo.fov_diameter"),
+    ("photo.clahe=2", "photo.clahe"),
+])
+def test_invalid_photo_values_name_the_new_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+# ----------------------------------------------------------------------------- modalities
+
+def test_modality_for_picks_the_plug_in_the_config_names():
+    from liverseg.modalities import MODALITIES, modality_for
+
+    assert set(MODALITIES) == set(MODALITY_SPATIAL_DIMS)
+    for name, modality in MODALITIES.items():
+        assert modality.name == name
+        assert modality.traits.spatial_dims == MODALITY_SPATIAL_DIMS[name]
+    assert modality_for(ExperimentConfig()).traits.inputs == "CT"
+    photo = load_config(overrides=["data.modality=photo", "model.spatial_dims=2", "model.slices_2d=1",
+                                   "train.patch_size=[64, 64]", "infer.roi_size=[64, 64]", "photo.color=gray"])
+    assert modality_for(photo).traits.inputs == "PHOTO"
+    assert modality_for(photo).in_channels(photo) == 1
+    rgb = dataclasses.replace(photo, photo=PhotoConfig(color="rgb"))
+    assert modality_for(rgb).in_channels(rgb) == 3
+    unknown = dataclasses.replace(photo, data=DataConfig(modality="mri"))
+    with pytest.raises(ConfigError, match="data.modality='mri': use ct or photo"):
+        modality_for(unknown)
+
+
+def test_photo_needs_a_2d_model():
+    with pytest.raises(ConfigError, match="data.modality=photo needs model.spatial_dims=2, got 3"):
+        load_config(overrides=["data.modality=photo"])
+
+
+def test_choosing_a_modality_imports_no_torch():
+    """Prediction from an exported model reads the traits without PyTorch or MONAI."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from liverseg.config import ExperimentConfig; from liverseg.modalities import modality_for; "
+            "modality_for(ExperimentConfig()); print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

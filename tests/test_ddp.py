@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from liverseg.config import load_config
-from liverseg.modalities.data import case_dicts, load_training_manifest, validation_cases
-from liverseg.models import build_model, input_channels
+from liverseg.modalities import modality_for
+from liverseg.modalities.data import case_dicts, load_training_manifest, volume_validation_cases
+from liverseg.models import build_model
 from liverseg.training.loop import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +55,10 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint_set(tiny_dataset, tmp_p
 
     # The logged Dice is the mean over both validation cases, i.e. both ranks' shares were gathered.
     cfg = load_config(run_dir / "config.yaml")
-    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels))
+    model = build_model(cfg.model, in_channels=modality_for(cfg).in_channels(cfg), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     loaded = load_training_manifest(cfg)
-    cases = validation_cases(cfg, case_dicts(loaded.split("val"), "val", loaded))
+    cases = volume_validation_cases(cfg, case_dicts(loaded.split("val"), "val", loaded))
     assert len(cases) == 2
     expected = validate(model, cases, cfg, torch.device("cpu"))
     assert float(rows[0]["val_dice_liver"]) == pytest.approx(expected["liver"], abs=1e-6)

@@ -18,7 +18,7 @@ from liverseg.io.photos import check_same_size, read_mask, read_photo, read_prob
 from liverseg.reports.case_report import save_png
 from liverseg.datasets.manifest import load_manifest, write_manifest
 from liverseg.datasets.photo_manifests import import_chase, import_drive
-from liverseg.modalities.photo import PhotoPatches, crop_transformed, load_photo_case, select_channels, standardize
+from liverseg.modalities.photo_data import PhotoPatches, crop_transformed, load_photo_case, select_channels, standardize
 
 SHARED_CHASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chasedb1"
 
@@ -260,12 +260,12 @@ def test_train_predict_evaluate_photos_through_the_cli(photo_dataset, tmp_path, 
     run = tmp_path / "run"
     code = main(["train", "--config", "configs/smoke_2d.yaml", "--run-dir", str(run), "-q",
                  "--set", f"data.manifest={manifest}", "--set", "data.modality=photo",
-                 "--set", "data.labels=[background, vessel]", "--set", "preprocess.photo_color=green",
+                 "--set", "data.labels=[background, vessel]", "--set", "photo.color=green",
                  "--set", "model.slices_2d=1", "--set", "train.patch_size=[32, 32]",
                  "--set", "train.epochs=4", "--set", "train.iters_per_epoch=10", "--set", "train.lr=0.01",
                  "--set", "train.val_every=4", "--set", "infer.roi_size=[32, 32]",
                  "--set", "infer.largest_component=[]", "--set", "train.aug_affine_prob=0",
-                 "--set", "preprocess.photo_fov_threshold=10"])
+                 "--set", "photo.fov_threshold=10"])
     assert code == 0
     out = tmp_path / "pred"
     assert main(["predict", "--manifest", str(manifest), "--split", "test", "-o", str(out), "--model", str(run),
@@ -283,7 +283,7 @@ def test_train_predict_evaluate_photos_through_the_cli(photo_dataset, tmp_path, 
     assert main(["predict", str(photo_dataset / "img4.jpg"), str(loose), "-o", str(tmp_path / "plain"),
                  "--model", str(run), "-q"]) == 0
     assert (tmp_path / "plain" / "img4" / "mask.png").is_file() and (tmp_path / "plain" / "a" / "overlay.png").is_file()
-    # without its FOV mask the field of view comes from preprocess.photo_fov_threshold: the dark corners
+    # without its FOV mask the field of view comes from photo.fov_threshold: the dark corners
     # stay background, and the mask is close to the one predicted with the true FOV mask
     plain_mask = np.asarray(Image.open(tmp_path / "plain" / "img4" / "mask.png"))
     assert not plain_mask[:4, :4].any() and not plain_mask[-4:, -4:].any()
@@ -347,18 +347,18 @@ def test_loss_kinds():
 
 def test_automatic_fov_finds_the_lit_disc():
     rgb, _, fov = _vessel_photo(np.random.default_rng(1))
-    from liverseg.modalities.photo import automatic_fov
+    from liverseg.modalities.photo_data import automatic_fov
 
     assert np.mean(automatic_fov(rgb, 10) == fov) > 0.99
 
 
 def test_rgb_photos_train_and_predict_with_three_input_channels(photo_dataset, tmp_path):
-    """photo_color=rgb: the network is built for the photo's 3 channels, not the CT's 1."""
+    """photo.color=rgb: the network is built for the photo's 3 channels, not the CT's 1."""
     manifest = photo_dataset / "manifest.json"
     run = tmp_path / "run"
     assert main(["train", "--config", "configs/smoke_2d.yaml", "--run-dir", str(run), "-q",
                  "--set", f"data.manifest={manifest}", "--set", "data.modality=photo",
-                 "--set", "data.labels=[background, vessel]", "--set", "preprocess.photo_color=rgb",
+                 "--set", "data.labels=[background, vessel]", "--set", "photo.color=rgb",
                  "--set", "model.slices_2d=1", "--set", "train.patch_size=[32, 32]", "--set", "train.epochs=1",
                  "--set", "train.iters_per_epoch=2", "--set", "infer.roi_size=[32, 32]",
                  "--set", "infer.largest_component=[]"]) == 0

@@ -21,7 +21,7 @@ from monai.losses.cldice import soft_skel
 from liverseg.training.losses import SegmentationLoss
 from liverseg.datasets.manifest import write_manifest
 from liverseg.datasets.photo_manifests import chase_cv_splits, import_chase
-from liverseg.modalities.photo import load_photo_case, network_size, to_network_resolution
+from liverseg.modalities.photo_data import load_photo_case, network_size, to_network_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 CHASE_IDS = [f"Image_{n:02d}{side}" for n in range(1, 15) for side in "LR"]
@@ -84,8 +84,8 @@ def test_resizing_keeps_classes_integral_and_a_half_size_vessel_survives():
 
 
 def test_photo_fov_diameter_is_validated():
-    with pytest.raises(ConfigError, match="photo_fov_diameter"):
-        apply_overrides(ExperimentConfig(), ["preprocess.photo_fov_diameter=8"]).validate()
+    with pytest.raises(ConfigError, match="photo.fov_diameter"):
+        apply_overrides(ExperimentConfig(), ["photo.fov_diameter=8"]).validate()
 
 
 def _toy_vessels(root: Path, size: int = 64) -> Path:
@@ -116,7 +116,7 @@ def test_training_at_a_normalised_resolution_predicts_on_the_photographs_own_pix
     manifest = _toy_vessels(tmp_path)
     cfg = apply_overrides(ExperimentConfig(), [
         "data.modality=photo", "data.labels=[background, vessel]", "model.spatial_dims=2",
-        f"data.manifest={manifest}", "preprocess.photo_fov_diameter=32", "infer.largest_component=[]",
+        f"data.manifest={manifest}", "photo.fov_diameter=32", "infer.largest_component=[]",
         "train.patch_size=[16, 16]", "infer.roi_size=[32, 32]"]).validate()
     from liverseg.datasets.manifest import load_manifest
 
@@ -126,7 +126,7 @@ def test_training_at_a_normalised_resolution_predicts_on_the_photographs_own_pix
     assert size[0] < 40 and tuple(case["image"].shape) == (3, *size) and tuple(case["label"].shape) == (1, *size)
     run = tmp_path / "run"
     assert main(["train", "--config", "configs/vessels_2d.yaml", "--run-dir", str(run), "-q", "--threads", "1",
-                 "--set", f"data.manifest={manifest}", "--set", "preprocess.photo_fov_diameter=32",
+                 "--set", f"data.manifest={manifest}", "--set", "photo.fov_diameter=32",
                  "--set", "train.epochs=1", "--set", "train.iters_per_epoch=2", "--set", "train.batch_size=2",
                  "--set", "train.patch_size=[16, 16]", "--set", "infer.roi_size=[32, 32]"]) == 0
     out = tmp_path / "pred"

@@ -44,6 +44,7 @@ from ..errors import InputError
 from .writers import example_input
 from ..engine.loaded import TrainedModel
 from ..inference.sources import load_trained_model
+from ..modalities import modality_for
 from ..run_folder import RUN, monai_bundle_path
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ BUNDLE_VERSION = "0.1.0"
 
 def _check_exportable(trained: "TrainedModel", run_dir: Path) -> None:
     cfg = trained.cfg
-    if cfg.data.modality != "ct":
+    if not modality_for(cfg).traits.exportable:
         raise InputError(f"{run_dir}: --format monai-bundle supports CT runs (data.modality=ct), this run is "
                          f"data.modality={cfg.data.modality}")
     if cfg.model.spatial_dims != 3:

@@ -32,6 +32,7 @@ from ..config import ExperimentConfig, to_dict
 from ..errors import InputError
 from ..engine.loaded import TrainedModel, file_digest
 from ..inference.sources import load_trained_model
+from ..modalities import modality_for
 from ..run_folder import EXPORT_NAMES, export_path
 
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
@@ -46,9 +47,7 @@ def example_input(cfg: ExperimentConfig) -> "torch.Tensor":
 
     divisor = cfg.model.size_divisor
     tile = [-(-r // divisor) * divisor for r in cfg.infer.roi_size]
-    from ..models import input_channels
-
-    return torch.zeros((1, input_channels(cfg), *tile), dtype=torch.float32)
+    return torch.zeros((1, modality_for(cfg).in_channels(cfg), *tile), dtype=torch.float32)
 
 
 def _meta(trained: TrainedModel) -> dict:
@@ -69,7 +68,7 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         except ImportError:
             raise InputError("--format onnx needs the onnx package: pip install 'liverseg[onnx]'") from None
     trained = load_trained_model(run_dir, "cpu")
-    if trained.cfg.data.modality != "ct":
+    if not modality_for(trained.cfg).traits.exportable:
         raise InputError(f"{run_dir}: export supports CT runs (data.modality=ct), this run is "
                          f"data.modality={trained.cfg.data.modality}; predict with --model {run_dir}")
     out = Path(out) if out is not None else export_path(run_dir, fmt)

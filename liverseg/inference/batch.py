@@ -37,6 +37,7 @@ from .case_folders import OWNER_FILE, clean_stale_partials, commit_case_folder, 
 from .cases import cases_from_inputs
 from ..engine.loaded import Ensemble, TrainedModel, predict
 from .sources import load_ensemble, load_model
+from ..modalities import modality_for
 from .summary import BATCH_SUMMARY, summary_row, write_batch_summary
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         if isinstance(bundle.model, Ensemble):
             bundle.model.members = [replace(m, cfg=_infer_overrides(m.cfg, options.overrides))
                                     for m in bundle.model.members]
-    check_headers = bundle.cfg.data.modality == "ct"
+    check_headers = modality_for(bundle.cfg).traits.volume_inputs
     # a batch of one: read (and so proven whole) before anything is written, its error the run's; the
     # volume is then segmented as read, not read a second time
     first_read = (cases[0].case_id, _read_case(cases[0], options)) if check_headers and len(cases) == 1 else None
@@ -220,10 +221,9 @@ def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: Predi
     final = out_dir / case.case_id
     work = owned_temp_dir(out_dir, case.case_id, ".partial")
     try:
-        if bundle.cfg.data.modality == "photo":
-            from ..modalities.photo import predict_photo_case  # torch: photos imports it at the top
-
-            predict_photo_case(bundle, case, work)
+        modality = modality_for(bundle.cfg)
+        if not modality.traits.volume_inputs:  # self-contained files (photographs): the modality writes them
+            modality.write_case(bundle, case, work)
         elif segmented is not None:
             write_ct_case(bundle, case, work, options, segmented)
         else:

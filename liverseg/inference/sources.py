@@ -21,6 +21,7 @@ from ..config import ExperimentConfig, config_from_yaml_text
 from ..errors import ConfigError, InputError
 from ..run_folder import current_onnx_export, find_checkpoint, find_exported, is_run_folder, read_checkpoint
 from ..engine.loaded import Ensemble, TrainedModel, file_digest, nvidia_gpu_present, resolve_device
+from ..modalities import modality_for
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
 
 def load_trained_model(run_dir: str | Path, device: Any = "cpu") -> TrainedModel:
     """Rebuild the model from a run folder alone (config + checkpoint)."""
-    from ..models import build_model, input_channels  # MONAI is imported only for checkpoints
+    from ..models import build_model  # MONAI is imported only for checkpoints
 
     device = resolve_device(device)
     checkpoint_path, checkpoint, cfg = read_checkpoint(run_dir)
-    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=len(cfg.data.labels))
+    model = build_model(cfg.model, in_channels=modality_for(cfg).in_channels(cfg), out_channels=len(cfg.data.labels))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     epoch = int(checkpoint.get("epoch", 0))
@@ -107,7 +108,7 @@ def load_ensemble(paths: Sequence[str | Path | None], device: Any = None, thread
             raise InputError(f"--model {path}: a built-in model gives labels, not probabilities, so it cannot be "
                              f"an ensemble member; use run folders or exported models "
                              f"(built-in: {', '.join(builtin.BUILTIN_MODELS)})")
-        if trained.cfg.data.modality != "ct":
+        if not modality_for(trained.cfg).traits.volume_inputs:
             raise InputError(f"--model {path}: a {trained.cfg.data.modality} model; ensembles are for CT models")
         first_path, first = (paths[0], members[0]) if members else (path, trained)
         if tuple(trained.cfg.data.labels) != tuple(first.cfg.data.labels):

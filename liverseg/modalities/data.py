@@ -1,11 +1,7 @@
-"""Datasets, loaders and caching for training and validation.
+"""Training manifests (every modality), and the CT volumes' datasets, loaders and caching.
 
-Training samples are a pure function of ``(seed, sample index)``: sample ``i`` picks its case and
-seeds its augmentation from ``(seed, i)`` alone. The global step therefore fixes everything a
-batch holds, whatever the number of loader workers or processes, so a run killed mid-epoch and
-resumed from its step draws exactly the batches it would have drawn (bitwise-equal weights on CPU).
-Under ``torchrun`` the sample indices of a step are split across ranks (``StepSampler``), which is
-``DistributedSampler``'s job done on the step grid.
+CT training patches are drawn as ``sampling.py`` describes: sample ``i`` is a pure function of
+``(seed, i)``, and ``StepSampler`` splits each step's samples across ranks.
 
 Caching: the deterministic part of the pipeline (read, reorient, resample, normalise, pad,
 foreground/background indices) runs once per case. With ``cache_dir`` its results go to a disk
@@ -29,11 +25,12 @@ from monai.transforms import Compose
 from ..config import ExperimentConfig, to_dict
 from ..errors import ConfigError, InputError, surface_user_errors
 from ..datasets.manifest import Case, Manifest, load_manifest
+from .sampling import StepSampler, sample_seed
 from .transforms import LoadCased, augmentation, cached_transforms, crop_size
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_CACHE_VERSION = 1  # bump when the cached transforms change meaning
+PREPROCESS_CACHE_VERSION = 2  # bump when the cached transforms change meaning
 
 
 def load_training_manifest(cfg: ExperimentConfig, manifest_override: str | None = None) -> Manifest:
@@ -68,12 +65,7 @@ def case_dicts(cases: list[Case], split: str, manifest: Manifest, need_labels: b
     return items
 
 
-# ----------------------------------------------------------------------------- deterministic sampling
-
-def sample_seed(seed: int, *keys: int) -> int:
-    """A 32-bit seed that depends only on the run seed and ``keys`` (a sample index; a step, rank, ...)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(1)[0])
-
+# ----------------------------------------------------------------------------- training patches
 
 class StepDataset(torch.utils.data.Dataset):
     """``dataset[i]``: an augmented patch drawn for global sample index ``i``, a pure function of
@@ -98,27 +90,6 @@ class StepDataset(torch.utils.data.Dataset):
             out = out[0]
         return {"image": torch.as_tensor(out["image"]).float().contiguous(),
                 "label": torch.as_tensor(out["label"]).long().contiguous()}
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """Sample indices of global steps ``[first_step, stop_step)`` for one rank: step ``s`` of rank
-    ``r`` among ``world`` takes indices ``(s * world + r) * batch + b``. ``set_steps`` moves it (the
-    training loop sets each epoch's range, or the remainder of one after a resume)."""
-
-    def __init__(self, batch_size: int, rank: int = 0, world: int = 1) -> None:
-        self.batch_size, self.rank, self.world = batch_size, rank, world
-        self.first_step = self.stop_step = 0
-
-    def set_steps(self, first_step: int, stop_step: int) -> None:
-        self.first_step, self.stop_step = int(first_step), int(stop_step)
-
-    def __len__(self) -> int:
-        return max(0, self.stop_step - self.first_step) * self.batch_size
-
-    def __iter__(self):
-        for step in range(self.first_step, self.stop_step):
-            base = (step * self.world + self.rank) * self.batch_size
-            yield from range(base, base + self.batch_size)
 
 
 # ----------------------------------------------------------------------------- caching
@@ -208,15 +179,11 @@ def cached_cases(cfg: ExperimentConfig, items: list[dict], transforms: Sequence[
 
 # ----------------------------------------------------------------------------- loaders
 
-def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: int, *, rank: int = 0,
-                 world: int = 1, cache_dir: str | os.PathLike | None = None,
-                 ram_budget_gb: float | None = None) -> torch.utils.data.DataLoader:
-    """Loader of augmented patches; its ``sampler`` is a ``StepSampler`` that the training loop
+def volume_train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: int, *, rank: int = 0,
+                        world: int = 1, cache_dir: str | os.PathLike | None = None,
+                        ram_budget_gb: float | None = None) -> torch.utils.data.DataLoader:
+    """Loader of augmented CT patches; its ``sampler`` is a ``StepSampler`` that the training loop
     points at the steps to draw (``loader.sampler.set_steps(first, stop)``)."""
-    if cfg.data.modality == "photo":
-        from .photo import photo_train_loader
-
-        return photo_train_loader(cfg, items, workers, seed, rank=rank, world=world)
     cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
     dataset = StepDataset(cases, Compose(augmentation(cfg)), seed)
     sampler = StepSampler(cfg.train.batch_size, rank, world)
@@ -226,15 +193,11 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
                                        prefetch_factor=4 if workers > 0 else None, drop_last=False)
 
 
-def validation_cases(cfg: ExperimentConfig, items: list[dict]):
-    """Whole preprocessed volumes (no augmentation), cached in memory."""
-    if cfg.data.modality == "photo":
-        from .photo import photo_validation_cases
-
-        return photo_validation_cases(cfg, items)
+def volume_validation_cases(cfg: ExperimentConfig, items: list[dict]):
+    """Whole preprocessed CT volumes (no augmentation), cached in memory."""
     with surface_user_errors():
         return CacheDataset(items, transform=LoadCased(cfg), cache_rate=1.0, num_workers=None, progress=False)
 
 
-__all__ = ["load_training_manifest", "case_dicts", "train_loader", "validation_cases", "StepDataset",
-           "StepSampler", "sample_seed", "cached_cases", "preprocessing_key"]
+__all__ = ["load_training_manifest", "case_dicts", "volume_train_loader", "volume_validation_cases", "StepDataset",
+           "cached_cases", "preprocessing_key"]

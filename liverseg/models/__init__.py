@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PHOTO_CHANNELS, ExperimentConfig, ModelConfig
+from ..config import ModelConfig
 from ..errors import ConfigError
 from .kul_resunet import build_kul_resunet
 from .kul_unet import build_kul_unet
@@ -91,13 +91,9 @@ class SizeAdapter(nn.Module):
         return [self._crop(o, spatial) for o in resized]
 
 
-def input_channels(cfg: ExperimentConfig | ModelConfig) -> int:
-    """Channels the network sees. CT: 3D models see the volume, 2D models ``slices_2d`` neighbouring
-    axial slices. Photographs (needs the whole ExperimentConfig): their colour channels."""
-    if isinstance(cfg, ExperimentConfig):
-        if cfg.data.modality == "photo":
-            return PHOTO_CHANNELS[cfg.preprocess.photo_color]
-        cfg = cfg.model
+def input_channels(cfg: ModelConfig) -> int:
+    """Channels a volume network sees: 3D models the volume, 2D models ``slices_2d`` neighbouring axial
+    slices. (The channels of any modality: ``modalities.modality_for(cfg).in_channels(cfg)``.)"""
     return cfg.slices_2d if cfg.spatial_dims == 2 else 1
 
 

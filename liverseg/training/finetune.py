@@ -8,7 +8,7 @@
   writes exactly as ``hu_window [-200, 200]``, ``intensity_mean_hu 0``, ``intensity_std_hu 400``:
   ``(clip(HU, -200, 200) - 0) / 400``) replace the config's ``model`` and ``preprocess``;
 * a run folder written by ``liverseg train`` (its best checkpoint, else its latest) or one such
-  checkpoint file (``.pt``): its ``model``, ``preprocess``, ``data.modality``, ``train.patch_size`` and
+  checkpoint file (``.pt``): its ``model``, ``preprocess``, ``photo``, ``data.modality``, ``train.patch_size`` and
   ``infer.roi_size`` replace the config's.
 
 ``--set`` overrides are applied after that and win, except where they would make the weights
@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import ExperimentConfig, ModelConfig, PreprocessConfig, apply_overrides, to_dict
 from ..errors import ConfigError, InputError
+from ..modalities import modality_for
 from ..run_folder import RUN, find_checkpoint, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ def finetune_config(cfg: ExperimentConfig, source: InitSource, overrides: list[s
     if source.kind == "builtin":
         infer = replace(infer, coarse_to_fine=src.infer.coarse_to_fine)
     data = replace(cfg.data, modality=src.data.modality)
-    adapted = replace(cfg, data=data, preprocess=src.preprocess, model=src.model, train=train, infer=infer)
+    adapted = replace(cfg, data=data, preprocess=src.preprocess, photo=src.photo, model=src.model, train=train,
+                      infer=infer)
     try:
         adapted = adapted.validate()
         final = apply_overrides(adapted, overrides) if overrides else adapted
@@ -168,19 +170,20 @@ def check_compatible(cfg: ExperimentConfig, source: InitSource, warn: bool = Tru
             raise ConfigError(f"--init {source.label}: model.{key}={_show(mine)} but the source's weights are "
                               f"model.{key}={_show(theirs)}; fine-tuning keeps the source's architecture (drop that "
                               "--set, or train from scratch without --init)")
-    if cfg.data.modality != src.data.modality:
+    if modality_for(cfg) is not modality_for(src):
         raise ConfigError(f"--init {source.label}: data.modality={cfg.data.modality} but the source was trained on "
                           f"{src.data.modality}")
-    if cfg.train.auto_plan and cfg.data.modality == "ct":
+    if cfg.train.auto_plan and modality_for(cfg).traits.auto_plan:
         raise ConfigError(f"--init {source.label}: train.auto_plan=true would re-plan the spacing and intensity "
                           "normalisation the source's weights were trained with; leave it false (set "
                           "train.patch_size / batch_size yourself)")
-    for key in ("spacing_mm", "hu_window", "intensity_mean_hu", "intensity_std_hu", "photo_color", "photo_clahe",
-                "photo_fov_diameter"):
-        mine, theirs = getattr(cfg.preprocess, key), getattr(src.preprocess, key)
+    for section, key in (("preprocess", "spacing_mm"), ("preprocess", "hu_window"), ("preprocess", "intensity_mean_hu"),
+                         ("preprocess", "intensity_std_hu"), ("photo", "color"), ("photo", "clahe"),
+                         ("photo", "fov_diameter")):
+        mine, theirs = getattr(getattr(cfg, section), key), getattr(getattr(src, section), key)
         if mine != theirs and warn:
-            log.warning("--init %s: preprocess.%s=%s differs from the source's %s: the weights start from images "
-                        "prepared otherwise", source.label, key, _show(mine), _show(theirs))
+            log.warning("--init %s: %s.%s=%s differs from the source's %s: the weights start from images "
+                        "prepared otherwise", source.label, section, key, _show(mine), _show(theirs))
 
 
 def _show(value: Any) -> str:

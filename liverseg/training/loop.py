@@ -34,15 +34,15 @@ from tqdm import tqdm
 from .. import __version__
 from .. import distributed as dist_utils
 from ..config import ExperimentConfig, save_config
-from ..modalities.data import case_dicts, load_training_manifest, sample_seed, train_loader, validation_cases
+from ..modalities import modality_for
+from ..modalities.data import case_dicts, load_training_manifest
+from ..modalities.sampling import sample_seed
 from ..errors import InputError, surface_user_errors
 from ..export.writers import export_model
 from .finetune import FIXED_SHAPE_ONNX, InitSource, check_compatible, load_init, resolve_init
 from ..engine.loaded import resolve_device
-from ..engine.tiling import network_probabilities
-from ..metrics import dice
 from .losses import SegmentationLoss
-from ..models import build_model, count_parameters, input_channels
+from ..models import build_model, count_parameters
 from ..run_folder import RUN, check_run_dir, resume_from_last, save_checkpoint, write_init_record, write_plan
 from .log import TensorBoard, summary, write_curves, write_metrics
 
@@ -81,7 +81,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
         manifest = load_training_manifest(cfg)
         train_items = case_dicts(manifest.split(cfg.data.train_split), cfg.data.train_split, manifest)
         val_items = case_dicts(manifest.split(cfg.data.val_split), cfg.data.val_split, manifest)
-        if cfg.train.auto_plan and cfg.data.modality == "ct" and not resume:  # a resumed run keeps its plan
+        if cfg.train.auto_plan and modality_for(cfg).traits.auto_plan and not resume:  # a resumed run keeps its plan
             from .plan import apply_plan, plan_dataset
 
             plan = plan_dataset(train_items, cfg, progress=progress) if ctx.is_main else None
@@ -138,10 +138,11 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     log.info("liverseg %s: training %s on %d cases, validating on %d, device %s, %d CPU threads%s",
              __version__, cfg.model.name, len(train_items), len(val_items), device, torch.get_num_threads(),
              f", {ctx.world} processes" if ctx.distributed else "")
-    loader = train_loader(cfg, train_items, workers, t.seed, rank=ctx.rank, world=ctx.world,
-                          cache_dir=cache_dir, ram_budget_gb=ram_cache_gb)
+    modality = modality_for(cfg)
+    loader = modality.train_loader(cfg, train_items, workers, t.seed, rank=ctx.rank, world=ctx.world,
+                                   cache_dir=cache_dir, ram_budget_gb=ram_cache_gb)
     val_share = val_items[ctx.rank::ctx.world]  # a rank may have none (fewer cases than processes)
-    val_data = validation_cases(cfg, val_share) if val_share else []
+    val_data = modality.validation_cases(cfg, val_share) if val_share else []
 
     # ---- model and optimisation
     n_classes = len(cfg.data.labels)
@@ -149,7 +150,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
     # step measured on the demo U-Net); the weights saved are the same tensors either way.
     memory_format = (torch.channels_last_3d if device.type == "cpu" and cfg.model.spatial_dims == 3
                      else torch.contiguous_format)
-    model = build_model(cfg.model, in_channels=input_channels(cfg), out_channels=n_classes)
+    model = build_model(cfg.model, in_channels=modality.in_channels(cfg), out_channels=n_classes)
     init_record = None
     if source is not None:  # fine-tuning: the source's weights where they fit (before the optimizer sees them)
         init_record = load_init(model, source)
@@ -255,8 +256,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
         log.info("%s", summary(run_dir, rows, cfg.data.labels, best_epoch=best_epoch, best_metric=best_metric,
                                seconds=seconds, iterations=step - first_step,
                                patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world,
-                               inputs="CT" if cfg.data.modality == "ct" else "PHOTO"))
-        if t.export_onnx and cfg.data.modality == "ct":
+                               inputs=modality_for(cfg).traits.inputs))
+        if t.export_onnx and modality_for(cfg).traits.exportable:
             if cfg.model.name in FIXED_SHAPE_ONNX:
                 # their forward pads and crops from Python-computed sizes, which an ONNX trace fixes to the
                 # example tile's: the file would fail on other tile sizes (see finetune.FIXED_SHAPE_ONNX)
@@ -296,20 +297,13 @@ def validate(model: torch.nn.Module, cases, cfg: ExperimentConfig, device: torch
              per_case: bool = False) -> dict:
     """Dice per foreground label over the validation cases, on the network grid: the mean per
     label, or with ``per_case`` the list of per-case values (to gather across ranks)."""
+    modality = modality_for(cfg)
     model.eval()
     per_label: dict[str, list[float]] = {name: [] for name in cfg.data.labels[1:]}
     with torch.inference_mode():
         for case in cases:
-            if cfg.data.modality == "photo":
-                from ..modalities.photo import photo_probabilities
-
-                probabilities = photo_probabilities(model, case["image"], cfg, device)
-            else:
-                probabilities = network_probabilities(model, case["image"][0], cfg, device)
-            predicted = np.asarray(probabilities).argmax(0)
-            reference = case["label"][0].numpy()
-            for index, name in enumerate(cfg.data.labels[1:], start=1):
-                per_label[name].append(dice(predicted == index, reference == index))
+            for name, value in modality.score_case(model, case, cfg, device).items():
+                per_label[name].append(value)
     model.train()
     if per_case:
         return per_label
@@ -333,7 +327,7 @@ def _batches(loader):
 def _has_unused_parameters(forward: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> bool:
     """Whether a training step leaves parameters without gradient (e.g. ma_unet's deep-supervision
     heads when deep_supervision is off); DDP must then be told, or it waits for them forever."""
-    size = (1, input_channels(cfg), *cfg.train.patch_size)
+    size = (1, modality_for(cfg).in_channels(cfg), *cfg.train.patch_size)
     forward.eval()  # the same parameters take part, and batch-norm running statistics stay untouched
     try:
         outputs = forward(torch.zeros(size, device=device))

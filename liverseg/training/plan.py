@@ -35,6 +35,7 @@ from ..io.labels import read_label
 from ..io.volume import spacing_from_affine
 from ..grid.record import canonical_affine, canonical_ornt
 from ..grid.road import remap_labels
+from ..modalities import modality_for
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def plan_patch_and_batch(cfg: ExperimentConfig, median_shape: list[float], total
 
 def plan_dataset(items: list[dict], cfg: ExperimentConfig, progress: bool = False) -> dict:
     """The plan (a JSON-able dict) for ``cfg``'s model and memory budget from the training cases."""
-    if cfg.data.modality != "ct":
+    if not modality_for(cfg).traits.auto_plan:
         raise ConfigError(f"data.modality={cfg.data.modality!r}: planning applies to CT only")
     if not items:
         raise InputError("planning needs at least one training case")
@@ -189,7 +190,7 @@ def plan_command(manifest: str, root: str | None, config: Path | None, overrides
     from ..modalities.data import case_dicts, load_training_manifest
 
     cfg = load_config(config, [*overrides, f"data.manifest={manifest}"] + ([f"data.root={root}"] if root else []))
-    if cfg.data.modality != "ct":
+    if not modality_for(cfg).traits.auto_plan:
         raise ConfigError(f"{config}: data.modality={cfg.data.modality!r}; planning applies to CT only")
     loaded = load_training_manifest(cfg)
     items = case_dicts(loaded.split(cfg.data.train_split), cfg.data.train_split, loaded)

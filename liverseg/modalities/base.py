@@ -1,0 +1,89 @@
+"""The modality interface: what one kind of input (CT volumes, 2D photographs) supplies to training,
+prediction and export, so that the code above this package asks its modality instead of testing
+``data.modality``'s value.
+
+A modality is a static record of traits (``ModalityTraits``: what applies to it) and four behaviours:
+load a case, build its training and validation data, predict a case, score a case. ``modality_for(cfg)``
+(``liverseg.modalities``) picks the one the config names.
+
+This module and the plug-ins' own modules (``ct.py``, ``photo.py``) import no PyTorch or MONAI at the top:
+prediction from an exported model asks for the traits without loading either.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ExperimentConfig
+from ..metrics import dice
+
+
+@dataclass(frozen=True)
+class ModalityTraits:
+    """What applies to a modality, fixed for it (not configurable)."""
+    name: str  # the data.modality value that chooses it
+    inputs: str  # the input kind written in run summaries and exports ("CT", "PHOTO")
+    spatial_dims: tuple[int, ...]  # model.spatial_dims values it allows
+    # Inputs are volumes with headers: batch prediction reads them once with header and intensity checks
+    # (and pipelines reading with predicting), they may be ensembled, and ``liverseg.segment`` takes them.
+    # Otherwise every input is a self-contained file that ``Modality.write_case`` predicts on its own.
+    volume_inputs: bool
+    auto_plan: bool  # `liverseg plan` and train.auto_plan derive spacing, intensities and patch from its data
+    exportable: bool  # ONNX / TorchScript / MONAI-bundle export, and the ONNX written at the end of training
+
+
+class Modality(ABC):
+    """One modality. Subclasses set ``traits`` and implement the abstract methods."""
+
+    traits: ModalityTraits
+
+    @property
+    def name(self) -> str:
+        return self.traits.name
+
+    @abstractmethod
+    def in_channels(self, cfg: ExperimentConfig) -> int:
+        """Input channels of the network for ``cfg``."""
+
+    @abstractmethod
+    def load_case(self, item: dict, cfg: ExperimentConfig) -> dict:
+        """A manifest item (``data.case_dicts``) -> ``{"id", "image", "label"}`` on the network's grid:
+        image (C, *spatial) float32, label (1, *spatial) int64 class indices (when the item has one)."""
+
+    @abstractmethod
+    def train_loader(self, cfg: ExperimentConfig, items: list[dict], workers: int, seed: int, *, rank: int = 0,
+                     world: int = 1, cache_dir: str | Path | None = None, ram_budget_gb: float | None = None) -> Any:
+        """A ``DataLoader`` of augmented training patches; its ``sampler`` is a ``sampling.StepSampler`` that
+        the training loop points at the steps to draw. ``cache_dir`` / ``ram_budget_gb``: where the
+        modality caches its preprocessed cases (ignored by one that keeps them all in memory)."""
+
+    @abstractmethod
+    def validation_cases(self, cfg: ExperimentConfig, items: list[dict]) -> Any:
+        """The validation cases, loaded (``load_case``) once and kept: a sequence of case dicts."""
+
+    @abstractmethod
+    def predict_case(self, model: Any, case: dict, cfg: ExperimentConfig, device: Any) -> np.ndarray:
+        """Class probabilities (K, *spatial) float32 of one loaded case (``load_case``), on its network grid."""
+
+    def score_case(self, model: Any, case: dict, cfg: ExperimentConfig, device: Any) -> dict[str, float]:
+        """Dice per foreground label (by name) of one loaded validation case, on its network grid: what
+        training validation reports."""
+        predicted = np.asarray(self.predict_case(model, case, cfg, device)).argmax(0)
+        reference = case["label"][0].numpy()
+        return {name: dice(predicted == index, reference == index)
+                for index, name in enumerate(cfg.data.labels[1:], start=1)}
+
+    def write_case(self, bundle: Any, case: Any, case_dir: Path) -> list[Path]:
+        """Predict one input (a ``manifest.Case``) with ``bundle`` (an ``engine.loaded.TrainedModel``) into
+        ``case_dir``; the files written. Only modalities without ``traits.volume_inputs`` implement it:
+        volumes take batch prediction's own road (read once, checked, pipelined, written on the input's
+        grid), which lives above this layer (``inference.batch``)."""
+        raise NotImplementedError(f"data.modality={self.name}: its cases are volumes, which batch prediction "
+                                  "reads and writes itself")
+
+
+__all__ = ["ModalityTraits", "Modality"]
