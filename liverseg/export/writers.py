@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from .. import __version__
 from ..atomic import atomic_path
 from ..config import ExperimentConfig, to_dict
 from ..errors import InputError
 from ..engine.loaded import TrainedModel, file_digest
 from ..inference.sources import load_trained_model
 from ..run_folder import EXPORT_NAMES, export_path
+from ..version import __version__
 
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
     import torch
@@ -46,7 +46,7 @@ def example_input(cfg: ExperimentConfig) -> "torch.Tensor":
 
     divisor = cfg.model.size_divisor
     tile = [-(-r // divisor) * divisor for r in cfg.infer.roi_size]
-    from ..models import input_channels
+    from ..models import input_channels  # heavy: torch and MONAI, like the torch import above
 
     return torch.zeros((1, input_channels(cfg), *tile), dtype=torch.float32)
 
