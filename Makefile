@@ -19,10 +19,13 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 demo: install
 	$(VENV)/bin/liverseg demo
 
+# lint-imports first: the layering contracts in pyproject.toml ([tool.importlinter]) fail in a second.
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 test-fast: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -m "not slow"
 
 clean:

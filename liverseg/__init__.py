@@ -4,12 +4,12 @@
 package loads nothing else.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def segment(image, model="liver", **options):
     """Segment a CT: ``labels, volume = liverseg.segment(path_or_image)``; see ``liverseg.api.segment``."""
-    from .api import segment as _segment
+    from .api import segment as _segment  # heavy: the whole prediction road; `import liverseg` loads nothing else
 
     return _segment(image, model, **options)
 

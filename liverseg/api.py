@@ -28,6 +28,8 @@ from .errors import InputError
 from .engine.loaded import predict
 from .inference.sources import load_model
 from .modalities import modality_for
+from .io import read_volume
+from .io.images import sitk_to_volume
 from .io.volume import Volume
 
 
@@ -50,8 +52,6 @@ def as_volume(image: Any) -> Volume:
     if isinstance(image, Volume):
         return image
     if isinstance(image, (str, Path)):
-        from .io import read_volume
-
         return read_volume(image)
     if isinstance(image, tuple) and len(image) == 2:
         array, affine = image
@@ -62,8 +62,6 @@ def as_volume(image: Any) -> Volume:
         return Volume(array, affine, {"format": "array"})
     module = type(image).__module__
     if module.startswith("SimpleITK"):
-        from .io.images import sitk_to_volume
-
         return sitk_to_volume(image, Path("<SimpleITK image>"), {"format": "sitk"})
     if hasattr(image, "affine") and hasattr(image, "dataobj"):  # nibabel spatial images
         array = np.asanyarray(image.dataobj)

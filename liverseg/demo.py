@@ -18,8 +18,14 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from . import builtin
+from .config import load_config
+from .datasets.manifest import Case, load_manifest
+from .engine.loaded import resolve_device
 from .errors import InputError
 from .evaluation import evaluate, format_table, write_csv
+from .inference.batch import PredictOptions, predict_cases, predict_files
+from .phantoms import write_phantom_manifest
 from .run_folder import RUN, TRAINING_OUTPUTS
 
 TRAIN_SEEDS = tuple(range(0, 12))
@@ -54,14 +60,10 @@ def _prepare_folder(out: Path) -> None:
 def run_builtin_demo(out: Path, device: str | None = None, threads: int | None = None,
                      progress: bool = True) -> int:
     """Segment the packaged CT with the built-in liver model; every output, the Dice, where to look."""
-    from .builtin import DEFAULT_MODEL, get
-    from .datasets.manifest import Case
-    from .inference.batch import PredictOptions, predict_cases
-
     started = time.perf_counter()
     _prepare_folder(out)
     ct = sample_path(SAMPLE_CT)
-    model = get(DEFAULT_MODEL)
+    model = builtin.get(builtin.DEFAULT_MODEL)
     print(f"[1/2] segmenting the TotalSegmentator example CT (real abdominal CT, 3 mm; shipped in the package)\n"
           f"      with the built-in model '{model.name}': {model.title}")
     options = PredictOptions(device=device, threads=threads, progress=progress, overwrite=True)
@@ -102,14 +104,10 @@ def run_demo(out: Path, minutes: float = 10.0, device: str | None = None, thread
 
 def run_training_demo(out: Path, minutes: float = 10.0, device: str | None = None, threads: int | None = None,
                       progress: bool = True) -> int:
+    # heavy: torch and MONAI (the training loop) stay off the built-in demo, which predicts without them
     import torch
 
-    from .config import load_config
-    from .inference.batch import predict_files
-    from .engine.loaded import resolve_device
-    from .datasets.manifest import load_manifest
-    from .phantoms import write_phantom_manifest
-    from .training.loop import train
+    from .training.loop import train  # heavy: torch and MONAI, see above
 
     if minutes <= 0:
         raise InputError(f"--minutes {minutes}: must be positive")

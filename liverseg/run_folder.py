@@ -30,10 +30,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
 from .atomic import atomic_path, write_text_atomic
 from .config import ExperimentConfig, from_dict, to_dict
 from .errors import ConfigError, InputError
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

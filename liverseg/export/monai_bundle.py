@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
 from ..config import ExperimentConfig
 from ..errors import InputError
 from .writers import example_input
@@ -46,6 +45,7 @@ from ..engine.loaded import TrainedModel
 from ..inference.sources import load_trained_model
 from ..modalities import modality_for
 from ..run_folder import RUN, monai_bundle_path
+from ..version import __version__
 
 if TYPE_CHECKING:
     import torch

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from .. import __version__
 from ..atomic import atomic_path
 from ..config import ExperimentConfig, to_dict
 from ..errors import InputError
@@ -34,6 +33,7 @@ from ..engine.loaded import TrainedModel, file_digest
 from ..inference.sources import load_trained_model
 from ..modalities import modality_for
 from ..run_folder import EXPORT_NAMES, export_path
+from ..version import __version__
 
 if TYPE_CHECKING:  # torch is imported where it is used: ONNX prediction runs without it
     import torch

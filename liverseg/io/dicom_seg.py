@@ -14,6 +14,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import GeometryError, InputError
+from ..version import __version__
 from .anatomy import resolve_colors, segment_codes
 from .dicom import choose_series
 from .outputs import check_labels, label_voxel_counts, labels_on_grid
@@ -298,8 +299,6 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, path: str | Path, label_
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
-
-    from .. import __version__
 
     path = Path(path)
     labels = labels_on_grid(labels, volume)

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import GeometryError, InputError
 from .dicom import read_dicom_series
 from .dicom.files import all_files, is_dicom_file
+from .images import read_image_file
 from .volume import LPS_TO_RAS, Volume, spacing_from_affine
 
 LABEL_FORMATS = ("volume", "masks_dicom", "png_slices", "dicom_seg")
@@ -182,8 +183,6 @@ def _read_dicom_seg(path: Path, image: Volume, structures: dict[str, int]) -> np
 def read_label(path: str | Path, image: Volume, fmt: str = "volume",
                structures: dict[str, int] | None = None) -> Volume:
     """A label map for ``image`` on exactly its grid (values as integers)."""
-    from .images import read_image_file  # SimpleITK: kept off the import of this module (manifest.py uses it)
-
     path = Path(path)
     if fmt not in LABEL_FORMATS:
         raise InputError(f"label format {fmt!r} is unknown; known: {', '.join(LABEL_FORMATS)}")

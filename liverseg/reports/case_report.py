@@ -28,6 +28,7 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import GeometryError
 from ..io.anatomy import resolve_colors
 from ..io.volume import Volume, axis_codes, axis_orientation, lps_from_affine
+from ..version import __version__
 from .tumour_burden import lesions_csv, tumour_burden
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -90,8 +91,6 @@ def case_report(image: Volume, labels: Volume, label_names: Sequence[str], *, ru
     holds ``tumour_burden.tumour_burden``'s lesion table and totals (``burden`` when given, so that a
     caller that has computed it already does not compute it twice).
     """
-    from .. import __version__
-
     _check_grid(image, labels)
     names = list(label_names)
     lab = labels.array

@@ -32,9 +32,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, ModelConfig, PreprocessConfig, apply_overrides, to_dict
+from .. import builtin
+from ..builtin import WEIGHTS
+from ..config import (DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig,
+                      apply_overrides, to_dict)
 from ..errors import ConfigError, InputError
 from ..modalities import modality_for
+from ..models import build_model
 from ..run_folder import RUN, find_checkpoint, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -86,8 +90,6 @@ def _sha256(path: Path) -> str:
 
 def resolve_init(spec: str | Path) -> InitSource:
     """A built-in model name, a run folder or a checkpoint file -> its weights and config."""
-    from .. import builtin
-
     text = str(spec)
     path = Path(text)
     if not path.exists():
@@ -105,10 +107,6 @@ def resolve_init(spec: str | Path) -> InitSource:
 
 def _builtin_source(name: str) -> InitSource:
     """The built-in's PyTorch module (sha256-checked weights) and the config that trains and predicts as it does."""
-    from .. import builtin
-    from ..builtin import WEIGHTS
-    from ..models import build_model
-
     model = builtin.get(name)
     module = builtin.torch_module(name)
     network = {"KulUNet": "kul_unet", "KulResUNet": "kul_resunet"}.get(type(module).__name__)
@@ -117,8 +115,6 @@ def _builtin_source(name: str) -> InitSource:
     levels = len(model.channels)
     model_cfg = ModelConfig(name=network, spatial_dims=3, channels=tuple(model.channels),
                             strides=(int(getattr(module, "factor", model.factor)),) * (levels - 1), norm="patch")
-    from ..config import DataConfig, InferConfig, TrainConfig
-
     cfg = ExperimentConfig(
         data=DataConfig(labels=tuple(model.network_labels)),
         preprocess=PreprocessConfig(spacing_mm=tuple(model.spacing_mm), **KUL_CT_SCALING),

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import __version__
 from .. import distributed as dist_utils
 from ..config import ExperimentConfig, save_config
 from ..modalities import modality_for
@@ -44,7 +43,9 @@ from ..engine.loaded import resolve_device
 from .losses import SegmentationLoss
 from ..models import build_model, count_parameters
 from ..run_folder import RUN, check_run_dir, resume_from_last, save_checkpoint, write_init_record, write_plan
+from ..version import __version__
 from .log import TensorBoard, summary, write_curves, write_metrics
+from . import plan as planning
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,8 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, device: str | None = No
         train_items = case_dicts(manifest.split(cfg.data.train_split), cfg.data.train_split, manifest)
         val_items = case_dicts(manifest.split(cfg.data.val_split), cfg.data.val_split, manifest)
         if cfg.train.auto_plan and modality_for(cfg).traits.auto_plan and not resume:  # a resumed run keeps its plan
-            from .plan import apply_plan, plan_dataset
-
-            plan = plan_dataset(train_items, cfg, progress=progress) if ctx.is_main else None
-            cfg = dist_utils.broadcast(ctx, apply_plan(cfg, plan) if ctx.is_main else None)  # validated
+            plan = planning.plan_dataset(train_items, cfg, progress=progress) if ctx.is_main else None
+            cfg = dist_utils.broadcast(ctx, planning.apply_plan(cfg, plan) if ctx.is_main else None)  # validated
         else:
             plan = None
 
