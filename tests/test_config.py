@@ -1,14 +1,17 @@
-"""The experiment config: defaults, YAML round trip, unknown keys, ``--set`` overrides, shipped configs."""
+"""The experiment config: defaults, YAML round trip, unknown keys, ``--set`` overrides, shipped configs, and
+config keys that moved (old run folders and files keep loading)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from liverseg.config import (DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig,
-                             TrainConfig, apply_overrides, load_config, save_config, to_dict)
+from liverseg.config import (MOVED_KEYS, AugmentConfig, DataConfig, ExperimentConfig, InferConfig, ModelConfig,
+                             PreprocessConfig, TrainConfig, apply_moved_keys, apply_overrides, from_dict, load_config,
+                             save_config, to_dict)
 from liverseg.errors import ConfigError
 from liverseg.models import size_divisor
 
@@ -44,6 +47,8 @@ def test_yaml_round_trip_gives_an_equal_config(tmp_path):
         "train.lr=3e-4",
         "train.amp=false",
         "train.patch_size=[64, 64, 32]",
+        "train.augment.flip_prob=0.5",
+        "train.augment.gamma=[0.8, 1.2]",
         "infer.largest_component=[liver, tumour]",
         "infer.blend=constant",
     ])
@@ -56,7 +61,11 @@ def test_yaml_round_trip_gives_an_equal_config(tmp_path):
     on_disk = yaml.safe_load(path.read_text())
     assert list(on_disk) == list(SECTIONS)
     assert on_disk == to_dict(cfg)
+    assert on_disk["train"]["augment"]["flip_prob"] == 0.5  # a nested section is a nested mapping
     assert not list(tmp_path.joinpath("run").glob(".config.yaml.*"))  # no temporary file left
+    # Stable: saving what was loaded writes the same text again.
+    again = save_config(loaded, tmp_path / "again" / "config.yaml")
+    assert again.read_text() == path.read_text()
 
 
 def test_unknown_top_level_key_lists_the_sections(tmp_path):
@@ -83,9 +92,22 @@ def test_unknown_key_inside_a_section_lists_the_valid_keys(tmp_path, section):
         assert name in message
 
 
+def test_unknown_key_in_a_nested_section_lists_its_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  augment:\n    flip: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "train.augment.flip" in message and str(path) in message
+    for name in _names(AugmentConfig):
+        assert name in message
+
+
 def test_unknown_key_in_an_override_is_rejected():
     with pytest.raises(ConfigError, match=r"train\.epoch\b.*epochs"):
         load_config(overrides=["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"train\.augment\.flip\b.*flip_prob"):
+        load_config(overrides=["train.augment.flip=0.5"])
 
 
 @pytest.mark.parametrize("override, getter, expected", [
@@ -101,6 +123,8 @@ def test_unknown_key_in_an_override_is_rejected():
     ("infer.overlap=0.5", lambda c: c.infer.overlap, 0.5),
     ("model.name=unet", lambda c: c.model.name, "unet"),
     ("preprocess.hu_window=[-100, 250]", lambda c: c.preprocess.hu_window, (-100.0, 250.0)),
+    ("train.augment.flip_prob=0.5", lambda c: c.train.augment.flip_prob, 0.5),
+    ("train.augment.blur_sigma=[1, 2]", lambda c: c.train.augment.blur_sigma, (1.0, 2.0)),
 ])
 def test_set_overrides_parse_values(override, getter, expected):
     cfg = load_config(overrides=[override])
@@ -159,7 +183,8 @@ def test_invalid_values_name_the_key(override, key):
     assert key in str(info.value)
 
 
-@pytest.mark.parametrize("override", ["train.lr", "lr=3", "train.a.b=3", ".lr=3"])
+@pytest.mark.parametrize("override", ["train.lr", "lr=3", "train.a.b=3", ".lr=3", "train.lr.x=3",
+                                      "train.augment.flip_prob.x=1", "train.augment.=1"])
 def test_malformed_set_is_a_config_error(override):
     with pytest.raises(ConfigError, match="SECTION"):
         load_config(overrides=[override])
@@ -192,3 +217,85 @@ def test_every_shipped_config_loads_and_validates(path, tmp_path):
     assert all(s % divisor == 0 for s in cfg.infer.roi_size), cfg.infer.roi_size
     # And it survives the trip through a run folder's config.yaml.
     assert load_config(save_config(cfg, tmp_path / "config.yaml")) == cfg
+
+
+# ----------------------------------------------------------------------------- keys that moved
+
+def _augment_values() -> dict:
+    return {"affine_prob": 0.4, "rotate_deg": 20.0, "flip_prob": 0.5, "noise_std": 0.05, "elastic_prob": 0.1,
+            "elastic_sigma": [4.0, 6.0], "gamma": [0.8, 1.25]}
+
+
+def _flat_train_section(cfg: ExperimentConfig) -> dict:
+    """``cfg``'s train section as run folders wrote it before train.augment: flat ``aug_*`` keys."""
+    train = to_dict(cfg)["train"]
+    augment = train.pop("augment")
+    return {**train, **{f"aug_{name}": value for name, value in augment.items()}}
+
+
+def test_moved_keys_name_real_fields():
+    for old, new in MOVED_KEYS.items():
+        section, *path = new.split(".")
+        node = getattr(ExperimentConfig(), section)
+        for name in path:
+            node = getattr(node, name)  # raises when the new key is not a field
+        assert old.split(".")[0] == section
+    assert {f"train.aug_{name}" for name in _names(AugmentConfig)} <= set(MOVED_KEYS)
+
+
+def test_an_old_flat_config_loads_like_the_new_layout(tmp_path, caplog):
+    new = load_config(overrides=[f"train.augment.{k}={v}" for k, v in _augment_values().items()])
+    old = tmp_path / "run" / "config.yaml"  # an old run folder's config.yaml: every key, flat aug_*
+    old.parent.mkdir()
+    old.write_text(yaml.safe_dump({**to_dict(new), "train": _flat_train_section(new)}, sort_keys=False))
+    assert "aug_flip_prob" in old.read_text()
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        loaded = load_config(old)
+    assert loaded == new
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "train.augment.flip_prob" in warnings[0]
+    # a user's partial file with one old key, and a checkpoint's stored dict (run_folder.load_checkpoint)
+    partial = tmp_path / "mine.yaml"
+    partial.write_text("train:\n  epochs: 3\n  aug_flip_prob: 0.25\n")
+    assert load_config(partial) == load_config(overrides=["train.epochs=3", "train.augment.flip_prob=0.25"])
+    checkpoint_config = {**to_dict(new), "train": _flat_train_section(new)}
+    assert from_dict(checkpoint_config).validate() == new
+    assert "aug_flip_prob" in checkpoint_config["train"]  # the caller's mapping is left as it was
+    # saving writes the new layout only
+    saved = yaml.safe_load(save_config(loaded, tmp_path / "new" / "config.yaml").read_text())
+    assert saved == to_dict(new) and not any(key.startswith("aug_") for key in saved["train"])
+
+
+def test_an_old_key_in_set_overrides_the_new_place(tmp_path, caplog):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  augment:\n    flip_prob: 0.1\n")
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        cfg = load_config(path, ["train.aug_flip_prob=0.5", "train.aug_gamma=[0.9, 1.1]"])
+    assert cfg.train.augment.flip_prob == 0.5 and cfg.train.augment.gamma == (0.9, 1.1)
+    assert any("train.augment.flip_prob" in r.getMessage() for r in caplog.records)
+    assert apply_overrides(ExperimentConfig(), ["train.aug_flip_prob=0.5"]).train.augment.flip_prob == 0.5
+    # the last override wins, whichever name it uses
+    assert load_config(None, ["train.aug_flip_prob=0.5", "train.augment.flip_prob=0.3"]).train.augment.flip_prob == 0.3
+
+
+def test_an_old_and_a_new_key_together_are_a_config_error(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("train:\n  aug_flip_prob: 0.5\n  augment:\n    flip_prob: 0.3\n")
+    with pytest.raises(ConfigError, match=r"both.yaml.*train\.aug_flip_prob.*train\.augment\.flip_prob"):
+        load_config(path)
+
+
+def test_an_unknown_old_style_key_still_lists_the_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  aug_flip: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train.aug_flip" in str(info.value)
+    for name in _names(TrainConfig):
+        assert name in str(info.value)
+
+
+def test_apply_moved_keys_leaves_other_mappings_alone():
+    assert apply_moved_keys(None) is None
+    assert apply_moved_keys({"train": {"lr": 0.1}}) == {"train": {"lr": 0.1}}
+    assert apply_moved_keys({"train": {"aug_scale": 0.2, "augment": None}}) == {"train": {"augment": {"scale": 0.2}}}

@@ -29,7 +29,7 @@ from monai.transforms import Compose
 from ..config import ExperimentConfig, to_dict
 from ..errors import ConfigError, InputError, surface_user_errors
 from ..datasets.manifest import Case, Manifest, load_manifest
-from .transforms import LoadCased, augmentation, cached_transforms, crop_size
+from .transforms import LoadCased, augmentation, cached_transforms, crop_size, patch_sampling
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,8 @@ def train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, seed: i
 
         return photo_train_loader(cfg, items, workers, seed, rank=rank, world=world)
     cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
-    dataset = StepDataset(cases, Compose(augmentation(cfg)), seed)
+    random_part = patch_sampling(cfg) + augmentation(cfg.train.augment, cfg.model.spatial_dims)
+    dataset = StepDataset(cases, Compose(random_part), seed)
     sampler = StepSampler(cfg.train.batch_size, rank, world)
     pin = torch.cuda.is_available()
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
