@@ -71,7 +71,7 @@ REFERENCE_CONFIG = {
               "num_res_units": 2, "norm": "batch"},
     "train": {"epochs": 30, "iters_per_epoch": 10, "batch_size": 2, "patch_size": [96, 96, 64],
               "pos_fraction": 0.67, "lr": 0.003, "schedule": "cosine", "warmup_iters": 10, "val_every": 10,
-              "aug_affine_prob": 0.2, "aug_rotate_deg": 10.0, "aug_scale": 0.15},
+              "augment": {"affine_prob": 0.2, "rotate_deg": 10.0, "scale": 0.15}},
     "infer": {"roi_size": [128, 128, 96], "overlap": 0.25, "largest_component": ["liver"]},
 }
 

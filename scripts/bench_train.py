@@ -48,7 +48,8 @@ from liverseg.models import build_model, input_channels  # noqa: E402
 from liverseg.phantoms import write_phantom_manifest  # noqa: E402
 from liverseg.training.loop import train  # noqa: E402
 from liverseg.training.log import read_metrics  # noqa: E402
-from liverseg.modalities.transforms import CompactCased, CopyPatchd, augmentation, cached_transforms  # noqa: E402
+from liverseg.modalities.transforms import (CompactCased, CopyPatchd, augmentation, cached_transforms,  # noqa: E402
+                                           patch_sampling)
 
 
 class GpuUtilisation:
@@ -100,7 +101,8 @@ def monai_tutorial_epochs(cfg, items: list[dict], device: torch.device, workers:
     t = cfg.train
     torch.manual_seed(t.seed)
     deterministic = [s for s in cached_transforms(cfg) if not isinstance(s, CompactCased)]
-    random_part = [s for s in augmentation(cfg) if not isinstance(s, CopyPatchd)]
+    random_part = [s for s in patch_sampling(cfg) + augmentation(cfg.train.augment, cfg.model.spatial_dims)
+                   if not isinstance(s, CopyPatchd)]
     dataset = CacheDataset(items, transform=Compose(deterministic + random_part), cache_rate=1.0, num_workers=None,
                            progress=False)
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=t.iters_per_epoch * t.batch_size)

@@ -8,17 +8,16 @@ import torch
 from monai.transforms import Compose
 
 from liverseg.config import load_config
-from liverseg.modalities.transforms import CopyPatchd, augmentation
+from liverseg.modalities.transforms import augmentation, patch_sampling
 
-OFF = {"aug_affine_prob": 0, "aug_flip_prob": 0, "aug_intensity_prob": 0, "aug_noise_prob": 0,
-       "aug_elastic_prob": 0, "aug_blur_prob": 0, "aug_contrast_prob": 0, "aug_lowres_prob": 0,
-       "aug_gamma_prob": 0}
+OFF = {"affine_prob": 0, "flip_prob": 0, "intensity_prob": 0, "noise_prob": 0, "elastic_prob": 0, "blur_prob": 0,
+       "contrast_prob": 0, "lowres_prob": 0, "gamma_prob": 0}
 N = 24
 
 
-def _cfg(**train):
-    values = {**OFF, **train}
-    return load_config(None, [f"train.{k}={v}" for k, v in values.items()]
+def _cfg(**augment):
+    values = {**OFF, **augment}
+    return load_config(None, [f"train.augment.{k}={v}" for k, v in values.items()]
                        + ["train.patch_size=[24, 24, 24]", "model.channels=[4, 8, 16]", "model.strides=[2, 2]"])
 
 
@@ -32,7 +31,7 @@ def _patch(seed: int = 0) -> dict:
 
 
 def _apply(cfg, patch: dict, expect: str, seed: int = 0) -> dict:
-    steps = [s for s in augmentation(cfg)[1:] if not isinstance(s, CopyPatchd)]  # after the patch crop
+    steps = augmentation(cfg.train.augment, cfg.model.spatial_dims)
     names = [type(s).__name__ for s in steps]
     assert names == ([expect] if isinstance(expect, str) else list(expect)) or set(names) == {expect}
     pipeline = Compose(steps)
@@ -47,13 +46,14 @@ def _gradient_energy(image: torch.Tensor) -> float:
 
 
 def test_all_off_leaves_only_the_patch_crop():
-    steps = augmentation(_cfg())
-    assert [type(s).__name__ for s in steps] == ["RandCropByPosNegLabeld", "CopyPatchd"]
+    cfg = _cfg()
+    assert augmentation(cfg.train.augment, cfg.model.spatial_dims) == []
+    assert [type(s).__name__ for s in patch_sampling(cfg)] == ["RandCropByPosNegLabeld", "CopyPatchd"]
 
 
 def test_rotation_turns_image_and_label_together_and_keeps_labels_integer():
     patch = _patch()
-    out = _apply(_cfg(aug_affine_prob=1, aug_rotate_deg=40, aug_scale=0.0), patch, "RandAffined")
+    out = _apply(_cfg(affine_prob=1, rotate_deg=40, scale=0.0), patch, "RandAffined")
     assert not torch.equal(out["label"].float(), patch["label"].float())
     assert set(torch.unique(out["label"]).tolist()) <= {0, 1}
     # a rotation keeps the volume of the (interior) ellipsoid
@@ -67,14 +67,14 @@ def test_rotation_turns_image_and_label_together_and_keeps_labels_integer():
 def test_scaling_changes_the_object_size():
     patch = _patch()
     before = float(patch["label"].float().sum())
-    sizes = [float(_apply(_cfg(aug_affine_prob=1, aug_rotate_deg=0, aug_scale=0.4), patch, "RandAffined",
+    sizes = [float(_apply(_cfg(affine_prob=1, rotate_deg=0, scale=0.4), patch, "RandAffined",
                           seed=s)["label"].float().sum()) for s in range(4)]
     assert max(abs(v / before - 1.0) for v in sizes) > 0.1  # zoomed in or out, not just resampled
 
 
 def test_elastic_deforms_and_keeps_labels_integer():
     patch = _patch()
-    out = _apply(_cfg(aug_elastic_prob=1, aug_elastic_sigma=[3, 4], aug_elastic_magnitude=[100, 200]), patch,
+    out = _apply(_cfg(elastic_prob=1, elastic_sigma=[3, 4], elastic_magnitude=[100, 200]), patch,
                  "Rand3DElasticd")
     assert set(torch.unique(out["label"]).tolist()) <= {0, 1}
     assert int((out["label"] != patch["label"]).sum()) > 50
@@ -83,14 +83,14 @@ def test_elastic_deforms_and_keeps_labels_integer():
 
 def test_mirroring_flips_image_and_label_along_each_axis():
     patch = _patch()
-    out = _apply(_cfg(aug_flip_prob=1), patch, "RandFlipd")
+    out = _apply(_cfg(flip_prob=1), patch, "RandFlipd")
     assert torch.equal(out["image"], torch.flip(patch["image"], dims=(1, 2, 3)))
     assert torch.equal(out["label"], torch.flip(patch["label"], dims=(1, 2, 3)))
 
 
 def test_gamma_is_nonlinear_and_keeps_mean_and_std():
     patch = _patch()
-    out = _apply(_cfg(aug_gamma_prob=1, aug_gamma=[2.0, 2.5]), patch, "RandAdjustContrastd")
+    out = _apply(_cfg(gamma_prob=1, gamma=[2.0, 2.5]), patch, "RandAdjustContrastd")
     a, b = patch["image"].double().flatten(), out["image"].double().flatten()
     assert float(b.mean()) == pytest.approx(float(a.mean()), abs=1e-4)
     assert float(b.std()) == pytest.approx(float(a.std()), rel=1e-3)
@@ -101,7 +101,7 @@ def test_gamma_is_nonlinear_and_keeps_mean_and_std():
 
 def test_noise_adds_gaussian_noise_of_the_configured_std():
     patch = _patch()
-    out = _apply(_cfg(aug_noise_prob=1, aug_noise_std=0.1), patch, "RandGaussianNoised")
+    out = _apply(_cfg(noise_prob=1, noise_std=0.1), patch, "RandGaussianNoised")
     residual = (out["image"] - patch["image"]).double()
     assert float(residual.mean()) == pytest.approx(0.0, abs=0.01)
     assert 0.0 < float(residual.std()) <= 0.1 + 0.01  # MONAI draws the std from [0, std]
@@ -109,14 +109,14 @@ def test_noise_adds_gaussian_noise_of_the_configured_std():
 
 def test_blur_removes_high_frequencies_and_keeps_the_mean():
     patch = _patch()
-    out = _apply(_cfg(aug_blur_prob=1, aug_blur_sigma=[1.0, 1.5]), patch, "RandGaussianBlurd")
+    out = _apply(_cfg(blur_prob=1, blur_sigma=[1.0, 1.5]), patch, "RandGaussianBlurd")
     assert _gradient_energy(out["image"]) < 0.7 * _gradient_energy(patch["image"])
     assert float(out["image"].mean()) == pytest.approx(float(patch["image"].mean()), abs=0.01)
 
 
 def test_brightness_scales_and_shifts_intensities():
     patch = _patch()
-    out = _apply(_cfg(aug_intensity_prob=1, aug_brightness=0.3, aug_shift=0.2), patch, ("RandScaleIntensityd", "RandShiftIntensityd"))
+    out = _apply(_cfg(intensity_prob=1, brightness=0.3, shift=0.2), patch, ("RandScaleIntensityd", "RandShiftIntensityd"))
     a, b = patch["image"].double().flatten().numpy(), out["image"].double().flatten().numpy()
     slope, offset = np.polyfit(a, b, 1)
     assert np.abs(slope * a + offset - b).max() < 1e-4  # an affine map of the input ...
@@ -126,7 +126,7 @@ def test_brightness_scales_and_shifts_intensities():
 
 def test_contrast_scales_about_the_mean_within_the_range():
     patch = _patch()
-    out = _apply(_cfg(aug_contrast_prob=1, aug_contrast=0.5), patch, "RandScaleIntensityFixedMeand")
+    out = _apply(_cfg(contrast_prob=1, contrast=0.5), patch, "RandScaleIntensityFixedMeand")
     a, b = patch["image"], out["image"]
     assert float(b.min()) >= float(a.min()) - 1e-6 and float(b.max()) <= float(a.max()) + 1e-6
     assert abs(float(b.std()) / float(a.std()) - 1.0) > 0.02
@@ -136,7 +136,7 @@ def test_contrast_scales_about_the_mean_within_the_range():
 
 def test_low_resolution_simulation_smooths_and_keeps_the_shape():
     patch = _patch()
-    out = _apply(_cfg(aug_lowres_prob=1, aug_lowres_zoom=[0.4, 0.5]), patch, "RandSimulateLowResolutiond")
+    out = _apply(_cfg(lowres_prob=1, lowres_zoom=[0.4, 0.5]), patch, "RandSimulateLowResolutiond")
     assert out["image"].shape == patch["image"].shape
     assert _gradient_energy(out["image"]) < 0.8 * _gradient_energy(patch["image"])
     assert torch.equal(out["label"], patch["label"])
@@ -145,7 +145,7 @@ def test_low_resolution_simulation_smooths_and_keeps_the_shape():
 def test_probabilities_and_ranges_are_validated():
     from liverseg.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="aug_gamma_prob"):
-        _cfg(aug_gamma_prob=1.5)
-    with pytest.raises(ConfigError, match="aug_lowres_zoom"):
-        _cfg(aug_lowres_zoom=[0.9, 0.5])
+    with pytest.raises(ConfigError, match=r"train\.augment\.gamma_prob"):
+        _cfg(gamma_prob=1.5)
+    with pytest.raises(ConfigError, match=r"train\.augment\.lowres_zoom"):
+        _cfg(lowres_zoom=[0.9, 0.5])

@@ -69,7 +69,7 @@ def test_ram_cache_holds_what_fits_the_budget(tiny_dataset):
 
 
 def test_samples_depend_on_seed_and_index_only(tiny_dataset):
-    cfg, items = _setup(tiny_dataset, "train.batch_size=2", "train.aug_affine_prob=0.5")
+    cfg, items = _setup(tiny_dataset, "train.batch_size=2", "train.augment.affine_prob=0.5")
     loader = volume_train_loader(cfg, items, workers=0, seed=3, ram_budget_gb=1.0)
     assert isinstance(loader.sampler, StepSampler)
     dataset = loader.dataset

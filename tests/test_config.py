@@ -1,15 +1,17 @@
-"""The experiment config: defaults, YAML round trip, unknown keys, ``--set`` overrides, shipped configs."""
+"""The experiment config: defaults, YAML round trip, unknown keys, ``--set`` overrides, shipped configs, and
+config keys that moved (old run folders and files keep loading)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from liverseg.config import (MODALITY_SPATIAL_DIMS, MOVED_KEYS, DataConfig, ExperimentConfig, InferConfig, ModelConfig,
-                             PhotoConfig, PreprocessConfig, TrainConfig, apply_overrides, config_from_yaml_text,
-                             from_dict, load_config, save_config, to_dict)
+from liverseg.config import (MODALITY_SPATIAL_DIMS, MOVED_KEYS, AugmentConfig, DataConfig, ExperimentConfig, InferConfig,
+                             ModelConfig, PhotoConfig, PreprocessConfig, TrainConfig, apply_moved_keys, apply_overrides,
+                             config_from_yaml_text, from_dict, load_config, save_config, to_dict)
 from liverseg.errors import ConfigError
 from liverseg.models import size_divisor
 
@@ -45,6 +47,8 @@ def test_yaml_round_trip_gives_an_equal_config(tmp_path):
         "train.lr=3e-4",
         "train.amp=false",
         "train.patch_size=[64, 64, 32]",
+        "train.augment.flip_prob=0.5",
+        "train.augment.gamma=[0.8, 1.2]",
         "infer.largest_component=[liver, tumour]",
         "infer.blend=constant",
     ])
@@ -57,7 +61,11 @@ def test_yaml_round_trip_gives_an_equal_config(tmp_path):
     on_disk = yaml.safe_load(path.read_text())
     assert list(on_disk) == list(SECTIONS)
     assert on_disk == to_dict(cfg)
+    assert on_disk["train"]["augment"]["flip_prob"] == 0.5  # a nested section is a nested mapping
     assert not list(tmp_path.joinpath("run").glob(".config.yaml.*"))  # no temporary file left
+    # Stable: saving what was loaded writes the same text again.
+    again = save_config(loaded, tmp_path / "again" / "config.yaml")
+    assert again.read_text() == path.read_text()
 
 
 def test_unknown_top_level_key_lists_the_sections(tmp_path):
@@ -84,9 +92,22 @@ def test_unknown_key_inside_a_section_lists_the_valid_keys(tmp_path, section):
         assert name in message
 
 
+def test_unknown_key_in_a_nested_section_lists_its_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  augment:\n    flip: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "train.augment.flip" in message and str(path) in message
+    for name in _names(AugmentConfig):
+        assert name in message
+
+
 def test_unknown_key_in_an_override_is_rejected():
     with pytest.raises(ConfigError, match=r"train\.epoch\b.*epochs"):
         load_config(overrides=["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"train\.augment\.flip\b.*flip_prob"):
+        load_config(overrides=["train.augment.flip=0.5"])
 
 
 @pytest.mark.parametrize("override, getter, expected", [
@@ -102,6 +123,8 @@ def test_unknown_key_in_an_override_is_rejected():
     ("infer.overlap=0.5", lambda c: c.infer.overlap, 0.5),
     ("model.name=unet", lambda c: c.model.name, "unet"),
     ("preprocess.hu_window=[-100, 250]", lambda c: c.preprocess.hu_window, (-100.0, 250.0)),
+    ("train.augment.flip_prob=0.5", lambda c: c.train.augment.flip_prob, 0.5),
+    ("train.augment.blur_sigma=[1, 2]", lambda c: c.train.augment.blur_sigma, (1.0, 2.0)),
 ])
 def test_set_overrides_parse_values(override, getter, expected):
     cfg = load_config(overrides=[override])
@@ -160,7 +183,8 @@ def test_invalid_values_name_the_key(override, key):
     assert key in str(info.value)
 
 
-@pytest.mark.parametrize("override", ["train.lr", "lr=3", "train.a.b=3", ".lr=3"])
+@pytest.mark.parametrize("override", ["train.lr", "lr=3", "train.a.b=3", ".lr=3", "train.lr.x=3",
+                                      "train.augment.flip_prob.x=1", "train.augment.=1"])
 def test_malformed_set_is_a_config_error(override):
     with pytest.raises(ConfigError, match="SECTION"):
         load_config(overrides=[override])
@@ -227,7 +251,8 @@ def test_an_old_config_with_preprocess_photo_keys_loads_into_the_photo_section(t
     assert cfg.photo == NEW_PHOTO
     assert cfg.preprocess.spacing_mm == (1.0, 1.0, 1.0)  # the section's other keys stay where they were
     for old, new in MOVED_KEYS.items():
-        assert any(old in r.getMessage() and new in r.getMessage() for r in caplog.records), old
+        if old.startswith("preprocess.photo_"):
+            assert any(old in r.getMessage() and new in r.getMessage() for r in caplog.records), old
     # a run folder's config.yaml and a checkpoint's config dict of that age load the same way
     assert config_from_yaml_text(OLD_PHOTO_YAML) == cfg
     assert from_dict(yaml.safe_load(OLD_PHOTO_YAML)).validate() == cfg
@@ -247,13 +272,11 @@ def test_old_keys_in_set_overrides_set_the_new_ones(tmp_path):
     assert load_config(path, ["preprocess.photo_color=gray"]).photo.color == "gray"
 
 
-def test_the_new_key_wins_where_a_file_gives_both(caplog):
+def test_an_old_photo_key_beside_its_new_name_is_a_config_error():
     data = yaml.safe_load(OLD_PHOTO_YAML)
     data["photo"] = {"color": "rgb"}
-    with caplog.at_level("WARNING", logger="liverseg.config"):
-        cfg = from_dict(data).validate()
-    assert cfg.photo.color == "rgb" and cfg.photo.clahe == 0.01
-    assert any("ignored" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match=r"preprocess\.photo_color and photo\.color are both given"):
+        from_dict(data)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -302,3 +325,84 @@ def test_choosing_a_modality_imports_no_torch():
             "modality_for(ExperimentConfig()); print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+# ----------------------------------------------------------------------------- keys that moved
+
+def _augment_values() -> dict:
+    return {"affine_prob": 0.4, "rotate_deg": 20.0, "flip_prob": 0.5, "noise_std": 0.05, "elastic_prob": 0.1,
+            "elastic_sigma": [4.0, 6.0], "gamma": [0.8, 1.25]}
+
+
+def _flat_train_section(cfg: ExperimentConfig) -> dict:
+    """``cfg``'s train section as run folders wrote it before train.augment: flat ``aug_*`` keys."""
+    train = to_dict(cfg)["train"]
+    augment = train.pop("augment")
+    return {**train, **{f"aug_{name}": value for name, value in augment.items()}}
+
+
+def test_moved_keys_name_real_fields():
+    for old, new in MOVED_KEYS.items():
+        section, *path = new.split(".")
+        node = getattr(ExperimentConfig(), section)
+        for name in path:
+            node = getattr(node, name)  # raises when the new key is not a field
+        old_section, old_name = old.split(".")
+        assert old_name not in {f.name for f in dataclasses.fields(getattr(ExperimentConfig(), old_section))}
+    assert {f"train.aug_{name}" for name in _names(AugmentConfig)} <= set(MOVED_KEYS)
+
+
+def test_an_old_flat_config_loads_like_the_new_layout(tmp_path, caplog):
+    new = load_config(overrides=[f"train.augment.{k}={v}" for k, v in _augment_values().items()])
+    old = tmp_path / "run" / "config.yaml"  # an old run folder's config.yaml: every key, flat aug_*
+    old.parent.mkdir()
+    old.write_text(yaml.safe_dump({**to_dict(new), "train": _flat_train_section(new)}, sort_keys=False))
+    assert "aug_flip_prob" in old.read_text()
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        loaded = load_config(old)
+    assert loaded == new
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "train.augment.flip_prob" in warnings[0]
+    # a user's partial file with one old key, and a checkpoint's stored dict (run_folder.load_checkpoint)
+    partial = tmp_path / "mine.yaml"
+    partial.write_text("train:\n  epochs: 3\n  aug_flip_prob: 0.25\n")
+    assert load_config(partial) == load_config(overrides=["train.epochs=3", "train.augment.flip_prob=0.25"])
+    checkpoint_config = {**to_dict(new), "train": _flat_train_section(new)}
+    assert from_dict(checkpoint_config).validate() == new
+    assert "aug_flip_prob" in checkpoint_config["train"]  # the caller's mapping is left as it was
+    # saving writes the new layout only
+    saved = yaml.safe_load(save_config(loaded, tmp_path / "new" / "config.yaml").read_text())
+    assert saved == to_dict(new) and not any(key.startswith("aug_") for key in saved["train"])
+
+
+def test_an_old_key_in_set_overrides_the_new_place(tmp_path, caplog):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  augment:\n    flip_prob: 0.1\n")
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        cfg = load_config(path, ["train.aug_flip_prob=0.5", "train.aug_gamma=[0.9, 1.1]"])
+    assert cfg.train.augment.flip_prob == 0.5 and cfg.train.augment.gamma == (0.9, 1.1)
+    assert any("train.augment.flip_prob" in r.getMessage() for r in caplog.records)
+    assert apply_overrides(ExperimentConfig(), ["train.aug_flip_prob=0.5"]).train.augment.flip_prob == 0.5
+    # the last override wins, whichever name it uses
+    assert load_config(None, ["train.aug_flip_prob=0.5", "train.augment.flip_prob=0.3"]).train.augment.flip_prob == 0.3
+
+
+def test_an_old_and_a_new_key_together_are_a_config_error(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("train:\n  aug_flip_prob: 0.5\n  augment:\n    flip_prob: 0.3\n")
+    with pytest.raises(ConfigError, match=r"both.yaml.*train\.aug_flip_prob.*train\.augment\.flip_prob"):
+        load_config(path)
+
+
+def test_an_unknown_old_style_key_still_lists_the_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  aug_flip: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train.aug_flip" in str(info.value)
+    for name in _names(TrainConfig):
+        assert name in str(info.value)
+
+
+def test_apply_moved_keys_leaves_other_mappings_alone():
+    assert apply_moved_keys(None) is None
+    assert apply_moved_keys({"train": {"lr": 0.1}}) == {"train": {"lr": 0.1}}
+    assert apply_moved_keys({"train": {"aug_scale": 0.2, "augment": None}}) == {"train": {"augment": {"scale": 0.2}}}

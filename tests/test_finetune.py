@@ -25,8 +25,8 @@ from liverseg.models import build_model
 from liverseg.grid.road import normalize_ct
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_3d.yaml"
-NO_AUG = [f"train.{key}=0.0" for key in ("aug_affine_prob", "aug_flip_prob", "aug_intensity_prob", "aug_noise_prob",
-                                         "aug_blur_prob", "aug_contrast_prob", "aug_lowres_prob", "aug_gamma_prob")]
+NO_AUG = [f"train.augment.{key}=0.0" for key in ("affine_prob", "flip_prob", "intensity_prob", "noise_prob",
+                                                 "blur_prob", "contrast_prob", "lowres_prob", "gamma_prob")]
 
 
 @pytest.fixture(scope="module")

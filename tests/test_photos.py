@@ -161,19 +161,19 @@ def photo_dataset(tmp_path_factory) -> Path:
     return root
 
 
-def _photo_cfg(**train) -> ExperimentConfig:
+def _photo_cfg(augment: dict | None = None, **train) -> ExperimentConfig:
     cfg = apply_overrides(ExperimentConfig(), [
         "data.modality=photo", "data.labels=[background, vessel]", "model.spatial_dims=2",
         "train.patch_size=[16, 16]", "infer.roi_size=[32, 32]", "infer.largest_component=[]"]).validate()
     from dataclasses import replace
 
-    return replace(cfg, train=replace(cfg.train, **train))
+    return replace(cfg, train=replace(cfg.train, augment=replace(cfg.train.augment, **(augment or {})), **train))
 
 
 def test_patches_are_a_function_of_seed_and_index_and_centre_on_foreground(photo_dataset):
     manifest = load_manifest(photo_dataset / "manifest.json")
-    cfg = _photo_cfg(pos_fraction=1.0, aug_affine_prob=0.0, aug_flip_prob=0.0, aug_intensity_prob=0.0,
-                     aug_noise_std=0.0)
+    cfg = _photo_cfg(pos_fraction=1.0, augment=dict(affine_prob=0.0, flip_prob=0.0, intensity_prob=0.0,
+                                                    noise_std=0.0))
     items = [{"id": c.case_id, "image": str(c.image), "label": str(c.label), "fov": str(c.fov)}
              for c in manifest.split("train")]
     cases = [load_photo_case(item, cfg) for item in items]
@@ -188,12 +188,12 @@ def test_patches_are_a_function_of_seed_and_index_and_centre_on_foreground(photo
 @pytest.mark.parametrize("augmentation", ["affine", "flip", "intensity", "noise"])
 def test_each_augmentation_changes_the_patch_as_stated(photo_dataset, augmentation):
     manifest = load_manifest(photo_dataset / "manifest.json")
-    off = dict(aug_affine_prob=0.0, aug_flip_prob=0.0, aug_intensity_prob=0.0, aug_noise_std=0.0, pos_fraction=1.0)
-    on = dict(off, **{"affine": dict(aug_affine_prob=1.0, aug_rotate_deg=90.0), "flip": dict(aug_flip_prob=1.0),
-                      "intensity": dict(aug_intensity_prob=1.0), "noise": dict(aug_noise_std=0.5)}[augmentation])
+    off = dict(affine_prob=0.0, flip_prob=0.0, intensity_prob=0.0, noise_std=0.0)
+    on = dict(off, **{"affine": dict(affine_prob=1.0, rotate_deg=90.0), "flip": dict(flip_prob=1.0),
+                      "intensity": dict(intensity_prob=1.0), "noise": dict(noise_std=0.5)}[augmentation])
     items = [{"id": c.case_id, "image": str(c.image), "label": str(c.label), "fov": str(c.fov)}
              for c in manifest.split("train")]
-    plain_cfg, aug_cfg = _photo_cfg(**off), _photo_cfg(**on)
+    plain_cfg, aug_cfg = _photo_cfg(off, pos_fraction=1.0), _photo_cfg(on, pos_fraction=1.0)
     plain = PhotoPatches([load_photo_case(i, plain_cfg) for i in items], plain_cfg, seed=1)
     augmented = PhotoPatches([load_photo_case(i, aug_cfg) for i in items], aug_cfg, seed=1)
     changed = 0
@@ -264,7 +264,7 @@ def test_train_predict_evaluate_photos_through_the_cli(photo_dataset, tmp_path, 
                  "--set", "model.slices_2d=1", "--set", "train.patch_size=[32, 32]",
                  "--set", "train.epochs=4", "--set", "train.iters_per_epoch=10", "--set", "train.lr=0.01",
                  "--set", "train.val_every=4", "--set", "infer.roi_size=[32, 32]",
-                 "--set", "infer.largest_component=[]", "--set", "train.aug_affine_prob=0",
+                 "--set", "infer.largest_component=[]", "--set", "train.augment.affine_prob=0",
                  "--set", "photo.fov_threshold=10"])
     assert code == 0
     out = tmp_path / "pred"

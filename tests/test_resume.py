@@ -21,7 +21,7 @@ SMOKE = REPO / "configs" / "smoke_3d.yaml"
 EPOCHS, ITERS = 3, 3
 # checkpoint_minutes=1e-5: a mid-epoch last.pt after every step, so the kill lands inside an epoch.
 OVERRIDES = [f"train.epochs={EPOCHS}", f"train.iters_per_epoch={ITERS}", "train.val_every=2",
-             "train.checkpoint_minutes=0.00001", "train.aug_affine_prob=0.3", "train.aug_flip_prob=0.3",
+             "train.checkpoint_minutes=0.00001", "train.augment.affine_prob=0.3", "train.augment.flip_prob=0.3",
              "model.channels=[4, 8, 16]", "model.dropout=0.1"]
 
 
@@ -101,7 +101,7 @@ def test_resume_continues_a_finished_run_exactly_like_a_longer_one(tiny_dataset,
     """Epoch-end resume in-process: 1 epoch, then --resume with train.epochs=2 == 2 epochs straight
     (same schedule length, so equal weights), with the rows of both epochs."""
     overrides = [f"data.manifest={tiny_dataset}", "train.iters_per_epoch=2", "train.val_every=5",
-                 "model.channels=[4, 8, 16]", "train.schedule=constant", "train.aug_affine_prob=0.3"]
+                 "model.channels=[4, 8, 16]", "train.schedule=constant", "train.augment.affine_prob=0.3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(load_config(SMOKE, overrides + ["train.epochs=2"]), straight, device="cpu", progress=False)
     train(load_config(SMOKE, overrides + ["train.epochs=1"]), split, device="cpu", progress=False)

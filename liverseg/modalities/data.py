@@ -26,7 +26,7 @@ from ..config import ExperimentConfig, to_dict
 from ..errors import ConfigError, InputError, surface_user_errors
 from ..datasets.manifest import Case, Manifest, load_manifest
 from .sampling import StepSampler, sample_seed
-from .transforms import LoadCased, augmentation, cached_transforms, crop_size
+from .transforms import LoadCased, augmentation, cached_transforms, crop_size, patch_sampling
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def volume_train_loader(cfg: ExperimentConfig, items: list[dict], workers: int, 
     """Loader of augmented CT patches; its ``sampler`` is a ``StepSampler`` that the training loop
     points at the steps to draw (``loader.sampler.set_steps(first, stop)``)."""
     cases = cached_cases(cfg, items, cached_transforms(cfg), cache_dir=cache_dir, ram_budget_gb=ram_budget_gb)
-    dataset = StepDataset(cases, Compose(augmentation(cfg)), seed)
+    random_part = patch_sampling(cfg) + augmentation(cfg.train.augment, cfg.model.spatial_dims)
+    dataset = StepDataset(cases, Compose(random_part), seed)
     sampler = StepSampler(cfg.train.batch_size, rank, world)
     pin = torch.cuda.is_available()
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,

@@ -183,20 +183,21 @@ class PhotoPatches(Dataset):
             pool = self.inside[case_index]
         row, col = divmod(int(pool[int(rng.integers(len(pool)))]), int(case["fov"].shape[1]))
 
-        angle = math.radians(rng.uniform(-t.aug_rotate_deg, t.aug_rotate_deg)) if rng.random() < t.aug_affine_prob else 0.0
-        scale = rng.uniform(1 - t.aug_scale, 1 + t.aug_scale) if rng.random() < t.aug_affine_prob else 1.0
-        flips = [rng.random() < t.aug_flip_prob, rng.random() < t.aug_flip_prob]
+        angle = (math.radians(rng.uniform(-t.augment.rotate_deg, t.augment.rotate_deg))
+                 if rng.random() < t.augment.affine_prob else 0.0)
+        scale = rng.uniform(1 - t.augment.scale, 1 + t.augment.scale) if rng.random() < t.augment.affine_prob else 1.0
+        flips = [rng.random() < t.augment.flip_prob, rng.random() < t.augment.flip_prob]
         image, label = crop_transformed(case["image"], case["label"], (row, col), tuple(t.patch_size), angle, scale)
         for axis, flip in zip((-2, -1), flips):
             if flip:
                 image, label = image.flip(axis), label.flip(axis)
-        if rng.random() < t.aug_intensity_prob:
+        if rng.random() < t.augment.intensity_prob:
             channels = image.shape[0]
             contrast = torch.from_numpy(rng.uniform(0.75, 1.25, size=(channels, 1, 1)).astype(np.float32))
             brightness = torch.from_numpy(rng.normal(0.0, 0.2, size=(channels, 1, 1)).astype(np.float32))
             image = image * contrast + brightness
-        if t.aug_noise_std > 0:
-            noise = rng.normal(0.0, t.aug_noise_std, size=image.shape).astype(np.float32)
+        if t.augment.noise_std > 0:
+            noise = rng.normal(0.0, t.augment.noise_std, size=image.shape).astype(np.float32)
             image = image + torch.from_numpy(noise)
         return {"image": image.contiguous(), "label": label.contiguous()}
 

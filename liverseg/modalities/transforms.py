@@ -16,7 +16,7 @@ from monai.transforms import (FgBgToIndicesd, MapTransform, Rand2DElasticd, Rand
                               RandomizableTransform, RandScaleIntensityd, RandScaleIntensityFixedMeand,
                               RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd)
 
-from ..config import ExperimentConfig
+from ..config import AugmentConfig, ExperimentConfig
 from ..errors import GeometryError, InputError
 from ..io import read_volume
 from ..io.labels import read_label
@@ -153,59 +153,67 @@ class RandGaussianBlurd(RandomizableTransform, MapTransform):
         return out
 
 
-def augmentation(cfg: ExperimentConfig) -> list:
-    """Random part: foreground/background patch sampling, then nnU-Net's augmentation set, in its
-    order: rotation and scaling, elastic deformation, Gaussian noise, Gaussian blur, brightness,
-    contrast, low-resolution simulation, gamma, mirroring. Each step has its probability in
-    ``train.aug_*`` and is left out when that is 0."""
-    t = cfg.train
-    dims = cfg.model.spatial_dims
-    rotate = math.radians(t.aug_rotate_deg)
+def patch_sampling(cfg: ExperimentConfig) -> list:
+    """Random part, first: foreground/background patch sampling (``train.pos_fraction``) of the training
+    patch (for 2D models, a slab whose slices become the input channels)."""
     steps: list = [
         RandCropByPosNegLabeld(keys=("image", "label"), label_key="label", spatial_size=crop_size(cfg),
-                               pos=t.pos_fraction, neg=1.0 - t.pos_fraction, num_samples=1,
+                               pos=cfg.train.pos_fraction, neg=1.0 - cfg.train.pos_fraction, num_samples=1,
                                fg_indices_key="label_fg", bg_indices_key="label_bg", allow_smaller=False),
         CopyPatchd(),
     ]
-    if dims == 2:
+    if cfg.model.spatial_dims == 2:
         steps.append(SlabTo2Dd())
-    if t.aug_affine_prob > 0:
-        # 3D: rotation about all three axes; 2D: in-plane rotation only.
-        steps.append(RandAffined(keys=("image", "label"), prob=t.aug_affine_prob,
-                                 rotate_range=(rotate,) * (3 if dims == 3 else 1), scale_range=(t.aug_scale,) * dims,
-                                 mode=("bilinear", "nearest"), padding_mode="border"))
-    if t.aug_elastic_prob > 0:
-        if dims == 3:
-            steps.append(Rand3DElasticd(keys=("image", "label"), prob=t.aug_elastic_prob,
-                                        sigma_range=tuple(t.aug_elastic_sigma),
-                                        magnitude_range=tuple(t.aug_elastic_magnitude), mode=("bilinear", "nearest"),
-                                        padding_mode="border"))
-        else:  # 2D: a B-spline control grid 4 sigma apart; magnitude in control-grid units (/100)
-            steps.append(Rand2DElasticd(keys=("image", "label"), prob=t.aug_elastic_prob,
-                                        spacing=(4 * t.aug_elastic_sigma[1],) * 2,
-                                        magnitude_range=tuple(m / 100 for m in t.aug_elastic_magnitude),
-                                        mode=("bilinear", "nearest"), padding_mode="border"))
-    if t.aug_noise_prob > 0 and t.aug_noise_std > 0:
-        steps.append(RandGaussianNoised(keys="image", prob=t.aug_noise_prob, std=t.aug_noise_std))
-    if t.aug_blur_prob > 0:
-        sigma = tuple(t.aug_blur_sigma)
-        steps.append(RandGaussianBlurd(keys="image", prob=t.aug_blur_prob, sigma=sigma))
-    if t.aug_intensity_prob > 0:  # brightness: multiplicative and additive
-        steps += [RandScaleIntensityd(keys="image", factors=t.aug_brightness, prob=t.aug_intensity_prob),
-                  RandShiftIntensityd(keys="image", offsets=t.aug_shift, prob=t.aug_intensity_prob)]
-    if t.aug_contrast_prob > 0:  # contrast about the mean, clipped back to the patch's range (nnU-Net)
-        steps.append(RandScaleIntensityFixedMeand(keys="image", factors=t.aug_contrast, preserve_range=True,
-                                                  prob=t.aug_contrast_prob))
-    if t.aug_lowres_prob > 0:
-        steps.append(RandSimulateLowResolutiond(keys="image", prob=t.aug_lowres_prob,
-                                                zoom_range=tuple(t.aug_lowres_zoom),
-                                                upsample_mode="trilinear" if dims == 3 else "bilinear"))
-    if t.aug_gamma_prob > 0:
-        steps.append(RandAdjustContrastd(keys="image", prob=t.aug_gamma_prob, gamma=tuple(t.aug_gamma),
-                                         retain_stats=True))
-    if t.aug_flip_prob > 0:
-        steps += [RandFlipd(keys=("image", "label"), prob=t.aug_flip_prob, spatial_axis=axis) for axis in range(dims)]
     return steps
 
 
-__all__ = ["LoadCased", "cached_transforms", "augmentation", "remap_labels", "CopyPatchd", "CompactCased"]
+def augmentation(augment: AugmentConfig, spatial_dims: int) -> list:
+    """Random part, after ``patch_sampling``: nnU-Net's augmentation set for ``spatial_dims``-D patches,
+    in its order: rotation and scaling, elastic deformation, Gaussian noise, Gaussian blur, brightness,
+    contrast, low-resolution simulation, gamma, mirroring. Each step has its probability in
+    ``train.augment`` and is left out when that is 0."""
+    rotate = math.radians(augment.rotate_deg)
+    steps: list = []
+    if augment.affine_prob > 0:
+        # 3D: rotation about all three axes; 2D: in-plane rotation only.
+        steps.append(RandAffined(keys=("image", "label"), prob=augment.affine_prob,
+                                 rotate_range=(rotate,) * (3 if spatial_dims == 3 else 1),
+                                 scale_range=(augment.scale,) * spatial_dims,
+                                 mode=("bilinear", "nearest"), padding_mode="border"))
+    if augment.elastic_prob > 0:
+        if spatial_dims == 3:
+            steps.append(Rand3DElasticd(keys=("image", "label"), prob=augment.elastic_prob,
+                                        sigma_range=tuple(augment.elastic_sigma),
+                                        magnitude_range=tuple(augment.elastic_magnitude),
+                                        mode=("bilinear", "nearest"), padding_mode="border"))
+        else:  # 2D: a B-spline control grid 4 sigma apart; magnitude in control-grid units (/100)
+            steps.append(Rand2DElasticd(keys=("image", "label"), prob=augment.elastic_prob,
+                                        spacing=(4 * augment.elastic_sigma[1],) * 2,
+                                        magnitude_range=tuple(m / 100 for m in augment.elastic_magnitude),
+                                        mode=("bilinear", "nearest"), padding_mode="border"))
+    if augment.noise_prob > 0 and augment.noise_std > 0:
+        steps.append(RandGaussianNoised(keys="image", prob=augment.noise_prob, std=augment.noise_std))
+    if augment.blur_prob > 0:
+        sigma = tuple(augment.blur_sigma)
+        steps.append(RandGaussianBlurd(keys="image", prob=augment.blur_prob, sigma=sigma))
+    if augment.intensity_prob > 0:  # brightness: multiplicative and additive
+        steps += [RandScaleIntensityd(keys="image", factors=augment.brightness, prob=augment.intensity_prob),
+                  RandShiftIntensityd(keys="image", offsets=augment.shift, prob=augment.intensity_prob)]
+    if augment.contrast_prob > 0:  # contrast about the mean, clipped back to the patch's range (nnU-Net)
+        steps.append(RandScaleIntensityFixedMeand(keys="image", factors=augment.contrast, preserve_range=True,
+                                                  prob=augment.contrast_prob))
+    if augment.lowres_prob > 0:
+        steps.append(RandSimulateLowResolutiond(keys="image", prob=augment.lowres_prob,
+                                                zoom_range=tuple(augment.lowres_zoom),
+                                                upsample_mode="trilinear" if spatial_dims == 3 else "bilinear"))
+    if augment.gamma_prob > 0:
+        steps.append(RandAdjustContrastd(keys="image", prob=augment.gamma_prob, gamma=tuple(augment.gamma),
+                                         retain_stats=True))
+    if augment.flip_prob > 0:
+        steps += [RandFlipd(keys=("image", "label"), prob=augment.flip_prob, spatial_axis=axis)
+                  for axis in range(spatial_dims)]
+    return steps
+
+
+__all__ = ["LoadCased", "cached_transforms", "patch_sampling", "augmentation", "remap_labels", "CopyPatchd",
+           "CompactCased"]

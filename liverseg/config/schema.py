@@ -1,23 +1,15 @@
-"""The experiment configuration: frozen dataclasses, YAML on disk, ``--set a.b=value`` overrides.
+"""The experiment configuration's sections: frozen dataclasses, their defaults and their checks.
 
-This file is the one home of defaults. A run folder stores the fully resolved config (``run_folder``);
+This is the one home of defaults. A run folder stores the fully resolved config (``run_folder``);
 prediction rebuilds everything from it, so nothing here may depend on the machine
 (device, threads, resume are command-line arguments, not config fields).
 """
 from __future__ import annotations
 
-import logging
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
-import yaml
+from ..errors import ConfigError
 
-from .atomic import write_text_atomic
-from .errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 # photo.color -> input channels of the network
 PHOTO_CHANNELS = {"rgb": 3, "green": 1, "gray": 1}
@@ -86,6 +78,31 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (``train.augment``): each step's probability (0 = left out) and range."""
+    affine_prob: float = 0.2
+    rotate_deg: float = 15.0
+    scale: float = 0.1
+    flip_prob: float = 0.0  # left-right flips confuse liver vs spleen: off by default
+    intensity_prob: float = 0.5
+    noise_std: float = 0.02
+    noise_prob: float = 0.2
+    brightness: float = 0.1  # multiplicative factor range +-, applied with intensity_prob
+    shift: float = 0.05  # additive offset range +-, applied with intensity_prob
+    elastic_prob: float = 0.0  # slow; off by default as in nnU-Net
+    elastic_sigma: tuple[float, float] = (5.0, 8.0)  # smoothing of the random field, voxels
+    elastic_magnitude: tuple[float, float] = (50.0, 150.0)
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)  # voxels
+    contrast_prob: float = 0.15
+    contrast: float = 0.25  # factor range +-, about the patch mean, clipped to its range
+    lowres_prob: float = 0.25
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)  # down-sampling factor range
+    gamma_prob: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 100
     iters_per_epoch: int = 250
@@ -107,27 +124,7 @@ class TrainConfig:
     # Stop at the end of the first epoch that passes this many minutes (0 = no limit); the final
     # validation and checkpoints are still written.
     max_minutes: float = 0.0
-    # Augmentation probabilities / ranges.
-    aug_affine_prob: float = 0.2
-    aug_rotate_deg: float = 15.0
-    aug_scale: float = 0.1
-    aug_flip_prob: float = 0.0  # left-right flips confuse liver vs spleen: off by default
-    aug_intensity_prob: float = 0.5
-    aug_noise_std: float = 0.02
-    aug_noise_prob: float = 0.2
-    aug_brightness: float = 0.1  # multiplicative factor range +-, applied with aug_intensity_prob
-    aug_shift: float = 0.05  # additive offset range +-, applied with aug_intensity_prob
-    aug_elastic_prob: float = 0.0  # slow; off by default as in nnU-Net
-    aug_elastic_sigma: tuple[float, float] = (5.0, 8.0)  # smoothing of the random field, voxels
-    aug_elastic_magnitude: tuple[float, float] = (50.0, 150.0)
-    aug_blur_prob: float = 0.2
-    aug_blur_sigma: tuple[float, float] = (0.5, 1.0)  # voxels
-    aug_contrast_prob: float = 0.15
-    aug_contrast: float = 0.25  # factor range +-, about the patch mean, clipped to its range
-    aug_lowres_prob: float = 0.25
-    aug_lowres_zoom: tuple[float, float] = (0.5, 1.0)  # down-sampling factor range
-    aug_gamma_prob: float = 0.3
-    aug_gamma: tuple[float, float] = (0.7, 1.5)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_rate: float = 1.0  # at most this fraction of training cases in RAM (within --ram-cache-gb)
     # The latest checkpoint is also written every this many minutes inside an epoch (0 = at epoch ends only).
     checkpoint_minutes: float = 30.0
@@ -272,14 +269,17 @@ class ExperimentConfig:
         for key in ("epochs", "iters_per_epoch", "batch_size", "val_every"):
             if getattr(self.train, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self.train, key)}: must be at least 1")
-        for key in ("aug_affine_prob", "aug_flip_prob", "aug_intensity_prob", "aug_noise_prob", "aug_elastic_prob",
-                    "aug_blur_prob", "aug_contrast_prob", "aug_lowres_prob", "aug_gamma_prob", "cache_rate"):
-            if not 0.0 <= getattr(self.train, key) <= 1.0:
-                raise ConfigError(f"train.{key}={getattr(self.train, key)}: a probability/fraction in [0, 1]")
-        for key in ("aug_elastic_sigma", "aug_elastic_magnitude", "aug_blur_sigma", "aug_lowres_zoom", "aug_gamma"):
-            low, high = getattr(self.train, key)
+        augment = self.train.augment
+        fractions = {f"augment.{key}": getattr(augment, key) for key in (
+            "affine_prob", "flip_prob", "intensity_prob", "noise_prob", "elastic_prob", "blur_prob", "contrast_prob",
+            "lowres_prob", "gamma_prob")}
+        for key, value in {**fractions, "cache_rate": self.train.cache_rate}.items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"train.{key}={value}: a probability/fraction in [0, 1]")
+        for key in ("elastic_sigma", "elastic_magnitude", "blur_sigma", "lowres_zoom", "gamma"):
+            low, high = getattr(augment, key)
             if not 0.0 < low <= high:
-                raise ConfigError(f"train.{key}={[low, high]}: needs 0 < low <= high")
+                raise ConfigError(f"train.augment.{key}={[low, high]}: needs 0 < low <= high")
         if self.train.checkpoint_minutes < 0 or self.train.plan_memory_gb <= 0:
             raise ConfigError(f"train.checkpoint_minutes={self.train.checkpoint_minutes} must be >= 0 and "
                               f"train.plan_memory_gb={self.train.plan_memory_gb} > 0")
@@ -292,213 +292,3 @@ class ExperimentConfig:
 def _check_positive(key: str, values: tuple) -> None:
     if len(values) != 3 or any(v <= 0 for v in values):
         raise ConfigError(f"{key}={list(values)}: needs three positive numbers")
-
-
-# ----------------------------------------------------------------------------- dict <-> dataclass
-
-# Keys that moved: old SECTION.KEY -> new one. Configs, run folders and --set overrides that use an old key
-# still load, with a warning naming the new one (where a file gives both, the new key's value is kept).
-MOVED_KEYS = {
-    "preprocess.photo_color": "photo.color",
-    "preprocess.photo_clahe": "photo.clahe",
-    "preprocess.photo_fov_threshold": "photo.fov_threshold",
-    "preprocess.photo_fov_diameter": "photo.fov_diameter",
-}
-
-
-def move_old_keys(data: dict) -> dict:
-    """A copy of ``data`` (a whole config as nested dicts) with the ``MOVED_KEYS`` at their new places."""
-    moved = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
-    for old, new in MOVED_KEYS.items():
-        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
-        source = moved.get(old_section)
-        if not isinstance(source, dict) or old_key not in source:
-            continue
-        value = source.pop(old_key)
-        target = moved.get(new_section) or {}
-        moved[new_section] = target
-        if not isinstance(target, dict):
-            continue  # from_dict reports the section that is not a mapping
-        if new_key in target:
-            log.warning("config key %s is now %s, which is set too: %s=%r is ignored", old, new, old, value)
-        else:
-            log.warning("config key %s is now %s: please rename it", old, new)
-            target[new_key] = value
-    return moved
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain YAML-friendly structure (tuples become lists)."""
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def from_dict(data: dict | None, cls: type = ExperimentConfig, where: str = "") -> Any:
-    """Build ``cls`` from nested dicts, rejecting unknown keys and values of the wrong type."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
-    if cls is ExperimentConfig:
-        data = move_old_keys(data)
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + str(k) for k in unknown)}; "
-                          f"valid keys{' in ' + where if where else ''}: {', '.join(valid)}")
-    kwargs = {}
-    for name in valid:
-        if name not in data:
-            continue
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(data[name], hints[name], key)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if is_dataclass(hint):
-        return from_dict(value, hint, key)
-    if origin is tuple:
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r}: expected a list")
-        args = typing.get_args(hint)
-        item_type = args[0]
-        if len(args) > 1 and args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}={list(value)}: expected exactly {len(args)} values")
-        return tuple(_coerce(v, item_type, key) for v in value)
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r}: expected a mapping such as {{2: 1}}")
-        key_type, value_type = typing.get_args(hint)
-        return {_coerce(k, key_type, key): _coerce(v, value_type, key) for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r}: expected a string")
-        return value
-    raise TypeError(f"unsupported config type {hint} for {key}")  # a programming error, not user input
-
-
-# ----------------------------------------------------------------------------- files and overrides
-
-# The configs shipped inside the package (configs/ at the repository root links here).
-SHIPPED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def shipped_configs() -> list[str]:
-    """Names of the configs shipped with liverseg (``--config NAME`` finds them)."""
-    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
-
-
-def resolve_config(path: str | Path) -> Path:
-    """A config file: ``path`` itself when it is a file (a path always wins), else the shipped config of
-    that name (``demo_3d`` or ``demo_3d.yaml``); otherwise an error that lists the shipped names."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if len(path.parts) == 1:  # a bare name, no folder
-        stem = path.name[:-len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
-        shipped = SHIPPED_CONFIGS / f"{stem}.yaml"
-        if stem and shipped.is_file():
-            return shipped
-    raise ConfigError(f"{path}: config file not found (nor a shipped config of that name; shipped: "
-                      f"{', '.join(shipped_configs())})")
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Defaults, updated by a YAML file (a path, or the name of a shipped config), updated by ``a.b=value``
-    overrides; validated."""
-    data: dict = {}
-    if path is not None:
-        path = resolve_config(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
-    for override in overrides:
-        _apply_override(data, override)
-    try:
-        return from_dict(data).validate()
-    except ConfigError as exc:
-        if path is not None:
-            raise ConfigError(f"{path}: {exc}") from None
-        raise
-
-
-def _apply_override(data: dict, override: str) -> None:
-    if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE, e.g. train.lr=3e-4")
-    dotted, raw = override.split("=", 1)
-    parts = dotted.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {override!r}: the key must be SECTION.KEY, e.g. train.lr; sections: "
-                          f"{', '.join(f.name for f in fields(ExperimentConfig))}")
-    if ".".join(parts) in MOVED_KEYS:
-        log.warning("--set %s: the key is now %s", dotted.strip(), MOVED_KEYS[".".join(parts)])
-        parts = MOVED_KEYS[".".join(parts)].split(".")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    section = data.setdefault(parts[0], {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"--set {override!r}: {parts[0]} is not a section")
-    section[parts[1]] = value
-
-
-def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> ExperimentConfig:
-    data = to_dict(cfg)
-    for override in overrides:
-        _apply_override(data, override)
-    return from_dict(data).validate()
-
-
-def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
-    """Write the resolved config atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
-    return write_text_atomic(text, path)
-
-
-def config_from_yaml_text(text: str) -> ExperimentConfig:
-    return from_dict(yaml.safe_load(text)).validate()
-
-
-__all__ = ["DataConfig", "PreprocessConfig", "ModelConfig", "TrainConfig", "InferConfig", "PhotoConfig",
-           "ExperimentConfig", "MOVED_KEYS", "MODALITY_SPATIAL_DIMS", "load_config", "save_config", "apply_overrides",
-           "to_dict", "from_dict"]
