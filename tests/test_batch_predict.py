@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from liverseg.cli import main
-from liverseg.inference import batch as batch_module
+from liverseg.modalities import ct_case
 from liverseg.engine import loaded as loaded_module
 from liverseg.io import write_volume
 
@@ -99,7 +99,7 @@ def test_an_interrupted_case_leaves_no_partial_folder(run_dir, inputs, tmp_path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch_module, "write_case_outputs", interrupted)
+    monkeypatch.setattr(ct_case, "write_case_outputs", interrupted)
     out = tmp_path / "out"
     code = main(["predict", str(inputs / "case0.nii.gz"), "-o", str(out), "--model", str(run_dir), "--device", "cpu",
                  "-q"])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from liverseg.cli import main
-from liverseg.inference import batch as batch_module
+from liverseg.modalities import ct_case
 from liverseg.inference.case_folders import OWNER_FILE, clean_stale_partials, owner_record
 from liverseg.inference.cases import cases_from_inputs
 from liverseg.io import write_volume
@@ -184,14 +184,14 @@ def test_a_partial_being_written_carries_its_owner_and_is_kept(run_dir, tmp_path
     """While a case is written its partial folder names this (live) process, so a concurrent run's
     cleaning keeps it; the owner record does not reach the finished case folder."""
     seen = {}
-    real = batch_module.write_case_outputs
+    real = ct_case.write_case_outputs
 
     def spy(bundle, case, volume, labels, case_dir, *args, **kwargs):
         seen["owner"] = json.loads((case_dir / OWNER_FILE).read_text())
         seen["removed"] = clean_stale_partials(case_dir.parent)
         return real(bundle, case, volume, labels, case_dir, *args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "write_case_outputs", spy)
+    monkeypatch.setattr(ct_case, "write_case_outputs", spy)
     out = tmp_path / "out"
     assert _predict(_write_ct(tmp_path / "a.nii.gz", 0), "-o", out, "--model", run_dir) == 0
     assert seen["owner"]["pid"] == os.getpid() and seen["removed"] == []

@@ -13,38 +13,24 @@ import logging
 import math
 import os
 import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 
 from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
 from ..config import apply_overrides
-from ..errors import ConfigError, InputError, LiversegError
-from ..io import read_volume, write_label_map
-from ..io.dicom_seg import write_dicom_seg
-from ..io.integrity import check_ct_values
-from ..io.outputs import (label_voxel_counts, probability_map_description, write_color_table, write_probability_map,
-                          write_seg_nrrd)
-from ..io.volume import Volume
+from ..errors import ConfigError, InputError
 from ..datasets.manifest import Case
-from ..reports.case_report import case_report, write_lesions_csv, write_preview_png, write_report
-from ..reports.tumour_burden import burden_summary, tumour_burden
 from .case_folders import OWNER_FILE, clean_stale_partials, commit_case_folder, owned_temp_dir
 from .cases import cases_from_inputs
-from ..engine.loaded import Ensemble, TrainedModel, predict
+from ..engine.loaded import Ensemble, TrainedModel
 from .sources import load_ensemble, load_model
 from ..modalities import modality_for
+from ..modalities.ct_case import LESIONS_CSV, PROBABILITIES, SEGMENTATION
 from .summary import BATCH_SUMMARY, summary_row, write_batch_summary
 
 log = logging.getLogger(__name__)
-
-SEGMENTATION = "segmentation.nii.gz"
-PROBABILITIES = "probabilities.nii.gz"  # --save-probabilities: io.outputs.write_probability_map
-LESIONS_CSV = "lesions.csv"
 
 
 @dataclass(frozen=True)
@@ -130,10 +116,10 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         if isinstance(bundle.model, Ensemble):
             bundle.model.members = [replace(m, cfg=_infer_overrides(m.cfg, options.overrides))
                                     for m in bundle.model.members]
-    check_headers = modality_for(bundle.cfg).traits.volume_inputs
+    modality = modality_for(bundle.cfg)
     # a batch of one: read (and so proven whole) before anything is written, its error the run's; the
-    # volume is then segmented as read, not read a second time
-    first_read = (cases[0].case_id, _read_case(cases[0], options)) if check_headers and len(cases) == 1 else None
+    # input is then segmented as read, not read a second time
+    first_read = (cases[0].case_id, modality.read_input(bundle, cases[0], options)) if len(cases) == 1 else None
     result = BatchResult()
     existing = [case.case_id for case in cases if (out_dir / case.case_id).exists()]
     if existing and not options.skip_existing and not options.overwrite and live_claims(out_dir):
@@ -156,14 +142,16 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
     label_names = list(bundle.cfg.data.labels)
     rows = {name: summary_row(name, "skipped", out_dir / name, label_names) for name in result.skipped}
     single = len(cases) == 1
-    pipelined = check_headers and not single and pipeline_enabled(options.pipeline)
+    # volumes are large: reading the next and writing the last while the network runs pays; photographs not
+    pipelined = modality.traits.volume_inputs and not single and pipeline_enabled(options.pipeline)
+
+    def read(case: Case):
+        if first_read and first_read[0] == case.case_id:
+            return first_read[1]
+        return modality.read_input(bundle, case, options)
 
     def whole(case: Case) -> Path:  # one case at a time
-        if not check_headers:  # photographs: predict_case reads and predicts them
-            return predict_case(bundle, case, out_dir, options, progress=options.progress and single)
-        read = first_read[1] if first_read and first_read[0] == case.case_id else _read_case(case, options)
-        segmented = segment_ct_case(bundle, case, options, progress=options.progress and single, volume=read[0],
-                                    read_s=read[1])
+        segmented = modality.segment(bundle, case, read(case), options, progress=options.progress and single)
         return predict_case(bundle, case, out_dir, options, segmented=segmented)
 
     def done(case: Case, case_dir: Path, seconds: float) -> None:
@@ -183,8 +171,8 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
         result.skipped.append(case.case_id)
         rows[case.case_id] = summary_row(case.case_id, "skipped", out_dir / case.case_id, label_names)
 
-    steps = CaseSteps(read=lambda case: _read_case(case, options),
-                      compute=lambda case, read: segment_ct_case(bundle, case, options, volume=read[0], read_s=read[1]),
+    steps = CaseSteps(read=read,
+                      compute=lambda case, data: modality.segment(bundle, case, data, options),
                       write=lambda case, segmented: predict_case(bundle, case, out_dir, options, segmented=segmented),
                       whole=whole)
     run_cases(cases, out_dir, steps, on_done=done, on_fail=failed, on_skip=skipped, overwrite=options.overwrite,
@@ -214,120 +202,23 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
 
 
 def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions,
-                 progress: bool = False, segmented: dict | None = None) -> Path:
-    """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed.
-    ``segmented``: ``segment_ct_case``'s result when the case is segmented already (only written here)."""
+                 progress: bool = False, segmented: Any = None) -> Path:
+    """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed: its
+    modality reads, segments (unless ``segmented``, ``Modality.segment``'s result, is given) and writes it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    modality = modality_for(bundle.cfg)
+    if segmented is None:
+        segmented = modality.segment(bundle, case, modality.read_input(bundle, case, options), options, progress)
     final = out_dir / case.case_id
     work = owned_temp_dir(out_dir, case.case_id, ".partial")
     try:
-        modality = modality_for(bundle.cfg)
-        if not modality.traits.volume_inputs:  # self-contained files (photographs): the modality writes them
-            modality.write_case(bundle, case, work)
-        elif segmented is not None:
-            write_ct_case(bundle, case, work, options, segmented)
-        else:
-            predict_ct_case(bundle, case, work, options, progress)
+        modality.write_outputs(bundle, case, segmented, work, options)
         (work / OWNER_FILE).unlink()
         commit_case_folder(work, final, options.overwrite)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return final
-
-
-def predict_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
-                    progress: bool = False) -> list[Path]:
-    """Read, segment and write one CT case into ``case_dir``; returns the files written."""
-    return write_ct_case(bundle, case, case_dir, options, segment_ct_case(bundle, case, options, progress))
-
-
-def segment_ct_case(bundle: TrainedModel, case: Case, options: PredictOptions, progress: bool = False,
-                    volume: Volume | None = None, read_s: float = 0.0) -> dict:
-    """Read (unless ``volume`` is given, read in ``read_s`` seconds) and segment one CT case."""
-    start = time.perf_counter() - read_s
-    if volume is None:
-        volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
-    labels, probabilities, warnings, details = predict(
-        bundle, volume, threads=options.threads, progress=progress, memory_gb=options.memory_gb,
-        probabilities=options.save_probabilities)
-    warnings = [*volume.meta.get("warnings", []), *warnings]  # the reader's repairs (e.g. qform/sform) first
-    return {"volume": volume, "labels": labels, "warnings": warnings, "details": details,
-            "runtime_s": time.perf_counter() - start, "probabilities": probabilities}
-
-
-def write_ct_case(bundle: TrainedModel, case: Case, case_dir: Path, options: PredictOptions,
-                  segmented: dict) -> list[Path]:
-    """Write ``segment_ct_case``'s result into ``case_dir``; returns the files written."""
-    cfg = bundle.cfg
-    volume, labels, warnings, details = (segmented[key] for key in ("volume", "labels", "warnings", "details"))
-    runtime_s = segmented["runtime_s"]
-    for warning in warnings:
-        log.warning("%s: warning: %s", case.case_id, warning)
-    burden = tumour_burden(labels, volume.affine_ras, cfg.data.labels, volume.array)
-    written = write_case_outputs(bundle, case, volume, labels, case_dir, runtime_s, options,
-                                 warnings=warnings, details=details, burden=burden,
-                                 probabilities=segmented.get("probabilities"))
-    log.info("%s: %s in %.1f s", case.case_id, _label_summary(labels, volume, cfg.data.labels), runtime_s)
-    if burden is not None:
-        log.info("%s: %s", case.case_id, burden_summary(burden))
-    return written
-
-
-def write_case_outputs(bundle: TrainedModel, case: Case, volume: Volume, labels: np.ndarray, case_dir: Path,
-                       runtime_s: float, options: PredictOptions, warnings: list[str] | None = None,
-                       details: dict | None = None, burden: dict | None = None,
-                       probabilities: np.ndarray | None = None) -> list[Path]:
-    """Every output of a case: the NIfTI label map and the Slicer-ready files beside it (``io.outputs``,
-    ``report``).
-
-    ``segmentation.nii.gz``, ``segmentation.seg.nrrd`` + ``labels.ctbl`` (names and colours for 3D
-    Slicer), ``segmentation.dcm`` (DICOM SEG, DICOM input only), ``report.json`` (volumes, HU
-    statistics, geometry, runtime, model, warnings; the tumour burden when the labels have a liver and
-    a lesion label), ``lesions.csv`` (the lesion table, same condition) and ``preview.png`` (unless
-    ``options.preview`` is off). ``burden``: ``tumour_burden.tumour_burden``'s result when the caller
-    has it already (computed here otherwise). ``probabilities`` (uint8 (X, Y, Z, K) on the volume's
-    grid, ``volume.predict_volume_probabilities``): written as ``probabilities.nii.gz`` and described in
-    the report. The compressed files are written in a second thread while
-    this one writes the DICOM SEG and the report (zlib releases the GIL), so on two cores the slowest
-    of them sets the time.
-    """
-    names = list(bundle.cfg.data.labels)
-    label_volume = volume.with_array(labels)
-    if burden is None:
-        burden = tumour_burden(labels, volume.affine_ras, names, volume.array)
-
-    def compressed() -> list[Path]:
-        files = [write_label_map(labels, volume, case_dir / SEGMENTATION),
-                 write_seg_nrrd(labels, volume, case_dir / "segmentation.seg.nrrd", names),
-                 write_color_table(names, case_dir / "labels.ctbl")]
-        if options.preview:
-            files.append(write_preview_png(volume, label_volume, case_dir / "preview.png", names))
-        return files
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        files = pool.submit(compressed)
-        written = []
-        if volume.dicom is not None:  # read from a DICOM series: its SEG can reference the slices
-            try:
-                written.append(write_dicom_seg(labels, volume, case_dir / "segmentation.dcm", names,
-                                               model_id=bundle.model_id or "liverseg"))
-            except (LiversegError, ValueError, AttributeError, KeyError) as exc:  # highdicom's refusals included
-                log.warning("%s: segmentation.dcm not written (%s: %s); the other outputs are complete",
-                            case.case_id, type(exc).__name__, " ".join(str(exc).split())[:300])
-        extra = {"backend": bundle.backend, "case_id": case.case_id, "warnings": list(warnings or []),
-                 **({"model_details": details} if details else {})}
-        if isinstance(bundle.model, Ensemble):
-            extra["ensemble_members"] = list(bundle.meta.get("members", []))
-        if probabilities is not None:
-            written.append(write_probability_map(probabilities, volume, case_dir / PROBABILITIES, names))
-            extra["probabilities"] = {"file": PROBABILITIES, **probability_map_description(names)}
-        report = case_report(volume, label_volume, names, runtime_s=runtime_s, model_id=bundle.model_id,
-                             input_path=case.image, extra=extra, burden=burden)
-        written.append(write_report(report, case_dir / "report.json"))
-        if burden is not None:
-            written.append(write_lesions_csv(burden, case_dir / LESIONS_CSV))
-        return files.result() + written
 
 
 # ----------------------------------------------------------------------------- checks, summary
@@ -344,22 +235,6 @@ def _check_memory_gb(memory_gb: float | None) -> None:
                          "for the default budget")
 
 
-def _read_case(case: Case, options: PredictOptions) -> tuple[Volume, float]:
-    """(volume, seconds) of a CT case to segment, when its turn comes (read ahead in a pipelined batch).
-    The reader proves the data whole; a volume of one value (blank export) is refused here for every
-    format; any reader's error is one unreadable input (``InputError``)."""
-    start = time.perf_counter()
-    try:
-        volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
-    except (LiversegError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a reader's own exception types
-        message = (str(exc).splitlines() or [""])[0][:200]
-        raise InputError(f"{case.image}: cannot be read ({type(exc).__name__}: {message})") from None
-    check_ct_values(case.image, volume.array)
-    return volume, time.perf_counter() - start
-
-
 def _infer_overrides(cfg, overrides: Sequence[str]):
     for item in overrides:
         if not item.strip().startswith("infer."):
@@ -371,11 +246,5 @@ def _infer_overrides(cfg, overrides: Sequence[str]):
         raise InputError(f"--set: {exc}") from None
 
 
-def _label_summary(labels: np.ndarray, volume: Volume, names: Sequence[str]) -> str:
-    counts = label_voxel_counts(labels, len(names))
-    return ", ".join(f"{name} {counts[i] * volume.voxel_volume_ml:.1f} mL" for i, name in enumerate(names) if i > 0)
-
-
 __all__ = ["PredictOptions", "BatchResult", "predict_batch", "predict_cases", "predict_files", "predict_case",
-           "predict_ct_case", "segment_ct_case", "write_ct_case", "write_case_outputs", "SEGMENTATION",
-           "PROBABILITIES", "LESIONS_CSV"]
+           "SEGMENTATION", "PROBABILITIES", "LESIONS_CSV"]

@@ -3,7 +3,8 @@ prediction and export, so that the code above this package asks its modality ins
 ``data.modality``'s value.
 
 A modality is a static record of traits (``ModalityTraits``: what applies to it) and four behaviours:
-load a case, build its training and validation data, predict a case, score a case. ``modality_for(cfg)``
+load a case, build its training and validation data, predict a case (for validation, on the network's
+grid; and an input, read -> segment -> write outputs, for ``liverseg predict``), score a case. ``modality_for(cfg)``
 (``liverseg.modalities``) picks the one the config names.
 
 This module and the plug-ins' own modules (``ct.py``, ``photo.py``) import no PyTorch or MONAI at the top:
@@ -30,7 +31,7 @@ class ModalityTraits:
     spatial_dims: tuple[int, ...]  # model.spatial_dims values it allows
     # Inputs are volumes with headers: batch prediction reads them once with header and intensity checks
     # (and pipelines reading with predicting), they may be ensembled, and ``liverseg.segment`` takes them.
-    # Otherwise every input is a self-contained file that ``Modality.write_case`` predicts on its own.
+    # Otherwise every input is a small self-contained file, predicted one after the other.
     volume_inputs: bool
     auto_plan: bool  # `liverseg plan` and train.auto_plan derive spacing, intensities and patch from its data
     exportable: bool  # ONNX / TorchScript / MONAI-bundle export, and the ONNX written at the end of training
@@ -77,13 +78,23 @@ class Modality(ABC):
         return {name: dice(predicted == index, reference == index)
                 for index, name in enumerate(cfg.data.labels[1:], start=1)}
 
-    def write_case(self, bundle: Any, case: Any, case_dir: Path) -> list[Path]:
-        """Predict one input (a ``manifest.Case``) with ``bundle`` (an ``engine.loaded.TrainedModel``) into
-        ``case_dir``; the files written. Only modalities without ``traits.volume_inputs`` implement it:
-        volumes take batch prediction's own road (read once, checked, pipelined, written on the input's
-        grid), which lives above this layer (``inference.batch``)."""
-        raise NotImplementedError(f"data.modality={self.name}: its cases are volumes, which batch prediction "
-                                  "reads and writes itself")
+    # One input predicted, in the three steps that batch prediction (``inference.batch``) runs for every
+    # case (pipelined across cases where ``traits.volume_inputs``: the next read and the last write overlap
+    # the network). ``bundle`` is an ``engine.loaded.TrainedModel``; ``case`` a ``datasets.manifest.Case``;
+    # ``options`` batch prediction's ``PredictOptions``.
+
+    @abstractmethod
+    def read_input(self, bundle: Any, case: Any, options: Any) -> Any:
+        """Read one input for ``bundle``'s config, proven whole (a damaged or blank input raises ``InputError``)."""
+
+    @abstractmethod
+    def segment(self, bundle: Any, case: Any, read: Any, options: Any, progress: bool = False) -> Any:
+        """Segment what ``read_input`` returned; the result is what ``write_outputs`` takes."""
+
+    @abstractmethod
+    def write_outputs(self, bundle: Any, case: Any, segmented: Any, case_dir: Path, options: Any) -> list[Path]:
+        """Write ``segment``'s result into ``case_dir`` (a folder that batch prediction renames into place
+        when complete); returns the files written."""
 
 
 __all__ = ["ModalityTraits", "Modality"]

@@ -1,6 +1,7 @@
 """CT volumes (``data.modality: ct``): DICOM series or NIfTI/NRRD/MHA files in Hounsfield units, resampled
 to ``preprocess.spacing_mm``; 3D models, or 2D ones on axial slices (``model.slices_2d`` neighbours as
-channels). The data pipeline is ``data.py`` and ``transforms.py``; prediction is ``engine.tiling``'s."""
+channels). The data pipeline is ``data.py`` and ``transforms.py``; validation's prediction is
+``engine.tiling``'s; an input's prediction is ``ct_case.py`` (read, segment with ``engine``, write)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..config import MODALITY_SPATIAL_DIMS, ExperimentConfig
 from .base import Modality, ModalityTraits
+from .ct_case import read_ct_case, segment_ct_case, write_ct_case
 
 
 class CTModality(Modality):
@@ -42,6 +44,18 @@ class CTModality(Modality):
         from ..engine.tiling import network_probabilities  # keeps torch out of the exported-model path
 
         return network_probabilities(model, case["image"][0], cfg, device)
+
+    def read_input(self, bundle: Any, case: Any, options: Any) -> Any:
+        """(volume, seconds): ``ct_case.read_ct_case`` (format-agnostic checks, blank volumes refused)."""
+        return read_ct_case(case, options)
+
+    def segment(self, bundle: Any, case: Any, read: Any, options: Any, progress: bool = False) -> Any:
+        volume, read_s = read
+        return segment_ct_case(bundle, case, options, progress=progress, volume=volume, read_s=read_s)
+
+    def write_outputs(self, bundle: Any, case: Any, segmented: Any, case_dir: Path, options: Any) -> list[Path]:
+        """The label map on the input's grid, Slicer files, DICOM SEG, report (``ct_case.write_ct_case``)."""
+        return write_ct_case(bundle, case, case_dir, options, segmented)
 
 
 CT = CTModality()

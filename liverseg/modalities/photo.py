@@ -41,11 +41,23 @@ class PhotoModality(Modality):
 
         return photo_probabilities(model, case["image"], cfg, device)
 
-    def write_case(self, bundle: Any, case: Any, case_dir: Path) -> list[Path]:
-        """mask.png, probability[_<label>].png and overlay.png (``photo_predict.predict_photo_case``)."""
-        from .photo_predict import predict_photo_case  # keeps torch out of the exported-model path
+    def read_input(self, bundle: Any, case: Any, options: Any) -> Any:
+        """The photograph and its field of view as the network's input (``photo_predict.read_photo_input``)."""
+        from .photo_predict import read_photo_input  # keeps torch out of the exported-model path
 
-        return predict_photo_case(bundle, case, case_dir)
+        return read_photo_input(case, bundle.cfg)
+
+    def segment(self, bundle: Any, case: Any, read: Any, options: Any, progress: bool = False) -> Any:
+        from .photo_predict import segment_photo  # keeps torch out of the exported-model path
+
+        return (read, *segment_photo(bundle.model, bundle.cfg, read, bundle.device))
+
+    def write_outputs(self, bundle: Any, case: Any, segmented: Any, case_dir: Path, options: Any) -> list[Path]:
+        """mask.png, probability[_<label>].png and overlay.png (``photo_predict.write_photo_outputs``)."""
+        from .photo_predict import write_photo_outputs  # keeps torch out of the exported-model path
+
+        photo, labels, probabilities = segmented
+        return write_photo_outputs(bundle.cfg.data.labels, case, photo, labels, probabilities, case_dir)
 
 
 PHOTO = PhotoModality()

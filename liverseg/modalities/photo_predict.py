@@ -7,6 +7,7 @@ truth when known) drawn on the photograph.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -22,7 +23,6 @@ PREDICTION_COLOR = (0, 255, 0)
 REFERENCE_COLOR = (255, 0, 255)
 
 
-
 def photo_probabilities(model: torch.nn.Module, image: torch.Tensor | np.ndarray, cfg: ExperimentConfig,
                         device: torch.device, progress: bool = False) -> np.ndarray:
     """Class probabilities (K, H, W) float32 for a standardised photograph (C, H, W); flip TTA per
@@ -32,17 +32,24 @@ def photo_probabilities(model: torch.nn.Module, image: torch.Tensor | np.ndarray
                           batch_size=cfg.infer.sw_batch_size, blend=cfg.infer.blend, progress=progress)
 
 
-def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str | Path,
-                  fov_path: str | Path | None, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rgb, labels uint8 (H, W), probabilities float32 (K, H, W), fov) for one photograph, on its own pixels
-    (with ``photo.fov_diameter`` the network runs on the resized photograph and its
+def read_photo_input(case, cfg: ExperimentConfig) -> dict:
+    """One photograph (a ``manifest.Case``: image, optional field-of-view mask) read and made the network's
+    input: ``{"rgb": (H, W, 3) uint8, "image": (C, H, W) standardised, "fov": (H, W) bool}``."""
+    p = cfg.photo
+    rgb, image, fov = load_photo(case.image, case.fov, p.color, p.clahe, p.fov_threshold)
+    return {"rgb": rgb, "image": image, "fov": fov}
+
+
+def segment_photo(model: torch.nn.Module, cfg: ExperimentConfig, read: dict,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(labels uint8 (H, W), probabilities float32 (K, H, W)) of a read photograph (``read_photo_input``), on
+    its own pixels (with ``photo.fov_diameter`` the network runs on the resized photograph and its
     probabilities are resized back, bilinear).
 
     Outside the field of view every pixel is background (probability of class 0 set to 1).
     """
-    p = cfg.photo
-    rgb, image, fov = load_photo(image_path, fov_path, p.color, p.clahe, p.fov_threshold)
-    network_image, _, _ = to_network_resolution(image, fov, None, p.fov_diameter)
+    fov = read["fov"]
+    network_image, _, _ = to_network_resolution(read["image"], fov, None, cfg.photo.fov_diameter)
     model.eval()
     with torch.inference_mode():
         probabilities = photo_probabilities(model, network_image, cfg, device)
@@ -50,21 +57,27 @@ def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str
         probabilities = resize_channels(probabilities, fov.shape).clamp_(0.0, 1.0).numpy()
     probabilities[:, ~fov] = 0.0
     probabilities[0, ~fov] = 1.0
-    labels = probabilities.argmax(0).astype(np.uint8)
-    return rgb, labels, probabilities, fov
+    return probabilities.argmax(0).astype(np.uint8), probabilities
 
 
-def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
-    """Segment one photograph into ``case_dir``: mask.png, probability[_<label>].png, overlay.png.
+def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str | Path,
+                  fov_path: str | Path | None, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb, labels, probabilities, fov) for one photograph file: ``read_photo_input`` + ``segment_photo``."""
+    read = read_photo_input(SimpleNamespace(image=image_path, fov=fov_path), cfg)
+    labels, probabilities = segment_photo(model, cfg, read, device)
+    return read["rgb"], labels, probabilities, read["fov"]
 
-    ``bundle`` is a loaded run (``infer.TrainedModel``: cfg, model, device); ``case`` a ``manifest.Case``.
+
+def write_photo_outputs(names: tuple[str, ...] | list[str], case, read: dict, labels: np.ndarray,
+                        probabilities: np.ndarray, case_dir: str | Path) -> list[Path]:
+    """mask.png, probability[_<label>].png and overlay.png of one segmented photograph into ``case_dir``.
+
     mask.png holds 0/255 for two-class tasks and class indices otherwise; the probability maps are
     16-bit (0..65535) so metrics such as ROC AUC can be computed from them without losing precision.
+    The overlay draws the prediction's contours (and the reference's, when the case has a mask).
     """
-    cfg = bundle.cfg
-    rgb, labels, probabilities, _ = predict_photo(bundle.model, cfg, case.image, case.fov, bundle.device)
     case_dir = Path(case_dir)
-    names = cfg.data.labels
+    rgb = read["rgb"]
     mask = labels * 255 if len(names) == 2 else labels
     written = [save_png(mask.astype(np.uint8), case_dir / "mask.png")]
     for index in range(1, len(names)):
@@ -80,4 +93,13 @@ def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
     return written
 
 
-__all__ = ["PREDICTION_COLOR", "REFERENCE_COLOR", "photo_probabilities", "predict_photo", "predict_photo_case"]
+def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
+    """Segment one photograph into ``case_dir`` (``bundle``: a loaded run, ``engine.loaded.TrainedModel``;
+    ``case``: a ``manifest.Case``): read, segment, write."""
+    read = read_photo_input(case, bundle.cfg)
+    labels, probabilities = segment_photo(bundle.model, bundle.cfg, read, bundle.device)
+    return write_photo_outputs(bundle.cfg.data.labels, case, read, labels, probabilities, case_dir)
+
+
+__all__ = ["PREDICTION_COLOR", "REFERENCE_COLOR", "photo_probabilities", "read_photo_input", "segment_photo",
+           "predict_photo", "write_photo_outputs", "predict_photo_case"]
