@@ -42,7 +42,7 @@ from monai.data import CacheDataset, DataLoader  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
 from liverseg.config import load_config  # noqa: E402
-from liverseg.modalities.data import case_dicts, load_training_manifest  # noqa: E402
+from liverseg.modalities.items import case_dicts, load_training_manifest  # noqa: E402
 from liverseg.training.losses import SegmentationLoss  # noqa: E402
 from liverseg.models import build_model, input_channels  # noqa: E402
 from liverseg.phantoms import write_phantom_manifest  # noqa: E402

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from liverseg.config import load_config
-from liverseg.modalities.data import (cached_cases, case_dicts, load_training_manifest, preprocessing_key,
-                                      volume_train_loader)
+from liverseg.modalities.data import cached_cases, preprocessing_key, volume_train_loader
+from liverseg.modalities.items import case_dicts, load_training_manifest
 from liverseg.modalities.sampling import StepSampler
 from liverseg.modalities.transforms import LoadCased, cached_transforms
 

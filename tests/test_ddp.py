@@ -13,7 +13,8 @@ import torch
 
 from liverseg.config import load_config
 from liverseg.modalities import modality_for
-from liverseg.modalities.data import case_dicts, load_training_manifest, volume_validation_cases
+from liverseg.modalities.data import volume_validation_cases
+from liverseg.modalities.items import case_dicts, load_training_manifest
 from liverseg.models import build_model
 from liverseg.training.loop import validate
 

@@ -13,7 +13,7 @@ import yaml
 
 from liverseg.cli import main
 from liverseg.config import load_config
-from liverseg.modalities.data import case_dicts, load_training_manifest
+from liverseg.modalities.items import case_dicts, load_training_manifest
 from liverseg.errors import ConfigError
 from liverseg.io import read_volume
 from liverseg.training.plan import apply_plan, estimate_memory_gb, fingerprint, plan_dataset, target_spacing

@@ -52,7 +52,7 @@ class Modality(ABC):
 
     @abstractmethod
     def load_case(self, item: dict, cfg: ExperimentConfig) -> dict:
-        """A manifest item (``data.case_dicts``) -> ``{"id", "image", "label"}`` on the network's grid:
+        """A manifest item (``items.case_dicts``) -> ``{"id", "image", "label"}`` on the network's grid:
         image (C, *spatial) float32, label (1, *spatial) int64 class indices (when the item has one)."""
 
     @abstractmethod

@@ -1,4 +1,4 @@
-"""Training manifests (every modality), and the CT volumes' datasets, loaders and caching.
+"""The CT volumes' training datasets, loaders and caching.
 
 CT training patches are drawn as ``sampling.py`` describes: sample ``i`` is a pure function of
 ``(seed, i)``, and ``StepSampler`` splits each step's samples across ranks.
@@ -23,46 +23,13 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from ..config import ExperimentConfig, to_dict
-from ..errors import ConfigError, InputError, surface_user_errors
-from ..datasets.manifest import Case, Manifest, load_manifest
+from ..errors import surface_user_errors
 from .sampling import StepSampler, sample_seed
 from .transforms import LoadCased, augmentation, cached_transforms, crop_size, patch_sampling
 
 log = logging.getLogger(__name__)
 
 PREPROCESS_CACHE_VERSION = 2  # bump when the cached transforms change meaning
-
-
-def load_training_manifest(cfg: ExperimentConfig, manifest_override: str | None = None) -> Manifest:
-    manifest_path = manifest_override or cfg.data.manifest
-    if not manifest_path:
-        raise ConfigError("data.manifest is empty: set it in the config or with --set data.manifest=PATH "
-                          "(a liverseg manifest JSON or an MSD dataset.json)")
-    return load_manifest(manifest_path, cfg.data.root or None)
-
-
-def case_dicts(cases: list[Case], split: str, manifest: Manifest, need_labels: bool = True) -> list[dict]:
-    items = []
-    for case in cases:
-        if not case.image.exists():
-            raise InputError(f"{manifest.path}: case {case.case_id} image {case.image} not found; check "
-                             "data.root (paths in the manifest are relative to it)")
-        if need_labels:
-            if case.label is None:
-                raise InputError(f"{manifest.path}: case {case.case_id} in split {split!r} has no label")
-            if not case.label.exists():
-                raise InputError(f"{manifest.path}: case {case.case_id} label {case.label} not found")
-        if case.fov is not None and not case.fov.exists():
-            raise InputError(f"{manifest.path}: case {case.case_id} field-of-view mask {case.fov} not found")
-        item = {"id": case.case_id, "image": str(case.image), "label": str(case.label) if case.label else None}
-        if case.fov is not None:  # photographs only; CT items keep their keys (the disk cache hashes them)
-            item["fov"] = str(case.fov)
-        if case.label_format != "volume":  # labels stored as DICOM mask folders, PNG slices or DICOM SEG
-            item["label_format"], item["structures"] = case.label_format, dict(case.structures)
-        items.append(item)
-    if not items:
-        raise InputError(f"{manifest.path}: split {split!r} is empty")
-    return items
 
 
 # ----------------------------------------------------------------------------- training patches
@@ -200,5 +167,5 @@ def volume_validation_cases(cfg: ExperimentConfig, items: list[dict]):
         return CacheDataset(items, transform=LoadCased(cfg), cache_rate=1.0, num_workers=None, progress=False)
 
 
-__all__ = ["load_training_manifest", "case_dicts", "volume_train_loader", "volume_validation_cases", "StepDataset",
+__all__ = ["volume_train_loader", "volume_validation_cases", "StepDataset",
            "cached_cases", "preprocessing_key"]

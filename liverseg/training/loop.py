@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .. import distributed as dist_utils
 from ..config import ExperimentConfig, save_config
 from ..modalities import modality_for
-from ..modalities.data import case_dicts, load_training_manifest
+from ..modalities.items import case_dicts, load_training_manifest
 from ..modalities.sampling import sample_seed
 from ..errors import InputError, surface_user_errors
 from ..export.writers import export_model

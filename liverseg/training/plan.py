@@ -36,6 +36,7 @@ from ..io.volume import spacing_from_affine
 from ..grid.record import canonical_affine, canonical_ornt
 from ..grid.road import remap_labels
 from ..modalities import modality_for
+from ..modalities.items import case_dicts, load_training_manifest
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,6 @@ def apply_plan(cfg: ExperimentConfig, plan: dict) -> ExperimentConfig:
 def plan_command(manifest: str, root: str | None, config: Path | None, overrides: list[str],
                  output: Path | None) -> str:
     """``liverseg plan``: print the plan and the config values it sets (and write the config)."""
-    from ..modalities.data import case_dicts, load_training_manifest
-
     cfg = load_config(config, [*overrides, f"data.manifest={manifest}"] + ([f"data.root={root}"] if root else []))
     if not modality_for(cfg).traits.auto_plan:
         raise ConfigError(f"{config}: data.modality={cfg.data.modality!r}; planning applies to CT only")
