@@ -84,7 +84,7 @@ def load_model(path: str | Path | None, device: Any = None, threads: int | None 
 
 def load_trained_model(run_dir: str | Path, device: Any = "cpu") -> TrainedModel:
     """Rebuild the model from a run folder alone (config + checkpoint)."""
-    from ..models import build_model  # MONAI is imported only for checkpoints
+    from ..models import build_model  # heavy (MONAI): imported only for checkpoints
 
     device = resolve_device(device)
     checkpoint_path, checkpoint, cfg = read_checkpoint(run_dir)
@@ -180,7 +180,7 @@ def load_exported(path: str | Path, device: Any = None, threads: int | None = No
         raise InputError(f"{path}: TorchScript file without a liverseg config; export it with `liverseg export`")
     cfg = _config_from_text(extra["liverseg/config.yaml"], path)
     meta = json.loads(extra["liverseg/meta.json"] or "{}")
-    from ..models import SizeAdapter  # torch and MONAI: TorchScript files only
+    from ..models import SizeAdapter  # heavy (torch, MONAI): TorchScript files only
 
     module.eval()
     model = SizeAdapter(module, int(meta.get("size_divisor", cfg.model.size_divisor))).eval()

@@ -19,29 +19,29 @@ class CTModality(Modality):
                             auto_plan=True, exportable=True)
 
     def in_channels(self, cfg: ExperimentConfig) -> int:
-        from ..models import input_channels  # keeps torch and MONAI out of the exported-model path
+        from ..models import input_channels  # heavy (torch, MONAI): kept out of the exported-model path
 
         return input_channels(cfg.model)
 
     def load_case(self, item: dict, cfg: ExperimentConfig) -> dict:
-        from .transforms import LoadCased  # keeps torch and MONAI out of the exported-model path
+        from .transforms import LoadCased  # heavy (torch, MONAI): kept out of the exported-model path
 
         return LoadCased(cfg)(item)
 
     def train_loader(self, cfg: ExperimentConfig, items: list[dict], workers: int, seed: int, *, rank: int = 0,
                      world: int = 1, cache_dir: str | Path | None = None, ram_budget_gb: float | None = None) -> Any:
-        from .data import volume_train_loader  # keeps torch and MONAI out of the exported-model path
+        from .data import volume_train_loader  # heavy (torch, MONAI): kept out of the exported-model path
 
         return volume_train_loader(cfg, items, workers, seed, rank=rank, world=world, cache_dir=cache_dir,
                                    ram_budget_gb=ram_budget_gb)
 
     def validation_cases(self, cfg: ExperimentConfig, items: list[dict]) -> Any:
-        from .data import volume_validation_cases  # keeps torch and MONAI out of the exported-model path
+        from .data import volume_validation_cases  # heavy (torch, MONAI): kept out of the exported-model path
 
         return volume_validation_cases(cfg, items)
 
     def predict_case(self, model: Any, case: dict, cfg: ExperimentConfig, device: Any) -> np.ndarray:
-        from ..engine.tiling import network_probabilities  # keeps torch out of the exported-model path
+        from ..engine.tiling import network_probabilities  # heavy (torch): kept out of the exported-model path
 
         return network_probabilities(model, case["image"][0], cfg, device)
 
