@@ -13,7 +13,7 @@ import liverseg.inference as inference
 REPO = Path(__file__).resolve().parents[1]
 
 
-MODULES = ("sources", "cases", "summary", "case_folders", "cohort", "batch")
+MODULES = ("sources", "cases", "summary", "case_folders", "claims", "cohort", "batch")
 
 
 def test_every_public_name_resolves_to_its_modules_public_name():

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
+from .claims import live_claims
+from .cohort import CaseSteps, pipeline_enabled, run_cases
 from ..config import apply_overrides
 from ..errors import ConfigError, InputError, LiversegError
 from ..io import read_volume, write_label_map
