@@ -332,7 +332,8 @@ def run_staged(image: np.ndarray, threads: int) -> dict[str, np.ndarray]:
     from liverseg.builtin.engines import StagedRun
     from liverseg.builtin.kul_liver import COARSE_STRIDE, lattice, statistics_slices
     from liverseg.builtin.runtime import ConvBank, foreground_probability
-    from liverseg.builtin.staged import Layout, StagedPatch
+    from liverseg.builtin.staged import StagedPatch
+    from liverseg.builtin.staged_levels import Layout
 
     weights = load_weights("liver")
     patch = StagedPatch(ConvBank(weights, threads), Layout.from_weights(weights, FACTOR), image, PATCH)
@@ -356,7 +357,7 @@ def run_staged(image: np.ndarray, threads: int) -> dict[str, np.ndarray]:
 
 def preprocess_ct(path: Path) -> np.ndarray:
     """liverseg's own road to the original's 3 mm scaled image of the body box (X, Y, Z = R, A, S)."""
-    from liverseg.builtin.kul_liver import Grid, body_box, resample_body
+    from liverseg.builtin.liver_grid import Grid, body_box, resample_body
     from liverseg.io import read_volume
     from liverseg.grid.record import canonical_ornt, to_canonical
 

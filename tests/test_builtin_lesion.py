@@ -26,9 +26,9 @@ LIVER_HU, LESION_HU, BODY_HU = 100.0, -60.0, 300.0
 def test_margins_and_sizes_match_the_original_tile():
     net = KulResUNet(3, 1, 2)
     assert net.margin == MARGIN == (44, 44, 22)
-    assert [net._output_size(n, a) for n, a in zip(TILE_INPUT, range(3))] == list(TILE_OUTPUT)
+    assert [net.output_size(n, a) for n, a in zip(TILE_INPUT, range(3))] == list(TILE_OUTPUT)
     assert net.valid_size(92, 0) == 180 and net.valid_size(42, 2) == 86
-    assert net._output_size(181, 0) is None  # an odd pooled size: the graph cannot take it
+    assert net.output_size(181, 0) is None  # an odd pooled size: the graph cannot take it
     assert sum(p.numel() for p in net.parameters()) == 3_464_221
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from liverseg.builtin import kul_liver
 from liverseg.builtin.engines import region_slices
-from liverseg.builtin.kul_liver import Grid, body_box, segment, windows
+from liverseg.builtin.kul_liver import segment
+from liverseg.builtin.liver_grid import PATCH, Grid, body_box, windows
 from liverseg.io.volume import Volume
 
 from conftest import dice_of, ellipsoid_mask, permutation, ras_affine, rotation
@@ -153,7 +154,7 @@ def test_no_liver_and_too_small_a_structure_leave_the_label_map_empty():
 
 
 def test_sampling_lattices_cover_the_region_and_the_image():
-    run = IntensityRun(np.zeros((5, 5, 100), np.float32), kul_liver.PATCH)
+    run = IntensityRun(np.zeros((5, 5, 100), np.float32), PATCH)
     coarse = kul_liver.lattice(run, kul_liver.COARSE_STRIDE)
     fine = kul_liver.lattice(run, kul_liver.FINE_STRIDE, inside_image=True)
     assert set(coarse) <= set(run.region) and len(coarse) == len(run.region) // kul_liver.COARSE_STRIDE + 1

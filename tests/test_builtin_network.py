@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from liverseg.builtin import BUILTIN_MODELS, load_weights, provenance, torch_module
 from liverseg.builtin.onnx_proto import conv_model
 from liverseg.builtin.runtime import ConvBank, foreground_probability, sampled_roi
-from liverseg.builtin.staged import (ClassField, Layout, Moments, StagedPatch, max_pool, upsample, upsample_matrix,
-                                     upsampled_stats)
+from liverseg.builtin.patch_maps import Moments, max_pool, upsample, upsample_matrix, upsampled_stats
+from liverseg.builtin.staged import StagedPatch
+from liverseg.builtin.staged_levels import ClassField, Layout
 from liverseg.models.kul_unet import KulUNet, patch_norm, upsample_linear
 
 ort = pytest.importorskip("onnxruntime")

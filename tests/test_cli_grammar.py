@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from liverseg import __version__
-from liverseg.cli import _DeprecatedAlias, build_parser, main
+from liverseg.cli import build_parser, main
+from liverseg.cli.grammar import DeprecatedAlias
 from liverseg.config import SHIPPED_CONFIGS, load_config, resolve_config, shipped_configs
 from liverseg.errors import ConfigError
 
@@ -63,7 +64,7 @@ def test_old_spellings_are_hidden_deprecated_aliases(path):
         assert not re.search(rf"{re.escape(old)}\b(?![-\w])", text), f"{_named(path)} --help shows {old}"
     for action in parser._actions:
         if set(action.option_strings) & OLD_SPELLINGS:
-            assert isinstance(action, _DeprecatedAlias) and action.help is argparse.SUPPRESS
+            assert isinstance(action, DeprecatedAlias) and action.help is argparse.SUPPRESS
             assert action.dest == action.target.dest and action.target.option_strings == ["-o", "--output"]
 
 

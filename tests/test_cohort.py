@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from liverseg.cli import main
-from liverseg.inference.cohort import CLAIMS, Claims, parse_part, remove_leftovers, select_part
+from liverseg.inference.claims import CLAIMS, Claims, remove_leftovers
+from liverseg.inference.cohort import parse_part, select_part
 from liverseg.errors import InputError
 from liverseg.io import write_volume
 from liverseg.datasets.manifest import Case

@@ -13,7 +13,7 @@ import yaml
 
 import liverseg.training.loop as train_module
 from liverseg.builtin import BUILTIN_MODELS, provenance, torch_module
-from liverseg.builtin.kul_liver import scale_hu
+from liverseg.builtin.liver_grid import scale_hu
 from liverseg.cli import main
 from liverseg.config import ExperimentConfig, load_config
 from liverseg.errors import ConfigError, InputError

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .runtime import ConvBank, foreground_probability
-from .staged import Layout, StagedPatch
+from .staged import StagedPatch
+from .staged_levels import Layout
 
 
 def region_slices(patch_size: int, image_size: int, margin: int) -> range:

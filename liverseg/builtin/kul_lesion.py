@@ -37,7 +37,7 @@ import numpy as np
 
 from ..io.volume import Volume
 from ..grid.record import canonical_ornt, to_canonical
-from .kul_liver import Grid, interpolate_mask, probability_on_input, scale_hu
+from .liver_grid import Grid, interpolate_mask, probability_on_input, scale_hu
 from .zoom import zoom3d
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.kul_resunet import KulResUNet, norm_act
+from ..models.kul_resunet import KulResUNet
 from ..models.kul_unet import EPSILON, NEGATIVE_SLOPE
 
 CHANNELS_LAST = torch.channels_last_3d
@@ -142,7 +142,7 @@ class StreamedResUNet:
     def logits(self, image: np.ndarray) -> np.ndarray:
         m = self.module
         for axis, n in enumerate(image.shape):
-            if m._output_size(n, axis) is None:
+            if m.output_size(n, axis) is None:
                 raise ValueError(f"input {list(image.shape)} is not a size the lesion network takes")
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
         x = x.contiguous(memory_format=CHANNELS_LAST)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
-from . import onnx_proto
-from .staged import Stats
+from .onnx_proto import conv_model
+from .patch_maps import Stats
 
 EPSILON = np.float32(1e-7)  # Keras' K.epsilon(), added to the std by the original's norm
 
@@ -59,7 +59,7 @@ class ConvBank:
             if same:
                 half = [k // 2 for k in weight.shape[2:]]
                 pads = half + half
-            data = onnx_proto.conv_model(weight, self.weights[f"{base}.conv.bias"], pads, prenorm=prenorm,
+            data = conv_model(weight, self.weights[f"{base}.conv.bias"], pads, prenorm=prenorm,
                                          masked=masked, slices=slices, moments=moments, pool=pool)
             self._sessions[key] = self._ort.InferenceSession(data, self.options, providers=["CPUExecutionProvider"])
         return self._sessions[key]

@@ -6,7 +6,8 @@ the modality plug-ins (``liverseg.modalities``) sit between the two.
 
 * ``sources``: run folder, exported ONNX / TorchScript file or built-in model -> ``TrainedModel``;
 * ``cases``, ``summary``, ``case_folders``: which cases, ``batch_summary.csv``, atomic case folders;
-* ``cohort``: a share of the cases per job, claims between workers, the read-ahead/write-behind loop;
+* ``cohort``: a share of the cases per job and the read-ahead/write-behind loop; ``claims``: claims between
+  workers;
 * ``batch``: batch prediction (``liverseg predict``).
 
 Every name below can be imported from this package (``from liverseg.inference import load_model``);

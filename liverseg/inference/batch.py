@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from .cohort import CaseSteps, live_claims, pipeline_enabled, run_cases
+from .claims import live_claims
+from .cohort import CaseSteps, pipeline_enabled, run_cases
 from ..config import apply_overrides
 from ..errors import ConfigError, InputError
 from ..datasets.manifest import Case

@@ -1,45 +1,34 @@
-"""Everything that touches a file format: ``read_volume`` in, ``write_label_map`` out."""
+"""Everything that touches a file format: ``read_volume`` in, ``write_label_map`` out.
+
+The package imports none of its modules (``inputs``, ``images``, ``outputs``, ``volume``, ``formats``,
+``dicom``, ...); the names below load their module on first use.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import import_module
 
-from ..errors import InputError
-from .dicom import check_dicom, read_dicom_series
-from .formats import input_format, is_image_file, strip_image_suffix
-from .images import check_image_file, read_image_file, write_volume
-from .outputs import write_label_map
-from .volume import Volume
+_EXPORTS = {
+    "volume": ("Volume",),
+    "inputs": ("read_volume", "check_input", "case_name"),
+    "outputs": ("write_label_map",),
+    "formats": ("is_image_file",),
+    "images": ("write_volume",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["Volume", "read_volume", "check_input", "write_label_map", "case_name", "is_image_file", "write_volume"]
-
-
-def read_volume(path: str | Path, *, series: str | None = None, allow_gaps: bool = False) -> Volume:
-    """Read a DICOM series folder (or one DICOM multi-frame file) or a NIfTI/NRRD/MHA file into a Volume.
-
-    ``series``: a SeriesInstanceUID or a 0-based index as ``liverseg inspect`` lists them (default: the
-    CT series with the most slices). ``allow_gaps``: interpolate across missing slices instead of refusing.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    if input_format(path) == "dicom":
-        return read_dicom_series(path, series, allow_gaps)
-    return read_image_file(path)
+__all__ = sorted(_MODULE_OF)
 
 
-def check_input(path: str | Path, *, series: str | None = None, allow_gaps: bool = False) -> None:
-    """Cheap up-front check (headers, series discovery, slice order and gaps) that ``read_volume`` can be
-    tried on ``path``."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    if input_format(path) == "dicom":
-        check_dicom(path, series, allow_gaps)
-    else:
-        check_image_file(path)
+def __getattr__(name: str):
+    """A public name of one of the modules, which is imported now (PEP 562): the package imports none of
+    its modules itself, so a module importing a sibling never runs into a half-imported package."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
-def case_name(path: str | Path) -> str:
-    """Output folder name for an input: file name without image suffix, or the folder's name."""
-    path = Path(path)
-    return path.name if path.is_dir() else strip_image_suffix(path.name)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

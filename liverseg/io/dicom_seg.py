@@ -16,7 +16,7 @@ from ..atomic import atomic_path
 from ..errors import GeometryError, InputError
 from ..version import __version__
 from .anatomy import resolve_colors, segment_codes
-from .dicom import choose_series
+from .dicom.discovery import choose_series
 from .outputs import check_labels, label_voxel_counts, labels_on_grid
 from .volume import LPS_TO_RAS, Volume
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dicom import is_dicom_file
+from .dicom.files import is_dicom_file
 
 # suffix -> format of the header liverseg parses itself
 HEADER_FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha",

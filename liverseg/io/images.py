@@ -19,7 +19,8 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from . import integrity
+from .integrity import (check_data_length, check_geometry, check_values, count_decompressed, nifti_form_warnings,
+                        read_nifti_gz, scan_values)
 from .headers import ImageHeader, parse_header
 from .volume import Volume, affine_from_lps, lps_from_affine
 
@@ -107,12 +108,12 @@ def check_image_file(path: Path) -> None:
     _check_file(path)
     header = parse_header(path)
     if header is not None:
-        integrity.check_data_length(header, path, full=False)
+        check_data_length(header, path, full=False)
     reader = _header_reader(path)
     check_shape(tuple(reader.GetSize()), reader.GetNumberOfComponents(), path)
-    integrity.check_geometry(path, reader.GetSpacing()[:3], reader.GetOrigin()[:3], _direction3(reader))
+    check_geometry(path, reader.GetSpacing()[:3], reader.GetOrigin()[:3], _direction3(reader))
     if header is not None:
-        integrity.scan_values(header, path)
+        scan_values(header, path)
 
 
 def _direction3(source) -> np.ndarray:
@@ -135,11 +136,11 @@ def _read_nifti_gz(path: Path, header: ImageHeader) -> Volume:
     check_shape(size, reader.GetNumberOfComponents(), path)
     target = _SITK_NUMPY.get(reader.GetPixelID())
     if target is None:  # a type SimpleITK maps in its own way: let it read the file (CRC checked already)
-        integrity.count_decompressed(path)
+        count_decompressed(path)
         return _read_with_sitk(path)
     spacing, origin = reader.GetSpacing()[:3], reader.GetOrigin()[:3]
-    integrity.check_geometry(path, spacing, origin, _direction3(reader))
-    raw = integrity.read_nifti_gz(header)
+    check_geometry(path, spacing, origin, _direction3(reader))
+    raw = read_nifti_gz(header)
     raw = raw.reshape(header.dims[:3], order="F") if raw.ndim != 3 else raw
     slope, inter = header.extra["slope"], header.extra["inter"]
     rescale = abs(slope) > 1e-12 and (abs(slope - 1.0) > 1e-12 or abs(inter) > 1e-12)
@@ -164,7 +165,7 @@ def _read_with_sitk(path: Path) -> Volume:
     except RuntimeError as exc:
         raise _unreadable(path, exc) from None
     check_shape(tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), path)
-    integrity.check_geometry(path, image.GetSpacing()[:3], image.GetOrigin()[:3], _direction3(image))
+    check_geometry(path, image.GetSpacing()[:3], image.GetOrigin()[:3], _direction3(image))
     return sitk_to_volume(image, path, {"format": "image"})
 
 
@@ -178,13 +179,13 @@ def read_image_file(path: Path) -> Volume:
     _check_file(path)
     header = parse_header(path)
     if header is not None:
-        integrity.check_data_length(header, path, full=True)
+        check_data_length(header, path, full=True)
     if header is not None and header.fmt == "nifti" and header.compression == "gzip":
         volume = _read_nifti_gz(path, header)
     else:
         volume = _read_with_sitk(path)
-    integrity.check_values(path, volume.array)
-    warnings = integrity.nifti_form_warnings(header, volume.affine_ras) if (
+    check_values(path, volume.array)
+    warnings = nifti_form_warnings(header, volume.affine_ras) if (
         header is not None and header.fmt == "nifti") else []
     if warnings:
         volume.meta["warnings"] = [f"{path}: {w}" for w in warnings]

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeometryError, InputError
-from .dicom import read_dicom_series
 from .dicom.files import all_files, is_dicom_file
+from .dicom.reading import read_dicom_series
 from .images import read_image_file
 from .volume import LPS_TO_RAS, Volume, spacing_from_affine
 

@@ -120,11 +120,11 @@ class KulResUNet(nn.Module):
     def valid_size(self, size: int, axis: int) -> int:
         """The smallest input along ``axis`` that the graph accepts and whose output is at least ``size``."""
         n = max(1, size) + 2 * self.margin[axis]
-        while self._output_size(n, axis) is None or self._output_size(n, axis) < size:
+        while self.output_size(n, axis) is None or self.output_size(n, axis) < size:
             n += 1
         return n
 
-    def _output_size(self, n: int, axis: int) -> int | None:
+    def output_size(self, n: int, axis: int) -> int | None:
         """The output length of an input of ``n`` along ``axis``, None where the graph cannot take it."""
         flat = self._flat_axes()[axis]
         shrink = 2 if flat else 4  # per block, both sides: the full kernel, and the in-plane one off z
@@ -150,7 +150,7 @@ class KulResUNet(nn.Module):
     def core(self, x: torch.Tensor) -> torch.Tensor:
         """The original graph: logits ``2 * margin`` smaller than the input along each axis."""
         for axis, n in enumerate(x.shape[2:]):
-            if self._output_size(n, axis) is None:
+            if self.output_size(n, axis) is None:
                 raise ValueError(f"kul_resunet cannot take an input of {list(x.shape[2:])} voxels: along axis "
                                  f"{axis} use e.g. {self.valid_size(max(1, n - 2 * self.margin[axis]), axis)}")
         pool = F.max_pool3d if self.dims == 3 else F.max_pool2d
@@ -177,7 +177,7 @@ class KulResUNet(nn.Module):
         flat: list[int] = []
         for axis, n in enumerate(shape):
             size = self.valid_size(n, axis)
-            extra = self._output_size(size, axis) - n  # type: ignore[operator]
+            extra = self.output_size(size, axis) - n  # type: ignore[operator]
             lead = self.margin[axis] + extra // 2
             before.append(lead)
             crop.append(slice(extra // 2, extra // 2 + n))
