@@ -232,7 +232,7 @@ def current_onnx_export(run_dir: Path) -> tuple[Path | None, str]:
     """The run folder's ONNX export when ONNX Runtime can run it, else (None, why not).
 
     Whether it was exported from the folder's current checkpoint is checked after loading, from the
-    checkpoint digest the export recorded (``export.is_current_export``).
+    checkpoint digest the export recorded (``inference.sources.is_current_export``).
     """
     path = export_path(run_dir, "onnx")
     if not path.is_file():

@@ -188,7 +188,7 @@ def test_no_liver_no_lesions_and_a_warning_when_lesions_fill_the_liver():
     assert full.mask.sum() > 0.9 * liver.sum() and "check the segmentation" in full.warnings[0]
 
 
-def test_two_stage_predictor_labels_liver_1_and_lesion_2():
+def test_two_stage_predictor_labels_liver_1_and_lesion_2(monkeypatch):
     volume, liver, lesion = liver_with_lesion((110, 100, 40), (1.0, 1.0, 3.0))
 
     class LiverFromMask:
@@ -196,16 +196,13 @@ def test_two_stage_predictor_labels_liver_1_and_lesion_2():
 
     predictor = BuiltinPredictor("liver_lesions", [LiverFromMask(), IntensityTiles()])
     import liverseg.builtin.kul_liver as kul_liver
+    import liverseg.builtin.loading as loading
 
     def fake_segment(vol, engine, threads=None, keep_probability=False):
         return kul_liver.LiverResult(liver.astype(np.uint8), ["a liver warning"], {"liver_ml": 1.0})
 
-    original = kul_liver.segment
-    kul_liver.segment = fake_segment
-    try:
-        labels, warnings, details = predictor.segment_volume(volume)
-    finally:
-        kul_liver.segment = original
+    monkeypatch.setattr(loading, "segment", fake_segment)  # the liver stage, as the predictor calls it
+    labels, warnings, details = predictor.segment_volume(volume)
     assert set(np.unique(labels)) == {0, 1, 2}
     assert dice_of(labels == 2, lesion) > 0.9 and np.all((labels > 0) == liver | (labels == 2))
     assert warnings == ["a liver warning"] and "lesion_tiles" in details and details["liver_ml"] == 1.0

@@ -14,7 +14,7 @@ from import_graph import import_graph, reaches
 REPO = Path(__file__).resolve().parents[1]
 
 
-MODULES = ("sources", "cases", "summary", "case_folders", "claims", "cohort", "batch")
+MODULES = ("sources", "cases", "summary", "case_folders", "claims", "cohort", "batch", "jobs")
 
 
 def test_every_public_name_resolves_to_its_modules_public_name():

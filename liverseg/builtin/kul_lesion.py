@@ -191,7 +191,7 @@ class StreamedTileEngine:
     name = "torch (cpu, original tiles, streamed)"
 
     def __init__(self, module) -> None:
-        from .resunet_stream import StreamedResUNet
+        from .resunet_stream import StreamedResUNet  # heavy (torch): only the streamed CPU engine needs it
 
         self.stream = StreamedResUNet(module)
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.postprocess import keep_largest_component_inplace
 from ..grid.record import to_canonical
 from .zoom import median3, zoom3d, zoom_axis, zoomed_size
 
@@ -146,8 +147,6 @@ def resample_body(canonical: np.ndarray, grid: Grid, threads: int | None = None,
 def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: Sequence[int], ornt: np.ndarray,
                           shape: Sequence[int]) -> np.ndarray:
     """The 3 mm probability -> uint8 liver labels on the input grid (linear, > 0.5, largest component)."""
-    from ..engine.postprocess import keep_largest_component_inplace
-
     labels = np.zeros(shape, dtype=np.uint8)
     found = interpolate_mask(probability, grid)
     if found is not None:

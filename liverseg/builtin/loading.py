@@ -10,6 +10,9 @@ import numpy as np
 from ..config import DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig
 from ..errors import InputError
 from ..engine.loaded import TrainedModel, nvidia_gpu_present, resolve_device
+from .engines import StagedEngine, TorchEngine
+from .kul_lesion import LESION_LABEL, StreamedTileEngine, TorchTileEngine, segment_lesions
+from .kul_liver import segment
 from .registry import DEFAULT_MODEL, WEIGHTS, get, load_weights, provenance, torch_module
 
 
@@ -40,8 +43,6 @@ class BuiltinPredictor:
         return self._segment(volume, threads, liver_mask, True)
 
     def _segment(self, volume, threads, liver_mask, keep: bool):
-        from .kul_liver import segment
-
         if liver_mask is not None:
             if len(self.engines) < 2:
                 raise InputError(f"a liver mask is for a two-stage built-in model (liver_lesions), not {self.name}")
@@ -57,8 +58,6 @@ class BuiltinPredictor:
             labels, warnings, details, p_liver = result.labels, result.warnings, result.details, result.probability
         p_lesion = None
         if len(self.engines) > 1:
-            from .kul_lesion import LESION_LABEL, segment_lesions
-
             release_free_memory()  # the liver stage's freed maps, before the lesion stage allocates its own
             lesions = segment_lesions(volume, labels, self.engines[1], keep_probability=keep)
             labels[lesions.mask] = LESION_LABEL
@@ -128,8 +127,6 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         if threads is not None:
             torch.set_num_threads(threads)
-        from .kul_lesion import StreamedTileEngine, TorchTileEngine
-
         if backend == "torch" or wants_cuda:
             return TorchTileEngine(torch_module(name), resolve_device(device if device_name != "auto" else None))
         if device_name not in ("auto", "cpu"):
@@ -140,14 +137,10 @@ def make_engine(name: str, device: Any = None, threads: int | None = None, backe
 
         if threads is not None:
             torch.set_num_threads(threads)
-        from .engines import TorchEngine
-
         return TorchEngine(torch_module(name), resolve_device(device if device_name != "auto" else None))
     if device_name not in ("auto", "cpu"):
         raise InputError(f"--device {device_name}: the built-in model's ONNX Runtime path runs on the CPU; use "
                          "--backend torch for CUDA")
-    from .engines import StagedEngine
-
     return StagedEngine(load_weights(name), model.factor, threads)
 
 

@@ -147,11 +147,11 @@ def torch_module(name: str):
 
     model = get(name)
     if model.network == "kul_resunet":
-        from ..models.kul_resunet import KulResUNet
+        from ..models.kul_resunet import KulResUNet  # heavy (torch): the ONNX Runtime path never loads it
 
         module = KulResUNet(3, 1, len(model.network_labels), model.channels)
     else:
-        from ..models.kul_unet import KulUNet
+        from ..models.kul_unet import KulUNet  # heavy (torch): the ONNX Runtime path never loads it
 
         module = KulUNet(3, 1, len(model.network_labels), model.channels, model.factor)
     module.load_state_dict({k: torch.from_numpy(v) for k, v in load_weights(name).items()})

@@ -8,18 +8,17 @@ from .. import __version__
 from ..run_folder import RUN
 from .commands import (cmd_check, cmd_demo, cmd_download, cmd_evaluate, cmd_export, cmd_inspect,
                            cmd_manifest_import, cmd_models, cmd_plan, cmd_train)
+from ..config import shipped_configs
 from .grammar import Parser, SubcommandParser, output_option
 from .predict import cmd_predict
 
 
 def _shipped_configs_help() -> str:
-    from ..config import shipped_configs
-
     return f" ({', '.join(shipped_configs())})"
 
 
 def _importer_kinds_help() -> str:
-    from ..datasets.manifest import IMPORTERS
+    from ..datasets.manifest import IMPORTERS  # heavy (SimpleITK via io): only when the help text is built
 
     return f": {', '.join(IMPORTERS)}"
 

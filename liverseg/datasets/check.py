@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -82,4 +83,17 @@ def format_reports(reports: list[CaseReport]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CaseReport", "check_case", "check_manifest", "format_reports"]
+def run_check(manifest_path: str | Path, root: str | Path | None = None, split: str = "all", progress: bool = True,
+              echo: Callable[[str], Any] = print) -> list[CaseReport]:
+    """``liverseg check``: every case read and checked, the table given to ``echo``; raises InputError naming
+    the failed cases (after the table) when any failed."""
+    reports = check_manifest(manifest_path, root, split, progress=progress)
+    echo(format_reports(reports))
+    failed = [r.case_id for r in reports if not r.ok]
+    if failed:
+        raise InputError(f"{manifest_path}: {len(failed)} of {len(reports)} cases failed the check: "
+                         f"{', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''} (see the table above)")
+    return reports
+
+
+__all__ = ["CaseReport", "check_case", "check_manifest", "format_reports", "run_check"]

@@ -8,7 +8,8 @@ the modality plug-ins (``liverseg.modalities``) sit between the two.
 * ``cases``, ``summary``, ``case_folders``: which cases, ``batch_summary.csv``, atomic case folders;
 * ``cohort``: a share of the cases per job and the read-ahead/write-behind loop; ``claims``: claims between
   workers;
-* ``batch``: batch prediction (``liverseg predict``).
+* ``batch``: batch prediction, the case loop (each case its modality's read -> segment -> write);
+* ``jobs``: one ``liverseg predict`` job: its cases, a ``--part`` share, torchrun ranks.
 
 Every name below can be imported from this package (``from liverseg.inference import load_model``);
 its module is imported when the name is first asked for, so importing one module does not load the
@@ -24,6 +25,7 @@ _EXPORTS = {
     "summary": ("BATCH_SUMMARY", "write_batch_summary"),
     "case_folders": ("clean_stale_partials",),
     "batch": ("BatchResult", "PROBABILITIES", "PredictOptions", "predict_batch", "predict_cases", "predict_files"),
+    "jobs": ("PredictJob", "run_predict_job"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

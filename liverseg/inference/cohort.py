@@ -285,7 +285,7 @@ def torchrun_context(device: str | None):
         return None, device
     import torch
 
-    from .. import distributed
+    from .. import distributed  # heavy (torch.distributed): only torchrun jobs get here
 
     if device in (None, "auto"):
         wanted = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -298,7 +298,7 @@ def torchrun_context(device: str | None):
 def rank_summary(ctx, counts: dict, failed: Sequence[str], error: str | None) -> tuple[str | None, bool]:
     """After every rank's share: a barrier, then (rank 0's summary line or None elsewhere, whether any
     rank failed a case or stopped with an error)."""
-    from .. import distributed
+    from .. import distributed  # heavy (torch.distributed): only torchrun jobs get here
 
     everyone = distributed.gather(ctx, {"counts": counts, "failed": list(failed), "error": error})
     distributed.barrier(ctx)

@@ -1,6 +1,6 @@
 """Tumour burden of a liver + lesion label map: per-lesion volume, RECIST-style diameters, centroid, HU.
 
-Pure functions (numpy and scipy only); ``report.case_report`` puts the result in ``report.json`` under
+Pure functions (numpy and scipy only); ``case_report.case_report`` puts the result in ``report.json`` under
 ``"tumour_burden"`` and batch prediction writes ``lesions.csv`` and one summary line per case.
 
 Which labels: the liver is the label named ``liver`` (or ``liver parenchyma``); lesions are every label

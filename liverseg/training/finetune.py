@@ -35,7 +35,7 @@ from typing import Any
 from .. import builtin
 from ..builtin import WEIGHTS
 from ..config import (DataConfig, ExperimentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig,
-                      apply_overrides, to_dict)
+                      apply_overrides, load_config, to_dict)
 from ..errors import ConfigError, InputError
 from ..modalities import modality_for
 from ..models import build_model
@@ -155,6 +155,26 @@ def finetune_config(cfg: ExperimentConfig, source: InitSource, overrides: list[s
         raise ConfigError(f"--init {source.label}: {exc}") from None
     check_compatible(final, source, warn=False)  # train() checks again, and warns
     return final
+
+
+def training_config(config: str | Path | None, run_dir: str | Path, *, resume: bool = False,
+                    init: str | Path | None = None, manifest: str | None = None, root: str | None = None,
+                    overrides: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentConfig, InitSource | None]:
+    """``liverseg train``'s config and weights source from its arguments: ``config`` (a file or a shipped
+    name; with ``resume`` the run folder's own by default), ``init`` (a built-in model or a run folder whose
+    model and preprocessing replace the config's; ``overrides`` still win), the data shortcuts."""
+    if resume:
+        if init is not None:
+            raise InputError(f"--init {init} starts a new run; --resume continues {run_dir} from its {RUN.last}")
+        config = config or Path(run_dir) / RUN.config
+    elif config is None and init is None:
+        raise InputError("--config is required (except with --resume or --init); try --config smoke_3d")
+    # with --init alone (config None): the defaults, the source's model and preprocessing
+    shortcuts = [f"data.manifest={manifest}"] * bool(manifest) + [f"data.root={root}"] * bool(root)
+    if init is None:
+        return load_config(config, [*shortcuts, *overrides]), None
+    source = resolve_init(init)
+    return finetune_config(load_config(config, shortcuts), source, overrides), source
 
 
 def check_compatible(cfg: ExperimentConfig, source: InitSource, warn: bool = True) -> None:
