@@ -40,3 +40,12 @@ def test_no_import_cycle_runs_through_inference_or_export():
     checked = [m for m in graph if m.startswith("liverseg.inference") or m.startswith("liverseg.export") or m == "liverseg.api"]
     assert len(checked) >= 10
     assert [m for m in checked if reaches(graph, m, m)] == []
+
+
+def test_the_prediction_path_loads_no_training_or_scoring_stack():
+    """ONNX prediction starts in about a second: importing the batch driver (and the CLI's predict job) must
+    not load PyTorch, MONAI or scipy.stats (0.45 s on its own; only scoring needs it)."""
+    code = ("import sys, liverseg.inference.batch, liverseg.inference.jobs; "
+            "print(sorted(m for m in ('torch', 'monai', 'scipy.stats', 'sklearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert ast.literal_eval(result.stdout) == []
