@@ -17,30 +17,13 @@ others.
 """
 from __future__ import annotations
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "sources": ("BACKENDS", "OnnxNetwork", "load_ensemble", "load_exported", "load_model", "load_trained_model"),
     "cases": ("cases_from_inputs", "cases_from_manifest"),
     "summary": ("BATCH_SUMMARY", "write_batch_summary"),
     "case_folders": ("clean_stale_partials",),
     "batch": ("BatchResult", "PROBABILITIES", "PredictOptions", "predict_batch", "predict_cases", "predict_files"),
     "jobs": ("PredictJob", "run_predict_job"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    """A public name of one of the modules, which is imported now (PEP 562)."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+})

@@ -32,26 +32,8 @@ imports none of them, the names below load ``generate`` on first use.
 """
 from __future__ import annotations
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "generate": ("make_phantom", "phantom_dataset", "write_phantom_manifest", "ORIENTATION_CHOICES", "MAX_VOXELS"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    """A public name of one of the modules, which is imported now (PEP 562): the package imports none of
-    its modules itself, so a module importing a sibling never runs into a half-imported package."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+})
