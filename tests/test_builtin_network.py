@@ -34,6 +34,9 @@ def liver_net(liver_weights):
 def test_liver_network_has_the_originals_size_and_geometry(liver_net):
     assert sum(p.numel() for p in liver_net.parameters()) == 3_874_961  # 15 convolutions, as the hdf5
     assert liver_net.margin == 13 and liver_net.size_unit == 27
+    # the staged (ONNX Runtime) path's torch-free mirror of that geometry agrees
+    layout = Layout.from_weights({k: v.numpy() for k, v in liver_net.state_dict().items()}, liver_net.factor)
+    assert (layout.levels, layout.margin, layout.size_unit) == (liver_net.levels, 13, 27)
     with torch.no_grad():
         out = liver_net.core(torch.zeros(1, 1, 189, 162, 162)[:, :, :54, :54, :54])
     assert tuple(out.shape) == (1, 2, 28, 28, 28)  # 27k -> 27k - 26

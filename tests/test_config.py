@@ -12,6 +12,7 @@ import yaml
 from liverseg.config import (MODALITY_SPATIAL_DIMS, MOVED_KEYS, AugmentConfig, DataConfig, ExperimentConfig, InferConfig,
                              ModelConfig, PhotoConfig, PreprocessConfig, TrainConfig, apply_moved_keys, apply_overrides,
                              config_from_yaml_text, from_dict, load_config, save_config, to_dict)
+from liverseg.config import loading as config_loading
 from liverseg.errors import ConfigError
 from liverseg.models import size_divisor
 
@@ -22,6 +23,14 @@ SECTIONS = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelCo
 
 def _names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_rename_warnings():
+    """The renamed-keys warning is logged once per process; each test starts as a new process would."""
+    config_loading._WARNED.clear()
+    yield
+    config_loading._WARNED.clear()
 
 
 def test_defaults_validate():
@@ -406,3 +415,11 @@ def test_apply_moved_keys_leaves_other_mappings_alone():
     assert apply_moved_keys(None) is None
     assert apply_moved_keys({"train": {"lr": 0.1}}) == {"train": {"lr": 0.1}}
     assert apply_moved_keys({"train": {"aug_scale": 0.2, "augment": None}}) == {"train": {"augment": {"scale": 0.2}}}
+
+
+def test_the_renamed_keys_warning_is_logged_once_per_process(caplog):
+    data = yaml.safe_load(OLD_PHOTO_YAML)
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        first, second = from_dict(data).validate(), from_dict(data).validate()  # a run folder read twice
+    assert first == second
+    assert sum("config keys renamed" in r.getMessage() for r in caplog.records) == 1

@@ -40,6 +40,8 @@ class Layout:
         kernels = {n: tuple(int(k) for k in weights[f"{n}.conv.weight"].shape[2:]) for n in names}
         return cls(factor, len(block("down")), block("down"), block("up"), "head", kernels)
 
+    # margin and size_unit mirror KulUNet's: this module runs on the ONNX Runtime path, which must not
+    # import liverseg.models (PyTorch); tests/test_builtin_network.py compares the two computations.
     @property
     def margin(self) -> int:
         """Voxels per side that the output loses to the up-sampling (13 for the liver model)."""

@@ -34,6 +34,9 @@ MOVED_KEYS: dict[str, str] = {
 }
 
 
+_WARNED: set[tuple[str, ...]] = set()
+
+
 def apply_moved_keys(mapping: Any) -> Any:
     """A copy of ``mapping`` (nested dicts, as read from a config file) with every old key of MOVED_KEYS
     moved to its new place, and one warning naming the new keys. Anything but a mapping comes back as it
@@ -55,7 +58,8 @@ def apply_moved_keys(mapping: Any) -> Any:
             raise ConfigError(f"{old} and {new} are both given; {old} is the old name of {new}: keep only {new}")
         new_section[new_name] = old_section.pop(old_name)
         moved.append(f"{old} -> {new}")
-    if moved:
+    if moved and tuple(moved) not in _WARNED:  # once per process: a run folder's config is read more than once
+        _WARNED.add(tuple(moved))
         log.warning("config keys renamed (the old names still load; write the new ones): %s", ", ".join(moved))
     return result
 

@@ -7,7 +7,6 @@ truth when known) drawn on the photograph.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -60,14 +59,6 @@ def segment_photo(model: torch.nn.Module, cfg: ExperimentConfig, read: dict,
     return probabilities.argmax(0).astype(np.uint8), probabilities
 
 
-def predict_photo(model: torch.nn.Module, cfg: ExperimentConfig, image_path: str | Path,
-                  fov_path: str | Path | None, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rgb, labels, probabilities, fov) for one photograph file: ``read_photo_input`` + ``segment_photo``."""
-    read = read_photo_input(SimpleNamespace(image=image_path, fov=fov_path), cfg)
-    labels, probabilities = segment_photo(model, cfg, read, device)
-    return read["rgb"], labels, probabilities, read["fov"]
-
-
 def write_photo_outputs(names: tuple[str, ...] | list[str], case, read: dict, labels: np.ndarray,
                         probabilities: np.ndarray, case_dir: str | Path) -> list[Path]:
     """mask.png, probability[_<label>].png and overlay.png of one segmented photograph into ``case_dir``.
@@ -93,13 +84,5 @@ def write_photo_outputs(names: tuple[str, ...] | list[str], case, read: dict, la
     return written
 
 
-def predict_photo_case(bundle, case, case_dir: str | Path) -> list[Path]:
-    """Segment one photograph into ``case_dir`` (``bundle``: a loaded run, ``engine.loaded.TrainedModel``;
-    ``case``: a ``manifest.Case``): read, segment, write."""
-    read = read_photo_input(case, bundle.cfg)
-    labels, probabilities = segment_photo(bundle.model, bundle.cfg, read, bundle.device)
-    return write_photo_outputs(bundle.cfg.data.labels, case, read, labels, probabilities, case_dir)
-
-
 __all__ = ["PREDICTION_COLOR", "REFERENCE_COLOR", "photo_probabilities", "read_photo_input", "segment_photo",
-           "predict_photo", "write_photo_outputs", "predict_photo_case"]
+           "write_photo_outputs"]

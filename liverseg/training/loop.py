@@ -255,8 +255,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, device: torch.device, ctx: dist
         log.info("%s", summary(run_dir, rows, cfg.data.labels, best_epoch=best_epoch, best_metric=best_metric,
                                seconds=seconds, iterations=step - first_step,
                                patches=(step - first_step) * t.batch_size * ctx.world, world=ctx.world,
-                               inputs=modality_for(cfg).traits.inputs))
-        if t.export_onnx and modality_for(cfg).traits.exportable:
+                               inputs=modality.traits.inputs))
+        if t.export_onnx and modality.traits.exportable:
             if cfg.model.name in FIXED_SHAPE_ONNX:
                 # their forward pads and crops from Python-computed sizes, which an ONNX trace fixes to the
                 # example tile's: the file would fail on other tile sizes (see finetune.FIXED_SHAPE_ONNX)
