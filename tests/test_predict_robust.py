@@ -275,12 +275,14 @@ def test_clashing_folder_names_take_more_of_the_path_and_true_duplicates_are_ref
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_nothing_a_rerun_does_not_clean(run_dir, tmp_path):
-    """Each run is killed a random moment (0-0.06 s) after its first partial folder appears; the next
-    run removes the dead runs' partials and predicts the rest (--skip-existing)."""
+    """Each run is killed a random moment (0-0.02 s) after its first new partial folder appears; the
+    next run removes the dead runs' partials and predicts the rest (--skip-existing)."""
     inputs = tmp_path / "in"
     names = [f"case{i}" for i in range(6)]
     for i, name in enumerate(names):
-        _write_ct(inputs / f"{name}.nii.gz", i, shape=(48, 40, 24))
+        # big enough that writing a case folder takes 25-55 ms on a 2-core machine (a 48x40x24 one took
+        # 7-20 ms, so kills 16-51 ms after its partial appeared all landed after its rename on some runs)
+        _write_ct(inputs / f"{name}.nii.gz", i, shape=(96, 80, 48))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "liverseg", "predict", str(inputs), "-o", str(out), "--model", str(run_dir),
                "--device", "cpu", "-q", "--skip-existing", "--threads", "1", "--no-preview"]
@@ -288,15 +290,17 @@ def test_sigkill_at_random_moments_leaves_nothing_a_rerun_does_not_clean(run_dir
     rng = random.Random(0)
     debris_seen = 0
     for _ in range(4):
+        # a dead run's partial is still there until this run cleans it: wait for one this run made
+        earlier = set(_debris(out)) if out.is_dir() else set()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline and not (
-                out.is_dir() and any(p.name.endswith(".partial") for p in out.iterdir())):
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.06))  # a case takes about 0.05 s here: kill while writing, mostly
+                out.is_dir() and any(name.endswith(".partial") for name in set(_debris(out)) - earlier)):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.02))  # inside the case folder's writing, mostly
         process.send_signal(signal.SIGKILL)
         process.wait()
-        debris_seen += bool(out.is_dir() and any(name.endswith(".partial") for name in _debris(out)))
+        debris_seen += bool(out.is_dir() and any(name.endswith(".partial") for name in set(_debris(out)) - earlier))
     subprocess.run(command, check=True, env=env, capture_output=True)
     assert debris_seen >= 1  # the kills did hit a case being written
     assert _debris(out) == []
