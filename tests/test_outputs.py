@@ -215,6 +215,12 @@ def test_dicom_seg_empty_prediction_and_wrong_grid(tmp_path):
         write_dicom_seg(shifted.array, shifted, tmp_path / "bad.dcm", ("background", "liver"), source=files)
     assert not (tmp_path / "bad.dcm").exists()
 
+    # a volume not read from DICOM carries no source series: without ``source`` there is none to follow
+    nifti = Volume(empty.array, empty.affine_ras, {"path": "ct.nii.gz"})
+    with pytest.raises(InputError, match="ct.nii.gz: was not read from a DICOM series"):
+        write_dicom_seg(nifti.array, nifti, tmp_path / "none.dcm", ("background", "liver"))
+    assert not (tmp_path / "none.dcm").exists()
+
 
 def test_dicom_seg_from_a_series_without_patient_and_study_attributes(tmp_path):
     """Anonymised or synthetic series may lack the type-2 attributes a SEG copies (PatientBirthDate, ...)."""

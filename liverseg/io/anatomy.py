@@ -26,7 +26,6 @@ def _key(name: str) -> str:
 
 # Colours: 3D Slicer's GenericAnatomyColors table (Slicer3:2010_GenericAnatomyColors), which is also
 # what Slicer's terminology and TotalSegmentator's Slicer exports recommend for these structures.
-_ANATOMY: RGB = (221, 130, 101)
 _VEIN: RGB = (0, 151, 206)
 _ARTERY: RGB = (216, 101, 79)
 _MASS: RGB = (144, 238, 144)

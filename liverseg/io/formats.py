@@ -1,14 +1,15 @@
 """One format dispatch: which reader, and which header check, a path goes to.
 
-``input_format`` is what ``read_volume`` and ``check_input`` branch on; ``image_format`` is what
+``is_dicom_input`` is what ``read_volume`` and ``check_input`` branch on; ``image_format`` is what
 ``headers.parse_header`` branches on (by name alone: the header parsers themselves check the magic).
-Both read the same suffix table, so a reader and its integrity check never disagree on a file.
+One suffix table (``HEADER_FORMATS``) serves both and the case names, so a reader and its integrity
+check never disagree on a file.
 
-* ``dicom``: a folder (searched for DICOM series), a ``.dcm`` file, or a file with the DICM magic at
+* DICOM: a folder (searched for DICOM series), a ``.dcm`` file, or a file with the DICM magic at
   byte 128 (any name).
 * ``nifti`` (``.nii``, ``.nii.gz``), ``nrrd`` (``.nrrd``, ``.nhdr``, ``.seg.nrrd``), ``mha`` (``.mha``,
   ``.mhd``): headers parsed and data proven complete (``integrity``), then read by SimpleITK.
-* ``other``: any other file, left to SimpleITK alone.
+* any other file: left to SimpleITK alone.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .dicom.files import is_dicom_file
 # suffix -> format of the header liverseg parses itself
 HEADER_FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha",
                   ".mhd": "mha"}
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
+# every image suffix; ".seg.nrrd" (a Slicer segmentation) so that its case name drops the whole suffix
+IMAGE_SUFFIXES = (*HEADER_FORMATS, ".seg.nrrd")
 
 
 def image_format(path: str | Path) -> str | None:
@@ -28,12 +30,11 @@ def image_format(path: str | Path) -> str | None:
     return next((fmt for suffix, fmt in HEADER_FORMATS.items() if name.endswith(suffix)), None)
 
 
-def input_format(path: str | Path) -> str:
-    """'dicom', 'nifti', 'nrrd', 'mha' or 'other': which reader ``read_volume`` hands ``path`` to."""
+def is_dicom_input(path: str | Path) -> bool:
+    """Whether ``read_volume`` hands ``path`` to the DICOM reader (a folder, or a DICOM file by name or
+    magic) rather than to the image-file reader."""
     path = Path(path)
-    if path.is_dir() or is_dicom_file(path):
-        return "dicom"
-    return image_format(path) or "other"
+    return path.is_dir() or is_dicom_file(path)
 
 
 def strip_image_suffix(name: str) -> str:
@@ -46,7 +47,8 @@ def strip_image_suffix(name: str) -> str:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES)
+    """A NIfTI / NRRD / MetaImage file, by name (``image_format``)."""
+    return path.is_file() and image_format(path) is not None
 
 
-__all__ = ["HEADER_FORMATS", "IMAGE_SUFFIXES", "image_format", "input_format", "is_image_file", "strip_image_suffix"]
+__all__ = ["HEADER_FORMATS", "IMAGE_SUFFIXES", "image_format", "is_dicom_input", "is_image_file", "strip_image_suffix"]

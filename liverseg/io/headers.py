@@ -1,8 +1,8 @@
 """NIfTI, NRRD and MetaImage headers parsed by liverseg itself (``parse_header``): what each declares
 about its voxel data (``ImageHeader``), checked for sense, before SimpleITK sees the file.
 
-The parser is chosen by ``formats.image_format``, the same dispatch ``read_volume`` uses. Every failure
-is an ``InputError`` whose one line names the file and the problem.
+The parser is chosen by ``formats.image_format``, from the suffix table that ``read_volume`` and the
+case names use too. Every failure is an ``InputError`` whose one line names the file and the problem.
 """
 from __future__ import annotations
 

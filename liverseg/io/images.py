@@ -19,9 +19,9 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from .integrity import (check_data_length, check_geometry, check_values, count_decompressed, nifti_form_warnings,
-                        read_nifti_gz, scan_values)
+from .compressed import count_decompressed
 from .headers import ImageHeader, parse_header
+from .integrity import check_data_length, check_geometry, check_values, nifti_form_warnings, read_nifti_gz, scan_values
 from .volume import Volume, affine_from_lps, lps_from_affine
 
 def check_shape(size: tuple[int, ...], components: int, source: Path) -> None:

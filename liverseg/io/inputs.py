@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .dicom.reading import check_dicom, read_dicom_series
-from .formats import input_format, strip_image_suffix
+from .formats import is_dicom_input, strip_image_suffix
 from .images import check_image_file, read_image_file
 from .volume import Volume
 
@@ -20,7 +20,7 @@ def read_volume(path: str | Path, *, series: str | None = None, allow_gaps: bool
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if input_format(path) == "dicom":
+    if is_dicom_input(path):
         return read_dicom_series(path, series, allow_gaps)
     return read_image_file(path)
 
@@ -31,7 +31,7 @@ def check_input(path: str | Path, *, series: str | None = None, allow_gaps: bool
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if input_format(path) == "dicom":
+    if is_dicom_input(path):
         check_dicom(path, series, allow_gaps)
     else:
         check_image_file(path)

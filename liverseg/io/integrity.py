@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .compressed import CHUNK, HINT, count_decompressed, length_problem, refuse, stream
-from .headers import MAX_VOXELS, ImageHeader, data_description, parse_header
+from .headers import ImageHeader, data_description
 
 
 def read_nifti_gz(header: ImageHeader) -> np.ndarray:
@@ -246,5 +246,5 @@ def check_ct_values(path: Path | str, array: np.ndarray) -> None:
                                        "damaged export)")
 
 
-__all__ = ["ImageHeader", "MAX_VOXELS", "parse_header", "check_data_length", "check_geometry", "check_values",
-           "check_ct_values", "nifti_form_warnings", "read_nifti_gz", "count_decompressed", "scan_values"]
+__all__ = ["check_data_length", "check_geometry", "check_values", "check_ct_values", "nifti_form_warnings",
+           "read_nifti_gz", "scan_values"]

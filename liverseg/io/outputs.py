@@ -48,10 +48,9 @@ def labels_on_grid(labels: np.ndarray, volume: Volume) -> Volume:
 
 def write_label_map(labels: np.ndarray, volume: Volume, path: str | Path) -> Path:
     """Write a uint8 label map on exactly ``volume``'s grid (shape, spacing, origin, direction)."""
-    labels_on_grid(labels, volume)
     if labels.size and int(labels.max()) > 255:
         raise ValueError(f"label values up to {int(labels.max())} do not fit uint8")
-    return write_volume(volume.with_array(labels.astype(np.uint8, copy=False)), Path(path))
+    return write_volume(labels_on_grid(labels.astype(np.uint8, copy=False), volume), Path(path))
 
 
 PROBABILITY_SLOPE = 1.0 / 255.0

@@ -20,7 +20,7 @@ from .files import fmt_mm, open_regular, parallel_map
 from .frames import (NATIVE_SYNTAXES, Frame, SkipFile, compressed_magic, native_size_problem, pixel_layout,
                      transfer_syntax)
 
-log = logging.getLogger("liverseg.io.dicom")  # one logger for the whole package
+log = logging.getLogger(__package__)  # "liverseg.io.dicom": one logger for the whole package
 
 DUPLICATE_TOL_MM = 0.01      # two slices closer than this along the normal sit at the same position
 GAP_FACTOR = 1.5             # a step above this many median spacings is a missing slice

@@ -23,7 +23,7 @@ from ..volume import affine_from_lps, axis_codes
 from .files import SKIP_KINDS, Skipped, fmt_mm, is_dicom_file, list_files, looks_not_dicom, parallel_map
 from .frames import Frame, read_header
 
-log = logging.getLogger("liverseg.io.dicom")  # one logger for the whole package, as before it was one
+log = logging.getLogger(__package__)  # "liverseg.io.dicom": one logger for the whole package
 
 
 @dataclass(eq=False)
