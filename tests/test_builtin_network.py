@@ -2,6 +2,11 @@
 ``onnx`` package, and the staged computation against the whole-patch one."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +21,7 @@ from liverseg.builtin.staged_levels import ClassField, Layout
 from liverseg.models.kul_unet import KulUNet, patch_norm, upsample_linear
 
 ort = pytest.importorskip("onnxruntime")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +247,16 @@ def test_sampled_slices_stand_for_the_slices_nearest_them_with_the_image_edges_a
     assert weights[15] == content.start - region.start  # alone below the image: all of it
     assert weights[25] + weights[29] == content.stop - content.start  # the image's slices, split between them
     assert weights[25] == pytest.approx(27.5 - 22) and weights[38] == region.stop - content.stop
+
+
+def test_the_onnx_runtime_path_segments_without_importing_torch():
+    """The CPU default (ONNX Runtime, staged) must never load PyTorch or liverseg.models: the lazy imports
+    that keep them off it, and the torch-free mirror in staged_levels, exist for this."""
+    code = ("import sys, numpy as np, liverseg\n"
+            "array = np.full((96, 80, 60), -1000, np.int16); array[16:80, 12:68, 8:52] = 40\n"
+            "liverseg.segment((array, np.diag([3.0, 3.0, 3.0, 1.0])), model='liver', device='cpu', threads=1)\n"
+            "print(sorted(m for m in ('torch', 'liverseg.models', 'monai') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -167,7 +167,7 @@ def segment(volume: Volume, engine: Engine, threads: int | None = None, keep_pro
     probability = np.zeros(grid.shape, dtype=np.float32)
     probability[(roi[0], roi[1], slice(roi[2].start + span.start, roi[2].stop + span.start))] = run.probabilities(roi)
     del run, image
-    labels = probability_to_labels(probability, grid, canonical.shape, ornt, volume.shape)
+    labels = probability_to_labels(probability, grid, ornt, volume.shape)
     kept = probability_on_input(probability, grid, ornt, volume.shape) if keep_probability else None
     del probability
     liver_ml = float(np.count_nonzero(labels)) * volume.voxel_volume_ml

@@ -144,8 +144,7 @@ def resample_body(canonical: np.ndarray, grid: Grid, threads: int | None = None,
     return scale_hu(image)
 
 
-def probability_to_labels(probability: np.ndarray, grid: Grid, canonical_shape: Sequence[int], ornt: np.ndarray,
-                          shape: Sequence[int]) -> np.ndarray:
+def probability_to_labels(probability: np.ndarray, grid: Grid, ornt: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """The 3 mm probability -> uint8 liver labels on the input grid (linear, > 0.5, largest component)."""
     labels = np.zeros(shape, dtype=np.uint8)
     found = interpolate_mask(probability, grid)

@@ -20,10 +20,6 @@ def grow(box: Sequence[slice], by: Sequence[int]) -> Box:
     return tuple(slice(b.start - g, b.stop + g) for b, g in zip(box, by))  # type: ignore[return-value]
 
 
-def clip_box(box: Sequence[slice], shape: Sequence[int]) -> Box:
-    return tuple(slice(max(0, b.start), min(n, b.stop)) for b, n in zip(box, shape))  # type: ignore[return-value]
-
-
 def intersect(a: Sequence[slice], b: Sequence[slice]) -> Box:
     return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
 
@@ -178,6 +174,6 @@ def upsampled_stats(v: np.ndarray, factor: int) -> Stats:
     return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean * mean, 0.0)).astype(np.float32)
 
 
-__all__ = ["Box", "Stats", "ConvFunction", "grow", "clip_box", "intersect", "box_size", "is_empty", "contains",
+__all__ = ["Box", "Stats", "ConvFunction", "grow", "intersect", "box_size", "is_empty", "contains",
            "paste", "halo", "max_pool", "upsample_matrix", "upsample", "upsampled_stats", "Moments", "stats_of",
            "sums_stats", "centre_crop"]

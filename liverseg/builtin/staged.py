@@ -73,10 +73,6 @@ class StagedPatch:
         self.stats_head: Stats | None = None
 
     # --- coordinates
-    def output_slices(self) -> range:
-        """Image S indices that the patch's output covers (all of the image)."""
-        return range(0, self.shape[2])
-
     def region_slices(self) -> range:
         return range(self.region[2].start - self.offset[2], self.region[2].stop - self.offset[2])
 

@@ -21,15 +21,15 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .kul_resunet import build_kul_resunet
 from .kul_unet import build_kul_unet
 
 Builder = Callable[[ModelConfig, int, int], nn.Module]
 
 
 def _lazy_builder(module: str, name: str) -> Builder:
-    """A builder whose module loads on first use: MONAI's (140 MB and seconds) stay off the built-in
-    models' prediction path, which imports this registry; ``kul_resunet`` imports its sibling ``kul_unet``,
-    so this package's ``__init__`` importing it would close an import cycle."""
+    """A builder whose module (which imports MONAI, 140 MB and seconds) loads on first use: the built-in
+    models' prediction path imports this registry and never needs MONAI."""
     def build(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
         return getattr(importlib.import_module(module, __package__), name)(cfg, in_channels, out_channels)
 
@@ -42,7 +42,6 @@ build_attention_unet = _lazy_builder(".monai_nets", "build_attention_unet")
 build_dynunet = _lazy_builder(".monai_nets", "build_dynunet")
 build_ma_unet = _lazy_builder(".ma_unet", "build_ma_unet")
 build_unet_classic = _lazy_builder(".classic", "build_unet_classic")
-build_kul_resunet = _lazy_builder(".kul_resunet", "build_kul_resunet")
 
 MODELS: dict[str, Builder] = {
     "unet": build_unet,                      # MONAI residual U-Net
