@@ -200,6 +200,7 @@ def test_csv_rows_and_summary_line():
 
 def test_predict_case_writes_the_burden_into_report_json_lesions_csv_and_the_log(tmp_path, caplog):
     from liverseg.inference.batch import PredictOptions, predict_case
+    from liverseg.modalities.ct import CT
 
     labels, affine, ct, _ = _ellipsoid_case()
     labels[3:6, 28:35, 1:5] = 2                     # a second, smaller lesion (CT 60 HU there)
@@ -209,8 +210,9 @@ def test_predict_case_writes_the_burden_into_report_json_lesions_csv_and_the_log
     bundle = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(labels=names, modality="ct")), model=model,
                              model_id="stand-in", backend="test")
     with caplog.at_level(logging.INFO, logger="liverseg"):
-        case_dir = predict_case(bundle, Case("c1", image, None), tmp_path / "out",
-                                PredictOptions(progress=False, preview=False))
+        case, options = Case("c1", image, None), PredictOptions(progress=False, preview=False)
+        segmented = CT.segment(bundle, case, CT.read_input(bundle, case, options), options)
+        case_dir = predict_case(bundle, case, tmp_path / "out", options, segmented)
     report = json.loads((case_dir / "report.json").read_text())
     burden = report["tumour_burden"]
     assert burden["lesion_count"] == 2 and burden["lesion_labels"] == ["liver lesion"]

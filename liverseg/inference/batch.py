@@ -153,7 +153,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
 
     def whole(case: Case) -> Path:  # one case at a time
         segmented = modality.segment(bundle, case, read(case), options, progress=options.progress and single)
-        return predict_case(bundle, case, out_dir, options, segmented=segmented)
+        return predict_case(bundle, case, out_dir, options, segmented)
 
     def done(case: Case, case_dir: Path, seconds: float) -> None:
         result.case_dirs[case.case_id] = case_dir
@@ -174,7 +174,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
 
     steps = CaseSteps(read=read,
                       compute=lambda case, data: modality.segment(bundle, case, data, options),
-                      write=lambda case, segmented: predict_case(bundle, case, out_dir, options, segmented=segmented),
+                      write=lambda case, segmented: predict_case(bundle, case, out_dir, options, segmented),
                       whole=whole)
     run_cases(cases, out_dir, steps, on_done=done, on_fail=failed, on_skip=skipped, overwrite=options.overwrite,
               existing=existing, pipeline=pipelined, progress=options.progress and not single)
@@ -202,14 +202,11 @@ def predict_files(inputs: Sequence[str | Path], out_dir: str | Path, run_dir: st
     return result.segmentations
 
 
-def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions,
-                 progress: bool = False, segmented: Any = None) -> Path:
-    """Predict one case into ``out_dir/<case id>/``, assembled under a temporary name and renamed: its
-    modality reads, segments (unless ``segmented``, ``Modality.segment``'s result, is given) and writes it."""
+def predict_case(bundle: TrainedModel, case: Case, out_dir: Path, options: PredictOptions, segmented: Any) -> Path:
+    """Write one segmented case (``Modality.segment``'s result) into ``out_dir/<case id>/``, assembled under
+    a temporary name by its modality and renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     modality = modality_for(bundle.cfg)
-    if segmented is None:
-        segmented = modality.segment(bundle, case, modality.read_input(bundle, case, options), options, progress)
     final = out_dir / case.case_id
     work = owned_temp_dir(out_dir, case.case_id, ".partial")
     try:

@@ -50,8 +50,7 @@ class CTModality(Modality):
         return read_ct_case(case, options)
 
     def segment(self, bundle: Any, case: Any, read: Any, options: Any, progress: bool = False) -> Any:
-        volume, read_s = read
-        return segment_ct_case(bundle, case, options, progress=progress, volume=volume, read_s=read_s)
+        return segment_ct_case(bundle, read, options, progress)
 
     def write_outputs(self, bundle: Any, case: Any, segmented: Any, case_dir: Path, options: Any) -> list[Path]:
         """The label map on the input's grid, Slicer files, DICOM SEG, report (``ct_case.write_ct_case``)."""

@@ -50,12 +50,10 @@ def read_ct_case(case: Case, options: Any) -> tuple[Volume, float]:
     return volume, time.perf_counter() - start
 
 
-def segment_ct_case(bundle: TrainedModel, case: Case, options: Any, progress: bool = False,
-                    volume: Volume | None = None, read_s: float = 0.0) -> dict:
-    """Read (unless ``volume`` is given, read in ``read_s`` seconds) and segment one CT case."""
+def segment_ct_case(bundle: TrainedModel, read: tuple[Volume, float], options: Any, progress: bool = False) -> dict:
+    """Segment one CT case from ``read_ct_case``'s (volume, seconds); its runtime counts the reading."""
+    volume, read_s = read
     start = time.perf_counter() - read_s
-    if volume is None:
-        volume = read_volume(case.image, series=options.series, allow_gaps=options.allow_gaps)
     labels, probabilities, warnings, details = predict(
         bundle, volume, threads=options.threads, progress=progress, memory_gb=options.memory_gb,
         probabilities=options.save_probabilities)
