@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from liverseg.cli import main
+from liverseg.inference.case_folders import owned_temp_dir
 from liverseg.inference.claims import CLAIMS, Claims, remove_leftovers
 from liverseg.inference.cohort import parse_part, select_part
 from liverseg.errors import InputError
@@ -122,8 +123,11 @@ def test_claims_are_exclusive_and_dead_workers_claims_are_taken_over(tmp_path):
 def test_leftovers_of_one_case_only_are_removed(tmp_path):
     for name in (".a.abc12345.partial", ".a.b.xyz98765.partial", ".a.qqq11111.old", "a", ".b.abc12345.partial"):
         (tmp_path / name).mkdir()
+    made = [owned_temp_dir(tmp_path, "a", ".partial"), owned_temp_dir(tmp_path, "a.b", ".partial"),
+            owned_temp_dir(tmp_path, "a", ".old")]  # the names predict gives them, owner tag included
     remove_leftovers(tmp_path, "a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.b.xyz98765.partial", ".b.abc12345.partial", "a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".a.b.xyz98765.partial", ".b.abc12345.partial", "a",
+                                                                 made[1].name])
 
 
 def test_cases_done_or_claimed_by_another_worker_are_skipped_not_failed(run_dir, tmp_path, capfd):

@@ -21,7 +21,7 @@ import pytest
 
 from liverseg.cli import main
 from liverseg.modalities import ct_case
-from liverseg.inference.case_folders import OWNER_FILE, clean_stale_partials, owner_record
+from liverseg.inference.case_folders import OWNER_FILE, clean_stale_partials, owned_temp_dir, owner_record
 from liverseg.inference.cases import cases_from_inputs
 from liverseg.io import write_volume
 
@@ -138,8 +138,8 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def _partial(out: Path, name: str, owner: dict | None, age_h: float = 0.0) -> Path:
-    folder = out / f".{name}.x1y2.partial"
+def _partial(out: Path, name: str, owner: dict | None, age_h: float = 0.0, tag: str = "") -> Path:
+    folder = out / f".{name}.x1y2{tag}.partial"
     folder.mkdir(parents=True)
     (folder / "segmentation.nii.gz").write_bytes(b"half")
     if owner is not None:
@@ -161,14 +161,20 @@ def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_pat
     elsewhere_old = _partial(out, "elsewhere_old", {**me, "host": "other-host"}, age_h=72)
     anonymous = _partial(out, "anonymous", None)  # an older liverseg's, or being created this instant
     anonymous_old = _partial(out, "anonymous_old", None, age_h=72)
+    # killed between creating the folder and writing its record: the owner in the name (owned_temp_dir's)
+    host = owned_temp_dir(tmp_path, "probe", ".partial").name.rsplit("-", 1)[1].split(".")[0]
+    unrecorded_dead = _partial(out, "unrecorded_dead", None, tag=f"-p{_dead_pid()}-{me['start_ticks']}-{host}")
+    unrecorded_live = _partial(out, "unrecorded_live", None, tag=f"-p{me['pid']}-{me['start_ticks']}-{host}")
+    unrecorded_elsewhere = _partial(out, "unrecorded_elsewhere", None, tag=f"-p{_dead_pid()}-1-0123abcd")
     (out / "case_a").mkdir()  # finished outputs are never touched
     summary_tmp, summary_tmp_old = out / ".batch_summary.csv.k3j.csv", out / ".batch_summary.csv.q9z.csv"
     summary_tmp.write_text("case\n")
     summary_tmp_old.write_text("case\n")
     os.utime(summary_tmp_old, (time.time() - 7200, time.time() - 7200))
     removed = clean_stale_partials(out)
-    assert sorted(removed) == sorted([dead, reused, elsewhere_old, anonymous_old, summary_tmp_old])
-    assert _debris(out) == sorted(p.name for p in (live, elsewhere, anonymous, summary_tmp))
+    assert sorted(removed) == sorted([dead, reused, elsewhere_old, anonymous_old, summary_tmp_old, unrecorded_dead])
+    assert _debris(out) == sorted(p.name for p in (live, elsewhere, anonymous, summary_tmp, unrecorded_live,
+                                                   unrecorded_elsewhere))
     assert (out / "case_a").is_dir()
 
 

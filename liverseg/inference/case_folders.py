@@ -1,17 +1,23 @@
 """Case folders that appear whole or not at all, and the debris of killed runs.
 
 A case folder is assembled under a hidden temporary name inside ``OUT`` (``owned_temp_dir``: a
-``.<case>.XXXX.partial`` folder holding an owner record of the process that made it) and renamed into
-place only when complete (``commit_case_folder``), so a killed run leaves no partial case folder, only
-a ``.partial`` (or ``.old``) folder, which the next run in ``OUT`` removes once its process is gone
-(``clean_stale_partials``).
+``.<case>.XXXX-p<pid>-<start>-<host>.partial`` folder holding an owner record of the process that made
+it) and renamed into place only when complete (``commit_case_folder``), so a killed run leaves no
+partial case folder, only a ``.partial`` (or ``.old``) folder, which the next run in ``OUT`` removes
+once its process is gone (``clean_stale_partials``).
+
+The owner is in the folder's name too, because the name appears atomically with the folder: a run
+killed between creating the folder and writing its record (or after removing the record, just before
+the rename) leaves a folder whose owner is still known.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -20,6 +26,7 @@ from pathlib import Path
 
 from ..atomic import shared_mode
 from ..errors import InputError
+from .claims import pid_alive, process_stat
 from .summary import BATCH_SUMMARY
 
 log = logging.getLogger(__name__)
@@ -48,29 +55,34 @@ def _boot_id() -> str:
         return ""
 
 
-def _process_start(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of a process, from /proc; None where unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], fields[19]
-    except (OSError, IndexError):
-        return None
-
-
 def owner_record() -> dict:
     pid = os.getpid()
-    stat = _process_start(pid)
+    stat = process_stat(pid)
     return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
             "start_ticks": stat[1] if stat else None, "created": time.time()}
 
 
+def _host_tag() -> str:
+    """This host and boot, in 8 hex digits (a folder name's owner is judged only on the host and boot
+    that made it; elsewhere the owner record, or the age, decides)."""
+    return hashlib.sha1(f"{socket.gethostname()}\0{_boot_id()}".encode()).hexdigest()[:8]
+
+
+# the owner tag that ends a temporary folder's name: -p<pid>-<start ticks>-<host tag>.partial (no dot:
+# claims.remove_leftovers tells a case's folders from those of a case named "<case>.<more>" by that)
+_OWNER_TAG = re.compile(r"-p(\d+)-(\d*)-([0-9a-f]{8})\.(?:partial|old)$")
+
+
 def owned_temp_dir(parent: Path, name: str, suffix: str) -> Path:
-    """A new hidden ``.<name>.XXXX<suffix>`` folder in ``parent`` with the umask's permissions (not
-    mkdtemp's 0700) and an owner record, so a later run can tell when its process is gone."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent))
+    """A new hidden ``.<name>.XXXX-p<pid>-<start>-<host><suffix>`` folder in ``parent`` with the umask's
+    permissions (not mkdtemp's 0700) and an owner record, so a later run can tell when its process is
+    gone; the name says the same where the record is missing (killed before it was written)."""
+    record = owner_record()
+    tag = f"-p{record['pid']}-{record['start_ticks'] or ''}-{_host_tag()}"
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=f"{tag}{suffix}", dir=parent))
     try:
         os.chmod(folder, shared_mode(0o777))
-        (folder / OWNER_FILE).write_text(json.dumps(owner_record()), encoding="utf-8")
+        (folder / OWNER_FILE).write_text(json.dumps(record), encoding="utf-8")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -86,21 +98,7 @@ def _owner_gone(owner: dict) -> bool:
         pid = int(owner["pid"])
     except (KeyError, TypeError, ValueError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        pass
-    except OSError:
-        return False
-    stat = _process_start(pid)
-    if stat is None:
-        return False
-    state, start = stat
-    return state in ("Z", "X") or (owner.get("start_ticks") is not None and start != owner["start_ticks"])
+    return pid > 0 and not pid_alive(pid, owner.get("start_ticks"))
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -113,6 +111,14 @@ def _newest_mtime(folder: Path) -> float:
     return newest
 
 
+def _owner_from_name(folder: Path) -> dict | None:
+    """The owner that ``owned_temp_dir`` put in the folder's name, when made on this host and boot."""
+    match = _OWNER_TAG.search(folder.name)
+    if match is None or match.group(3) != _host_tag():
+        return None
+    return {"pid": int(match.group(1)), "start_ticks": match.group(2) or None, "host": socket.gethostname()}
+
+
 def _stale_reason(folder: Path, now: float) -> str | None:
     """Why ``folder`` (a ``.partial``/``.old`` folder) is debris of a dead run, or None to keep it."""
     try:
@@ -121,6 +127,8 @@ def _stale_reason(folder: Path, now: float) -> str | None:
             owner = None
     except (OSError, ValueError):
         owner = None
+    if owner is None:  # killed before its record was written, or just after it was removed
+        owner = _owner_from_name(folder)
     try:
         idle_h = (now - _newest_mtime(folder)) / 3600
     except OSError:

@@ -29,22 +29,14 @@ log = logging.getLogger(__name__)
 CLAIMS = ".claims"
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+def process_stat(pid: int) -> tuple[str, str | None] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc (Linux): the state tells a
+    zombie, the start time a reused pid. None where unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()[0]
+    return (fields[0], fields[19] if len(fields) > 19 else None) if fields else None
 
 
 def pid_alive(pid: int, start: str | None = None) -> bool:
@@ -53,14 +45,15 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # alive, another user's
         pass
     except OSError:
         return False
-    if _process_state(pid) in ("Z", "X"):
-        return False
-    current = _process_start(pid)
-    return not (start and current and current != start)
+    stat = process_stat(pid)
+    if stat is None:
+        return True
+    state, current = stat
+    return state not in ("Z", "X") and not (start and current and current != start)
 
 
 @dataclass(frozen=True)
@@ -110,7 +103,7 @@ class Claims:
         self.timeout_s = float(timeout_s if timeout_s is not None else os.environ.get("LIVERSEG_CLAIM_TIMEOUT", 300))
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(0.5, min(30.0, self.timeout_s / 5))
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self.start = _process_start(self.pid)
+        self.start = (process_stat(self.pid) or (None, None))[1]
         self._held: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -252,4 +245,4 @@ def remove_leftovers(out_dir: Path, case_id: str) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-__all__ = ["CLAIMS", "Claims", "Claim", "pid_alive", "stale_claim", "live_claims", "remove_leftovers"]
+__all__ = ["CLAIMS", "Claims", "Claim", "process_stat", "pid_alive", "stale_claim", "live_claims", "remove_leftovers"]
