@@ -307,7 +307,6 @@ def test_modality_for_picks_the_plug_in_the_config_names():
     assert set(MODALITIES) == set(MODALITY_SPATIAL_DIMS)
     for name, modality in MODALITIES.items():
         assert modality.name == name
-        assert modality.traits.spatial_dims == MODALITY_SPATIAL_DIMS[name]
     assert modality_for(ExperimentConfig()).traits.inputs == "CT"
     photo = load_config(overrides=["data.modality=photo", "model.spatial_dims=2", "model.slices_2d=1",
                                    "train.patch_size=[64, 64]", "infer.roi_size=[64, 64]", "photo.color=gray"])
