@@ -11,7 +11,8 @@ import yaml
 
 from liverseg.config import (MODALITY_SPATIAL_DIMS, MOVED_KEYS, AugmentConfig, DataConfig, ExperimentConfig, InferConfig,
                              ModelConfig, PhotoConfig, PreprocessConfig, TrainConfig, apply_moved_keys, apply_overrides,
-                             config_from_yaml_text, from_dict, load_config, save_config, to_dict)
+                             config_from_mapping, config_from_yaml_text, from_dict, load_config, save_config,
+                             to_dict)
 from liverseg.config import loading as config_loading
 from liverseg.errors import ConfigError
 from liverseg.models import size_divisor
@@ -264,7 +265,7 @@ def test_an_old_config_with_preprocess_photo_keys_loads_into_the_photo_section(t
             assert any(old in r.getMessage() and new in r.getMessage() for r in caplog.records), old
     # a run folder's config.yaml and a checkpoint's config dict of that age load the same way
     assert config_from_yaml_text(OLD_PHOTO_YAML) == cfg
-    assert from_dict(yaml.safe_load(OLD_PHOTO_YAML)).validate() == cfg
+    assert config_from_mapping(yaml.safe_load(OLD_PHOTO_YAML)) == cfg
     # and are saved in the new layout
     saved = yaml.safe_load(save_config(cfg, tmp_path / "config.yaml").read_text())
     assert saved["photo"]["color"] == "green" and "photo_color" not in saved["preprocess"]
@@ -285,7 +286,7 @@ def test_an_old_photo_key_beside_its_new_name_is_a_config_error():
     data = yaml.safe_load(OLD_PHOTO_YAML)
     data["photo"] = {"color": "rgb"}
     with pytest.raises(ConfigError, match=r"preprocess\.photo_color and photo\.color are both given"):
-        from_dict(data)
+        config_from_mapping(data)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -374,7 +375,7 @@ def test_an_old_flat_config_loads_like_the_new_layout(tmp_path, caplog):
     partial.write_text("train:\n  epochs: 3\n  aug_flip_prob: 0.25\n")
     assert load_config(partial) == load_config(overrides=["train.epochs=3", "train.augment.flip_prob=0.25"])
     checkpoint_config = {**to_dict(new), "train": _flat_train_section(new)}
-    assert from_dict(checkpoint_config).validate() == new
+    assert config_from_mapping(checkpoint_config) == new
     assert "aug_flip_prob" in checkpoint_config["train"]  # the caller's mapping is left as it was
     # saving writes the new layout only
     saved = yaml.safe_load(save_config(loaded, tmp_path / "new" / "config.yaml").read_text())
@@ -419,6 +420,6 @@ def test_apply_moved_keys_leaves_other_mappings_alone():
 def test_the_renamed_keys_warning_is_logged_once_per_process(caplog):
     data = yaml.safe_load(OLD_PHOTO_YAML)
     with caplog.at_level(logging.WARNING, logger="liverseg"):
-        first, second = from_dict(data).validate(), from_dict(data).validate()  # a run folder read twice
+        first, second = config_from_mapping(data), config_from_mapping(data)  # a run folder read twice
     assert first == second
     assert sum("config keys renamed" in r.getMessage() for r in caplog.records) == 1
