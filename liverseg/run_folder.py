@@ -12,7 +12,7 @@ A run folder holds:
 * ``best.pt`` (best validation mean Dice) and ``last.pt`` (the latest step, what ``--resume``
   continues), both written atomically by ``save_checkpoint``;
 * ``metrics.csv``, ``training_curves.png``, ``train.log`` and, when tensorboard is installed, a
-  ``tensorboard`` folder (``training_log``);
+  ``tensorboard`` folder (``training.log``);
 * ``plan.json`` (``train.auto_plan``) and ``init.json`` (fine-tuning: where the first weights came from);
 * exported models: ``model.onnx`` (written at the end of a CT run), ``model.torchscript.pt`` and a
   ``monai_bundle`` folder (``liverseg export``).
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_path, write_text_atomic
-from .config import ExperimentConfig, from_dict, to_dict
+from .config import ExperimentConfig, config_from_mapping, to_dict
 from .errors import ConfigError, InputError
 from .version import __version__
 
@@ -200,7 +200,7 @@ def load_checkpoint_file(checkpoint_path: Path, hint: str = "") -> tuple[dict, E
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise InputError(f"{checkpoint_path}: is not a liverseg checkpoint (no model weights or config){hint}")
     try:
-        cfg = from_dict(checkpoint["config"]).validate()
+        cfg = config_from_mapping(checkpoint["config"])
     except ConfigError as exc:
         raise InputError(f"{checkpoint_path}: stored config is invalid ({exc})") from None
     return checkpoint, cfg

@@ -111,11 +111,11 @@ def reference_weights(run_dir: Path, workdir: Path) -> Path | None:
     """The run's weights as a state dict for the reference's UNet, when the architectures match."""
     import torch
 
-    from liverseg.config import from_dict, to_dict
+    from liverseg.config import config_from_mapping, to_dict
     from liverseg.run_folder import find_checkpoint
 
     checkpoint = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
-    cfg = to_dict(from_dict(checkpoint["config"]))
+    cfg = to_dict(config_from_mapping(checkpoint["config"]))
     for section in ("preprocess", "model"):
         for key, value in REFERENCE_CONFIG[section].items():
             if cfg[section][key] != value:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import yaml
 
 from liverseg.config import (MODALITY_SPATIAL_DIMS, MOVED_KEYS, AugmentConfig, DataConfig, ExperimentConfig, InferConfig,
                              ModelConfig, PhotoConfig, PreprocessConfig, TrainConfig, apply_moved_keys, apply_overrides,
-                             config_from_yaml_text, from_dict, load_config, save_config, to_dict)
+                             config_from_mapping, config_from_yaml_text, from_dict, load_config, save_config,
+                             to_dict)
 from liverseg.config import loading as config_loading
 from liverseg.errors import ConfigError
 from liverseg.models import size_divisor
@@ -23,6 +26,22 @@ SECTIONS = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelCo
 
 def _names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def _nested(dotted: str, value) -> dict:
+    """``{"a": {"b": value}}`` for ``"a.b"``."""
+    *path, name = dotted.split(".")
+    mapping = {name: value}
+    for section in reversed(path):
+        mapping = {section: mapping}
+    return mapping
+
+
+def _get(cfg: ExperimentConfig, dotted: str):
+    """The value of a dotted key, e.g. ``train.augment.flip_prob``."""
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 @pytest.fixture(autouse=True)
@@ -89,26 +108,18 @@ def test_unknown_top_level_key_lists_the_sections(tmp_path):
         assert section in message
 
 
-@pytest.mark.parametrize("section", sorted(SECTIONS))
-def test_unknown_key_inside_a_section_lists_the_valid_keys(tmp_path, section):
+@pytest.mark.parametrize("section, cls, key", [
+    *[(name, cls, "no_such_key") for name, cls in sorted(SECTIONS.items())],
+    ("train.augment", AugmentConfig, "flip"),  # a nested section
+])
+def test_unknown_key_inside_a_section_lists_the_valid_keys(tmp_path, section, cls, key):
     path = tmp_path / "bad.yaml"
-    path.write_text(f"{section}:\n  no_such_key: 3\n")
+    path.write_text(yaml.safe_dump(_nested(f"{section}.{key}", 3)))
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
-    assert f"{section}.no_such_key" in message
-    for name in _names(SECTIONS[section]):
-        assert name in message
-
-
-def test_unknown_key_in_a_nested_section_lists_its_valid_keys(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("train:\n  augment:\n    flip: 0.5\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert "train.augment.flip" in message and str(path) in message
-    for name in _names(AugmentConfig):
+    assert f"{section}.{key}" in message and str(path) in message
+    for name in _names(cls):
         assert name in message
 
 
@@ -217,9 +228,12 @@ def test_shipped_config_folder_is_not_empty():
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads_and_validates(path, tmp_path):
-    cfg = load_config(path)
+def test_every_shipped_config_loads_and_validates(path, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
+    # with today's key names only: no renamed-keys warning, nor any other
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     # Shipped tile and patch sizes fit the down-sampling, so no voxel is spent on padding.
     divisor = size_divisor(cfg.model)
     assert all(s % divisor == 0 for s in cfg.train.patch_size), cfg.train.patch_size
@@ -228,8 +242,10 @@ def test_every_shipped_config_loads_and_validates(path, tmp_path):
     assert load_config(save_config(cfg, tmp_path / "config.yaml")) == cfg
 
 
-# ----------------------------------------------------------------------------- moved keys
+# ----------------------------------------------------------------------------- keys that moved
 
+# Config files of the two old layouts, as run folders, checkpoints and exported models of that age hold
+# them: written out, not derived from today's fields (a field added later was in no old file).
 OLD_PHOTO_YAML = """data:
   modality: photo
   labels: [background, vessel]
@@ -251,41 +267,207 @@ infer:
 """
 NEW_PHOTO = PhotoConfig(color="green", clahe=0.01, fov_threshold=10, fov_diameter=640)
 
+# The 20 flat train.aug_* keys of the train section before train.augment (cd4d96e's liverseg/config.py).
+OLD_AUGMENT_YAML = """data:
+  labels: [background, liver]
+train:
+  epochs: 3
+  lr: 0.0003
+  aug_affine_prob: 0.4
+  aug_rotate_deg: 20.0
+  aug_scale: 0.15
+  aug_flip_prob: 0.5
+  aug_intensity_prob: 0.6
+  aug_noise_std: 0.05
+  aug_noise_prob: 0.25
+  aug_brightness: 0.2
+  aug_shift: 0.1
+  aug_elastic_prob: 0.1
+  aug_elastic_sigma: [4.0, 6.0]
+  aug_elastic_magnitude: [40.0, 120.0]
+  aug_blur_prob: 0.3
+  aug_blur_sigma: [0.6, 1.2]
+  aug_contrast_prob: 0.2
+  aug_contrast: 0.3
+  aug_lowres_prob: 0.2
+  aug_lowres_zoom: [0.6, 1.0]
+  aug_gamma_prob: 0.35
+  aug_gamma: [0.8, 1.25]
+  cache_rate: 0.5
+"""
+NEW_AUGMENT = AugmentConfig(affine_prob=0.4, rotate_deg=20.0, scale=0.15, flip_prob=0.5, intensity_prob=0.6,
+                            noise_std=0.05, noise_prob=0.25, brightness=0.2, shift=0.1, elastic_prob=0.1,
+                            elastic_sigma=(4.0, 6.0), elastic_magnitude=(40.0, 120.0), blur_prob=0.3,
+                            blur_sigma=(0.6, 1.2), contrast_prob=0.2, contrast=0.3, lowres_prob=0.2,
+                            lowres_zoom=(0.6, 1.0), gamma_prob=0.35, gamma=(0.8, 1.25))
 
-def test_an_old_config_with_preprocess_photo_keys_loads_into_the_photo_section(tmp_path, caplog):
-    path = tmp_path / "old.yaml"
-    path.write_text(OLD_PHOTO_YAML)
-    with caplog.at_level("WARNING", logger="liverseg.config"):
-        cfg = load_config(path)
-    assert cfg.photo == NEW_PHOTO
-    assert cfg.preprocess.spacing_mm == (1.0, 1.0, 1.0)  # the section's other keys stay where they were
+
+@dataclasses.dataclass(frozen=True)
+class OldLayout:
+    """An old config file, the config it loads as (built with the new names), and old keys to ``--set``."""
+    text: str
+    old_prefix: str  # the moved keys' common old prefix, e.g. "preprocess.photo_"
+    new_overrides: tuple[str, ...]  # the same config as ``text``, written with the new names
+    check: typing.Callable[[ExperimentConfig], bool]  # the moved values, spelled out
+    partial: str  # a user's partial file with one old key...
+    partial_overrides: tuple[str, ...]  # ...and the same with the new name
+    set_key: str  # an old key for --set, with two values (text, parsed) unlike the file's
+    set_values: tuple[tuple[str, typing.Any], tuple[str, typing.Any]]
+    other_set: tuple[str, str, typing.Any]  # a second old key, its text and value
+
+    def old_keys(self) -> set[str]:
+        section, prefix = self.old_prefix.split(".")
+        return {f"{section}.{name}" for name in yaml.safe_load(self.text)[section] if name.startswith(prefix)}
+
+
+OLD_LAYOUTS = {
+    "photo": OldLayout(
+        text=OLD_PHOTO_YAML, old_prefix="preprocess.photo_",
+        new_overrides=("data.modality=photo", "data.labels=[background, vessel]",
+                       "preprocess.spacing_mm=[1.0, 1.0, 1.0]", "photo.color=green", "photo.clahe=0.01", "photo.fov_threshold=10", "photo.fov_diameter=640",
+                       "model.spatial_dims=2", "model.channels=[8, 16]", "model.strides=[2]",
+                       "train.patch_size=[64, 64]", "infer.roi_size=[64, 64]", "infer.largest_component=[]"),
+        # the section's other keys stay where they were
+        check=lambda cfg: cfg.photo == NEW_PHOTO and cfg.preprocess.spacing_mm == (1.0, 1.0, 1.0),
+        partial="preprocess:\n  photo_clahe: 0.02\n", partial_overrides=("photo.clahe=0.02",),
+        set_key="preprocess.photo_color", set_values=(("gray", "gray"), ("rgb", "rgb")),
+        other_set=("preprocess.photo_fov_diameter", "512", 512)),
+    "augment": OldLayout(
+        text=OLD_AUGMENT_YAML, old_prefix="train.aug_",
+        new_overrides=("data.labels=[background, liver]", "train.epochs=3", "train.lr=3e-4", "train.cache_rate=0.5",
+                       "train.augment.affine_prob=0.4", "train.augment.rotate_deg=20.0", "train.augment.scale=0.15",
+                       "train.augment.flip_prob=0.5", "train.augment.intensity_prob=0.6",
+                       "train.augment.noise_std=0.05", "train.augment.noise_prob=0.25",
+                       "train.augment.brightness=0.2", "train.augment.shift=0.1", "train.augment.elastic_prob=0.1",
+                       "train.augment.elastic_sigma=[4.0, 6.0]", "train.augment.elastic_magnitude=[40.0, 120.0]",
+                       "train.augment.blur_prob=0.3", "train.augment.blur_sigma=[0.6, 1.2]",
+                       "train.augment.contrast_prob=0.2", "train.augment.contrast=0.3",
+                       "train.augment.lowres_prob=0.2", "train.augment.lowres_zoom=[0.6, 1.0]",
+                       "train.augment.gamma_prob=0.35", "train.augment.gamma=[0.8, 1.25]"),
+        check=lambda cfg: cfg.train.augment == NEW_AUGMENT and (cfg.train.epochs, cfg.train.cache_rate) == (3, 0.5),
+        partial="train:\n  epochs: 3\n  aug_flip_prob: 0.25\n",
+        partial_overrides=("train.epochs=3", "train.augment.flip_prob=0.25"),
+        set_key="train.aug_flip_prob", set_values=(("0.25", 0.25), ("0.3", 0.3)),
+        other_set=("train.aug_gamma", "[0.9, 1.1]", (0.9, 1.1))),
+}
+old_layouts = pytest.mark.parametrize("layout", list(OLD_LAYOUTS.values()), ids=list(OLD_LAYOUTS))
+
+
+def test_moved_keys_are_exactly_the_old_layouts_keys():
+    photo, augment = OLD_LAYOUTS["photo"].old_keys(), OLD_LAYOUTS["augment"].old_keys()
+    assert len(photo) == 4 and len(augment) == 20
+    assert set(MOVED_KEYS) == photo | augment
+
+
+def test_moved_keys_name_real_fields():
     for old, new in MOVED_KEYS.items():
-        if old.startswith("preprocess.photo_"):
-            assert any(old in r.getMessage() and new in r.getMessage() for r in caplog.records), old
-    # a run folder's config.yaml and a checkpoint's config dict of that age load the same way
-    assert config_from_yaml_text(OLD_PHOTO_YAML) == cfg
-    assert from_dict(yaml.safe_load(OLD_PHOTO_YAML)).validate() == cfg
-    # and are saved in the new layout
-    saved = yaml.safe_load(save_config(cfg, tmp_path / "config.yaml").read_text())
-    assert saved["photo"]["color"] == "green" and "photo_color" not in saved["preprocess"]
+        section, *path = new.split(".")
+        node = getattr(ExperimentConfig(), section)
+        for name in path:
+            node = getattr(node, name)  # raises when the new key is not a field
+        old_section, old_name = old.split(".")
+        assert old_name not in {f.name for f in dataclasses.fields(getattr(ExperimentConfig(), old_section))}
 
 
-def test_old_keys_in_set_overrides_set_the_new_ones(tmp_path):
-    cfg = load_config(overrides=["preprocess.photo_color=gray", "preprocess.photo_fov_diameter=512"])
-    assert (cfg.photo.color, cfg.photo.fov_diameter) == ("gray", 512)
-    assert apply_overrides(cfg, ["preprocess.photo_clahe=0.02"]).photo.clahe == 0.02
-    # an override, old key or new, wins over an old key in the file
-    path = tmp_path / "old.yaml"
-    path.write_text(OLD_PHOTO_YAML)
-    assert load_config(path, ["photo.color=rgb"]).photo.color == "rgb"
-    assert load_config(path, ["preprocess.photo_color=gray"]).photo.color == "gray"
+@old_layouts
+def test_an_old_config_loads_into_the_new_layout(tmp_path, caplog, layout):
+    path = tmp_path / "run" / "config.yaml"  # an old run folder's config.yaml
+    path.parent.mkdir()
+    path.write_text(layout.text)
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        cfg = load_config(path)
+    assert cfg == load_config(overrides=list(layout.new_overrides))
+    assert layout.check(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    for old in layout.old_keys():
+        assert f"{old} -> {MOVED_KEYS[old]}" in warnings[0], old
+    # a run folder's config.yaml and a checkpoint's or exported model's stored mapping of that age load the same
+    # way, leaving the caller's mapping as it was; from_dict alone takes today's names only
+    assert config_from_yaml_text(layout.text) == cfg
+    stored = yaml.safe_load(layout.text)
+    assert config_from_mapping(stored) == cfg
+    assert stored == yaml.safe_load(layout.text)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(stored)
+    # a user's partial file with one old key
+    partial = tmp_path / "mine.yaml"
+    partial.write_text(layout.partial)
+    assert load_config(partial) == load_config(overrides=list(layout.partial_overrides))
+    # saving writes the new layout only
+    saved = yaml.safe_load(save_config(cfg, tmp_path / "new" / "config.yaml").read_text())
+    assert saved == to_dict(cfg)
+    for old in layout.old_keys():
+        section, name = old.split(".")
+        assert name not in saved[section], old
 
 
-def test_an_old_photo_key_beside_its_new_name_is_a_config_error():
+@old_layouts
+def test_old_keys_in_set_overrides_set_the_new_ones(tmp_path, caplog, layout):
+    old, new = layout.set_key, MOVED_KEYS[layout.set_key]
+    (a_text, a), (b_text, b) = layout.set_values
+    other, other_text, other_value = layout.other_set
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        cfg = load_config(overrides=[f"{old}={a_text}", f"{other}={other_text}"])
+    assert (_get(cfg, new), _get(cfg, MOVED_KEYS[other])) == (a, other_value)
+    for key in (old, other):
+        assert any(key in r.getMessage() and MOVED_KEYS[key] in r.getMessage() for r in caplog.records), key
+    assert _get(apply_overrides(cfg, [f"{old}={b_text}"]), new) == b
+    assert _get(apply_overrides(ExperimentConfig(), [f"{old}={a_text}"]), new) == a
+    # an override, old key or new, wins over an old key in the file, and over the new key in a file
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(layout.text)
+    assert _get(load_config(old_file), new) not in (a, b)
+    assert _get(load_config(old_file, [f"{new}={b_text}"]), new) == b
+    assert _get(load_config(old_file, [f"{old}={a_text}"]), new) == a
+    new_file = tmp_path / "new.yaml"
+    new_file.write_text(yaml.safe_dump(to_dict(load_config(old_file))))
+    assert _get(load_config(new_file, [f"{old}={a_text}"]), new) == a
+    # the last override wins, whichever name it uses
+    assert _get(load_config(None, [f"{old}={a_text}", f"{new}={b_text}"]), new) == b
+    assert _get(load_config(None, [f"{new}={b_text}", f"{old}={a_text}"]), new) == a
+
+
+@old_layouts
+def test_an_old_key_beside_its_new_name_is_a_config_error(tmp_path, layout):
+    old, new = layout.set_key, MOVED_KEYS[layout.set_key]
+    data = yaml.safe_load(layout.text)
+    *sections, name = new.split(".")
+    section = data
+    for part in sections:
+        section = section.setdefault(part, {})
+    section[name] = layout.set_values[0][1]
+    both = rf"{re.escape(old)} and {re.escape(new)} are both given"
+    with pytest.raises(ConfigError, match=both):
+        config_from_mapping(data)
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"both\.yaml.*{both}"):
+        load_config(path)
+
+
+def test_an_unknown_old_style_key_still_lists_the_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  aug_flip: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train.aug_flip" in str(info.value)
+    for name in _names(TrainConfig):
+        assert name in str(info.value)
+
+
+def test_apply_moved_keys_leaves_other_mappings_alone():
+    assert apply_moved_keys(None) is None
+    assert apply_moved_keys({"train": {"lr": 0.1}}) == {"train": {"lr": 0.1}}
+    assert apply_moved_keys({"train": {"aug_scale": 0.2, "augment": None}}) == {"train": {"augment": {"scale": 0.2}}}
+
+
+def test_the_renamed_keys_warning_is_logged_once_per_process(caplog):
     data = yaml.safe_load(OLD_PHOTO_YAML)
-    data["photo"] = {"color": "rgb"}
-    with pytest.raises(ConfigError, match=r"preprocess\.photo_color and photo\.color are both given"):
-        from_dict(data)
+    with caplog.at_level(logging.WARNING, logger="liverseg"):
+        first, second = config_from_mapping(data), config_from_mapping(data)  # a run folder read twice
+    assert first == second
+    assert sum("config keys renamed" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize("override, key", [
@@ -307,7 +489,6 @@ def test_modality_for_picks_the_plug_in_the_config_names():
     assert set(MODALITIES) == set(MODALITY_SPATIAL_DIMS)
     for name, modality in MODALITIES.items():
         assert modality.name == name
-        assert modality.traits.spatial_dims == MODALITY_SPATIAL_DIMS[name]
     assert modality_for(ExperimentConfig()).traits.inputs == "CT"
     photo = load_config(overrides=["data.modality=photo", "model.spatial_dims=2", "model.slices_2d=1",
                                    "train.patch_size=[64, 64]", "infer.roi_size=[64, 64]", "photo.color=gray"])
@@ -334,92 +515,3 @@ def test_choosing_a_modality_imports_no_torch():
             "modality_for(ExperimentConfig()); print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-# ----------------------------------------------------------------------------- keys that moved
-
-def _augment_values() -> dict:
-    return {"affine_prob": 0.4, "rotate_deg": 20.0, "flip_prob": 0.5, "noise_std": 0.05, "elastic_prob": 0.1,
-            "elastic_sigma": [4.0, 6.0], "gamma": [0.8, 1.25]}
-
-
-def _flat_train_section(cfg: ExperimentConfig) -> dict:
-    """``cfg``'s train section as run folders wrote it before train.augment: flat ``aug_*`` keys."""
-    train = to_dict(cfg)["train"]
-    augment = train.pop("augment")
-    return {**train, **{f"aug_{name}": value for name, value in augment.items()}}
-
-
-def test_moved_keys_name_real_fields():
-    for old, new in MOVED_KEYS.items():
-        section, *path = new.split(".")
-        node = getattr(ExperimentConfig(), section)
-        for name in path:
-            node = getattr(node, name)  # raises when the new key is not a field
-        old_section, old_name = old.split(".")
-        assert old_name not in {f.name for f in dataclasses.fields(getattr(ExperimentConfig(), old_section))}
-    assert {f"train.aug_{name}" for name in _names(AugmentConfig)} <= set(MOVED_KEYS)
-
-
-def test_an_old_flat_config_loads_like_the_new_layout(tmp_path, caplog):
-    new = load_config(overrides=[f"train.augment.{k}={v}" for k, v in _augment_values().items()])
-    old = tmp_path / "run" / "config.yaml"  # an old run folder's config.yaml: every key, flat aug_*
-    old.parent.mkdir()
-    old.write_text(yaml.safe_dump({**to_dict(new), "train": _flat_train_section(new)}, sort_keys=False))
-    assert "aug_flip_prob" in old.read_text()
-    with caplog.at_level(logging.WARNING, logger="liverseg"):
-        loaded = load_config(old)
-    assert loaded == new
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "train.augment.flip_prob" in warnings[0]
-    # a user's partial file with one old key, and a checkpoint's stored dict (run_folder.load_checkpoint)
-    partial = tmp_path / "mine.yaml"
-    partial.write_text("train:\n  epochs: 3\n  aug_flip_prob: 0.25\n")
-    assert load_config(partial) == load_config(overrides=["train.epochs=3", "train.augment.flip_prob=0.25"])
-    checkpoint_config = {**to_dict(new), "train": _flat_train_section(new)}
-    assert from_dict(checkpoint_config).validate() == new
-    assert "aug_flip_prob" in checkpoint_config["train"]  # the caller's mapping is left as it was
-    # saving writes the new layout only
-    saved = yaml.safe_load(save_config(loaded, tmp_path / "new" / "config.yaml").read_text())
-    assert saved == to_dict(new) and not any(key.startswith("aug_") for key in saved["train"])
-
-
-def test_an_old_key_in_set_overrides_the_new_place(tmp_path, caplog):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("train:\n  augment:\n    flip_prob: 0.1\n")
-    with caplog.at_level(logging.WARNING, logger="liverseg"):
-        cfg = load_config(path, ["train.aug_flip_prob=0.5", "train.aug_gamma=[0.9, 1.1]"])
-    assert cfg.train.augment.flip_prob == 0.5 and cfg.train.augment.gamma == (0.9, 1.1)
-    assert any("train.augment.flip_prob" in r.getMessage() for r in caplog.records)
-    assert apply_overrides(ExperimentConfig(), ["train.aug_flip_prob=0.5"]).train.augment.flip_prob == 0.5
-    # the last override wins, whichever name it uses
-    assert load_config(None, ["train.aug_flip_prob=0.5", "train.augment.flip_prob=0.3"]).train.augment.flip_prob == 0.3
-
-
-def test_an_old_and_a_new_key_together_are_a_config_error(tmp_path):
-    path = tmp_path / "both.yaml"
-    path.write_text("train:\n  aug_flip_prob: 0.5\n  augment:\n    flip_prob: 0.3\n")
-    with pytest.raises(ConfigError, match=r"both.yaml.*train\.aug_flip_prob.*train\.augment\.flip_prob"):
-        load_config(path)
-
-
-def test_an_unknown_old_style_key_still_lists_the_valid_keys(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("train:\n  aug_flip: 0.5\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert "train.aug_flip" in str(info.value)
-    for name in _names(TrainConfig):
-        assert name in str(info.value)
-
-
-def test_apply_moved_keys_leaves_other_mappings_alone():
-    assert apply_moved_keys(None) is None
-    assert apply_moved_keys({"train": {"lr": 0.1}}) == {"train": {"lr": 0.1}}
-    assert apply_moved_keys({"train": {"aug_scale": 0.2, "augment": None}}) == {"train": {"augment": {"scale": 0.2}}}
-
-
-def test_the_renamed_keys_warning_is_logged_once_per_process(caplog):
-    data = yaml.safe_load(OLD_PHOTO_YAML)
-    with caplog.at_level(logging.WARNING, logger="liverseg"):
-        first, second = from_dict(data).validate(), from_dict(data).validate()  # a run folder read twice
-    assert first == second
-    assert sum("config keys renamed" in r.getMessage() for r in caplog.records) == 1

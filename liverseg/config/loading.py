@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # Old dotted key -> its new place. Run folders, exported models and YAML files written with an old name,
 # and ``--set`` with one, still load (with a warning naming the new key); configs are saved with the new
-# names only.
+# names only. The old names are moved once, where a mapping comes in: a config file (``_read_mapping``), a
+# stored config (``config_from_mapping``), a ``--set`` (``_apply_override``); ``from_dict`` knows only today's.
 MOVED_KEYS: dict[str, str] = {
     # the flat train.aug_* fields became the train.augment section
     **{f"train.aug_{name}": f"train.augment.{name}" for name in (
@@ -91,10 +92,8 @@ def to_dict(obj: Any) -> Any:
 
 
 def from_dict(data: dict | None, cls: type = ExperimentConfig, where: str = "") -> Any:
-    """Build ``cls`` from nested dicts, rejecting unknown keys and values of the wrong type; a whole
-    experiment config may still use the old key names of MOVED_KEYS."""
-    if cls is ExperimentConfig and not where:
-        data = apply_moved_keys(data)
+    """Build ``cls`` from nested dicts, rejecting unknown keys and values of the wrong type. A plain
+    converter: the keys must have today's names (a stored mapping goes through ``config_from_mapping``)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -276,9 +275,16 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
     return write_text_atomic(text, path)
 
 
+def config_from_mapping(data: Any) -> ExperimentConfig:
+    """The validated config of a stored mapping (a run folder's config.yaml, a checkpoint's or an exported
+    model's config), whose keys may still have the old names of MOVED_KEYS (one warning)."""
+    return from_dict(apply_moved_keys(data)).validate()
+
+
 def config_from_yaml_text(text: str) -> ExperimentConfig:
-    return from_dict(yaml.safe_load(text)).validate()
+    return config_from_mapping(yaml.safe_load(text))
 
 
-__all__ = ["MOVED_KEYS", "SHIPPED_CONFIGS", "apply_moved_keys", "apply_overrides", "config_from_yaml_text",
-           "from_dict", "load_config", "resolve_config", "save_config", "shipped_configs", "to_dict"]
+__all__ = ["MOVED_KEYS", "SHIPPED_CONFIGS", "apply_moved_keys", "apply_overrides", "config_from_mapping",
+           "config_from_yaml_text", "from_dict", "load_config", "resolve_config", "save_config", "shipped_configs",
+           "to_dict"]

@@ -42,6 +42,7 @@ from ..config import ExperimentConfig
 from ..errors import InputError
 from .writers import example_input
 from ..engine.loaded import TrainedModel
+from ..grid.road import intensity_map
 from ..inference.sources import load_trained_model
 from ..modalities import modality_for
 from ..run_folder import RUN, monai_bundle_path
@@ -124,12 +125,10 @@ def _check_shape_generic(module: Any, net: "torch.nn.Module", example: "torch.Te
 
 
 def _intensity_range(cfg: "ExperimentConfig") -> tuple[float, float, float, float]:
-    """ScaleIntensityRanged's (a_min, a_max, b_min, b_max): clip to the HU window, then liverseg's scaling."""
-    low, high = (float(v) for v in cfg.preprocess.hu_window)
-    mean, std = float(cfg.preprocess.intensity_mean_hu), float(cfg.preprocess.intensity_std_hu)
-    if std > 0:  # preprocess.standardize_ct: (HU - mean) / std of the clipped HU
-        return low, high, (low - mean) / std, (high - mean) / std
-    return low, high, 0.0, 1.0  # preprocess.normalize_ct
+    """ScaleIntensityRanged's (a_min, a_max, b_min, b_max): clip to the HU window, then liverseg's scaling
+    (``grid.road.intensity_map``: [0, 1], or z-scores), an affine map given by where the window's ends go."""
+    low, high, offset, divisor = intensity_map(cfg.preprocess)
+    return low, high, (low - offset) / divisor, (high - offset) / divisor
 
 
 def inference_config(cfg: "ExperimentConfig") -> dict:

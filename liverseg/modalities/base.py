@@ -28,7 +28,6 @@ class ModalityTraits:
     """What applies to a modality, fixed for it (not configurable)."""
     name: str  # the data.modality value that chooses it
     inputs: str  # the input kind written in run summaries and exports ("CT", "PHOTO")
-    spatial_dims: tuple[int, ...]  # model.spatial_dims values it allows
     # Inputs are volumes with headers: batch prediction reads them once with header and intensity checks
     # (and pipelines reading with predicting), they may be ensembled, and ``liverseg.segment`` takes them.
     # Otherwise every input is a small self-contained file, predicted one after the other.

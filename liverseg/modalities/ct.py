@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MODALITY_SPATIAL_DIMS, ExperimentConfig
+from ..config import ExperimentConfig
 from .base import Modality, ModalityTraits
 from .ct_case import read_ct_case, segment_ct_case, write_ct_case
 
 
 class CTModality(Modality):
-    traits = ModalityTraits(name="ct", inputs="CT", spatial_dims=MODALITY_SPATIAL_DIMS["ct"], volume_inputs=True,
-                            auto_plan=True, exportable=True)
+    traits = ModalityTraits(name="ct", inputs="CT", volume_inputs=True, auto_plan=True, exportable=True)
 
     def in_channels(self, cfg: ExperimentConfig) -> int:
         from ..models import input_channels  # heavy (torch, MONAI): kept out of the exported-model path

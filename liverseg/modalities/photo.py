@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MODALITY_SPATIAL_DIMS, PHOTO_CHANNELS, ExperimentConfig
+from ..config import PHOTO_CHANNELS, ExperimentConfig
 from .base import Modality, ModalityTraits
 
 
 class PhotoModality(Modality):
-    traits = ModalityTraits(name="photo", inputs="PHOTO", spatial_dims=MODALITY_SPATIAL_DIMS["photo"],
-                            volume_inputs=False, auto_plan=False, exportable=False)
+    traits = ModalityTraits(name="photo", inputs="PHOTO", volume_inputs=False, auto_plan=False, exportable=False)
 
     def in_channels(self, cfg: ExperimentConfig) -> int:
         return PHOTO_CHANNELS[cfg.photo.color]

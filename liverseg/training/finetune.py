@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = ("name", "spatial_dims", "channels", "strides", "num_res_units", "norm", "aspp_dilations")
 
 # The KU Leuven models' CT scaling clip(HU / 1000, -0.2, 0.2) * 2.5 in liverseg's terms: clip to the window,
-# then (HU - mean) / std (preprocess.normalize_ct + standardize_ct).
+# then (HU - mean) / std (grid.road.intensity_map with intensity_std_hu > 0).
 KUL_CT_SCALING = {"hu_window": (-200.0, 200.0), "intensity_mean_hu": 0.0, "intensity_std_hu": 400.0}
 # kul_unet built-ins: the training patch (3 mm voxels: 243 mm; the network pads it to 108 inside) and the
 # sliding-window tile whose padded core is the original's fixed 189 x 162 x 162 patch.

@@ -7,8 +7,8 @@ and the metrics written atomically into the run folder (``run_folder``). AMP and
 CUDA, fp32 on CPU.
 
 Exact resume: every random draw of a training step is a function of ``(seed, step)`` (the
-patches and their augmentation through ``data.StepDataset``, dropout through a per-step torch
-seed), so the latest checkpoint needs only the step to continue; it is written at every epoch end
+patches and their augmentation through ``modalities.data.StepDataset``, dropout through a per-step
+torch seed), so the latest checkpoint needs only the step to continue; it is written at every epoch end
 and every ``train.checkpoint_minutes`` inside an epoch, with the model, optimizer, scheduler, AMP
 scaler, RNG states, the epoch's losses so far and the metrics rows. A run killed at any point and resumed
 with ``--resume`` ends with bitwise the same weights on CPU (``--deterministic`` on GPU).
