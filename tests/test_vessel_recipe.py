@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.losses.cldice import soft_skel
 from PIL import Image
 
 from liverseg.cli import main
 from liverseg.config import ExperimentConfig, apply_overrides
 from liverseg.errors import ConfigError
 from liverseg.io.photos import read_probability_png
-from monai.losses.cldice import soft_skel
 
-from liverseg.training.losses import SegmentationLoss
+from liverseg.training.losses import CrossEntropyClDice, SegmentationLoss
 from liverseg.datasets.manifest import write_manifest
 from liverseg.datasets.photo_manifests import chase_cv_splits, import_chase
 from liverseg.modalities.photo_data import load_photo_case, network_size, to_network_resolution
@@ -141,9 +141,10 @@ def test_training_at_a_normalised_resolution_predicts_on_the_photographs_own_pix
 # ----------------------------------------------------------------------------- clDice
 
 def test_the_soft_skeleton_cldice_uses_thins_a_bar_to_its_centre_line():
+    """MONAI's soft skeleton, with the loss's own number of iterations, is what clDice rests on."""
     bar = torch.zeros(1, 1, 24, 24)
     bar[0, 0, 8:13, 2:22] = 1.0
-    skeleton = soft_skel(bar, 5)[0, 0]
+    skeleton = soft_skel(bar, CrossEntropyClDice().iterations)[0, 0]
     assert skeleton[10, 6:18].min() > 0.99 and skeleton[8:13, 12].sum() == pytest.approx(1.0)
 
 

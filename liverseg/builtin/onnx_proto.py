@@ -110,7 +110,7 @@ def conv_model(weight: np.ndarray, bias: np.ndarray, pads: Sequence[int] | None 
     broadcast), and passed through LeakyReLU(0.01), as the KU Leuven networks do before a convolution;
     ``masked``: then multiplied by ``mask`` (zero where the input lies outside the feature map, so that
     it acts as the convolution's zero padding). ``slices`` > 0: ``x`` is (N, C, slices, X, Y) and the
-    weight a 2D one over (channel, slice) pairs (``staged.as_slices``): the 5D input is normalised, then
+    weight a 2D one over (channel, slice) pairs (``runtime.ConvBank``'s "@2d" variant): the 5D input is normalised, then
     reshaped to (N, C * slices, X, Y) for the 2D convolution (that shape is the int64 input ``shape``).
     ``moments``: also outputs ``sum`` and ``sumsq``, the sum and sum of squares of ``y`` along its last
     axis (float32 sums of a few hundred values; the caller adds them up in float64 for the next norm's

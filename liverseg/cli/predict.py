@@ -16,8 +16,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                              save_probabilities=args.save_probabilities)
     job = run_predict_job(args.inputs, args.output, args.model, options, manifest=args.manifest, root=args.root,
                           split=args.split, part=args.part)
+    label_maps = {path.parent: path for path in job.result.segmentations}
     for case_dir in job.result.case_dirs.values():
-        path = case_dir / "segmentation.nii.gz" if (case_dir / "segmentation.nii.gz").is_file() else case_dir
+        path = label_maps.get(case_dir, case_dir)
         # one write per line, flushed: torchrun ranks share one stdout pipe, and a write below PIPE_BUF
         # (4 KB) reaches it whole (print writes the text and the newline separately)
         sys.stdout.write(f"{path}\n")

@@ -9,13 +9,10 @@ import numpy as np
 
 from .. import metrics
 from ..errors import InputError
+from ..reports.tumour_burden import LESION_WORDS
 
 __all__ = ["LESION_WORDS", "LesionResult", "LesionSpec", "lesion_spec", "lesion_label_of", "lesion_scores",
            "pool_lesions"]
-
-# A label whose name contains one of these (any case) is the lesion label unless evaluate() is told
-# otherwise: "tumour", "Liver_Tumor", "lesions" (the rule of liverseg.reports.tumour_burden).
-LESION_WORDS = ("lesion", "tumour", "tumor")
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,8 @@ def lesion_spec(out: list, lesion_label: int | None, label_names: dict[int, str]
 
 
 def lesion_label_of(label_names: dict[int, str] | None) -> int | None:
-    """The label whose name contains a ``LESION_WORDS`` word (any case), or None; two such labels are an error."""
+    """The label whose name contains a ``LESION_WORDS`` word (any case: "tumour", "Liver_Tumor", "lesions"; the
+    rule of ``reports.tumour_burden``), or None unless evaluate() is told otherwise; two such labels are an error."""
     found = sorted(v for v, name in (label_names or {}).items()
                    if v != 0 and any(word in name.lower() for word in LESION_WORDS))
     if len(found) > 1:

@@ -28,7 +28,7 @@ from .cases import cases_from_inputs
 from ..engine.loaded import Ensemble, TrainedModel
 from .sources import load_ensemble, load_model
 from ..modalities import modality_for
-from ..modalities.ct_case import LESIONS_CSV, PROBABILITIES, SEGMENTATION
+from ..modalities.ct_case import PROBABILITIES
 from .summary import BATCH_SUMMARY, summary_row, write_batch_summary
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, model: str | Path 
 
     def done(case: Case, case_dir: Path, seconds: float) -> None:
         result.case_dirs[case.case_id] = case_dir
-        if (case_dir / SEGMENTATION).is_file():
-            result.segmentations.append(case_dir / SEGMENTATION)
+        if modality.traits.label_map and (case_dir / modality.traits.label_map).is_file():
+            result.segmentations.append(case_dir / modality.traits.label_map)
         rows[case.case_id] = summary_row(case.case_id, "ok", case_dir, label_names, seconds)
 
     def failed(case: Case, exc: BaseException, seconds: float) -> None:
@@ -245,4 +245,4 @@ def _infer_overrides(cfg, overrides: Sequence[str]):
 
 
 __all__ = ["PredictOptions", "BatchResult", "predict_batch", "predict_cases", "predict_files", "predict_case",
-           "SEGMENTATION", "PROBABILITIES", "LESIONS_CSV"]
+           "PROBABILITIES"]

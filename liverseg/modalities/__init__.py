@@ -14,8 +14,8 @@ MODALITIES: dict[str, Modality] = {"ct": CT, "photo": PHOTO}
 
 def modality_for(cfg: ExperimentConfig) -> Modality:
     """The modality ``cfg.data.modality`` names; ConfigError for an unknown name. (The model.spatial_dims
-    each allows, ``traits.spatial_dims``, is checked by ``ExperimentConfig.validate`` from config's
-    ``MODALITY_SPATIAL_DIMS``, which the bottom layer can read.)"""
+    each allows is config's ``MODALITY_SPATIAL_DIMS``, checked by ``ExperimentConfig.validate``: the bottom
+    layer cannot read the modalities.)"""
     modality = MODALITIES.get(cfg.data.modality)
     if modality is None:
         raise ConfigError(f"data.modality={cfg.data.modality!r}: use {' or '.join(MODALITIES)}")

@@ -34,6 +34,9 @@ class ModalityTraits:
     volume_inputs: bool
     auto_plan: bool  # `liverseg plan` and train.auto_plan derive spacing, intensities and patch from its data
     exportable: bool  # ONNX / TorchScript / MONAI-bundle export, and the ONNX written at the end of training
+    # the file of a case folder that holds the label map (what ``liverseg predict`` prints per case), or
+    # None: the case folder itself is printed
+    label_map: str | None = None
 
 
 class Modality(ABC):

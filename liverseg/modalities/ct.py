@@ -11,11 +11,12 @@ import numpy as np
 
 from ..config import ExperimentConfig
 from .base import Modality, ModalityTraits
-from .ct_case import read_ct_case, segment_ct_case, write_ct_case
+from .ct_case import SEGMENTATION, read_ct_case, segment_ct_case, write_ct_case
 
 
 class CTModality(Modality):
-    traits = ModalityTraits(name="ct", inputs="CT", volume_inputs=True, auto_plan=True, exportable=True)
+    traits = ModalityTraits(name="ct", inputs="CT", volume_inputs=True, auto_plan=True, exportable=True,
+                            label_map=SEGMENTATION)
 
     def in_channels(self, cfg: ExperimentConfig) -> int:
         from ..models import input_channels  # heavy (torch, MONAI): kept out of the exported-model path

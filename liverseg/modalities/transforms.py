@@ -215,5 +215,5 @@ def augmentation(augment: AugmentConfig, spatial_dims: int) -> list:
     return steps
 
 
-__all__ = ["LoadCased", "cached_transforms", "patch_sampling", "augmentation", "remap_labels", "CopyPatchd",
+__all__ = ["LoadCased", "cached_transforms", "patch_sampling", "augmentation", "CopyPatchd",
            "CompactCased"]

@@ -49,7 +49,7 @@ import numpy as np
 from ..io.volume import LPS_TO_RAS
 
 DEFAULT_MIN_VOLUME_ML = 0.1
-LESION_WORDS = ("lesion", "tumour", "tumor")
+LESION_WORDS = ("lesion", "tumour", "tumor")  # in a label name (any case): the lesion label (also evaluation's rule)
 LIVER_NAMES = ("liver", "liver_parenchyma")
 CONNECTIVITY = 26
 
