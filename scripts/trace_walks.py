@@ -8,7 +8,8 @@
   the first call into the loss.
 
 Every Python call whose code lives in ``liverseg/`` is recorded (``sys.setprofile``; property reads such
-as ``volume.shape``, comprehensions and resumed generators are not new steps and are left out), consecutive calls in the same file
+as ``volume.shape``, comprehensions, resumed generators and module bodies run by an import are not new
+steps and are left out), consecutive calls in the same file
 collapsed. Printed per walk: the files crossed, the hops between files, and the returns
 (a hop into a file the walk had already left), then the same by wing (sub-package, or top-level module). The script finds the functions under their old or new
 module names, so it runs on checkouts from before and after the layout change.
@@ -31,24 +32,57 @@ class StopWalk(Exception):
     pass
 
 
+def checkout_package() -> Path:
+    """The traced checkout's ``liverseg/`` (the one ``PYTHONPATH`` puts first)."""
+    return Path(importlib.import_module("liverseg").__file__).resolve().parent
+
+
+def from_checkout(module) -> bool:
+    """The module's file lies in the traced checkout: for a name the checkout lacks, the editable install's
+    finder would otherwise answer with another checkout's module."""
+    file = getattr(module, "__file__", None)
+    return file is not None and Path(file).resolve().is_relative_to(checkout_package())
+
+
 def first_attr(candidates):
-    """The first of (module, name) that imports; old names first, so that an editable install of a newer
-    checkout cannot answer for an older one."""
+    """The first of (module, name) that imports from the traced checkout; old names first, so that an
+    editable install of a newer checkout cannot answer for an older one."""
     for module, name in candidates:
         try:
-            return getattr(importlib.import_module(module), name)
+            found = importlib.import_module(module)
+            value = getattr(found, name)
         except (ImportError, AttributeError):
             continue
-    raise ImportError(f"none of {candidates}")
+        defining = sys.modules.get(getattr(value, "__module__", None) or module, found)
+        if from_checkout(found) and from_checkout(defining):
+            return value
+    raise ImportError(f"none of {candidates} in {checkout_package()}")
 
 
-def is_continuation(frame) -> bool:
-    """A comprehension runs inside its function; a generator resumed continues a call already counted."""
-    code = frame.f_code
-    return code.co_name in COMPREHENSIONS or (bool(code.co_flags & inspect.CO_GENERATOR) and frame.f_lasti > 0)
-
-
+RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 COMPREHENSIONS = {"<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>"}
+
+
+class Continuations:
+    """A comprehension runs inside its function; a generator resumed continues a call already counted. The
+    frames of started generators are kept by id (and held, so that no id is reused during the walk);
+    ``f_lasti`` cannot tell a first call from a resumption on Python 3.11."""
+
+    def __init__(self) -> None:
+        self.started: set[int] = set()
+        self.held: list = []
+
+    def __call__(self, frame) -> bool:
+        code = frame.f_code
+        if code.co_name in COMPREHENSIONS:
+            return True
+        if not code.co_flags & RESUMABLE:
+            return False
+        if id(frame) in self.started:
+            return True
+        self.started.add(id(frame))
+        self.held.append(frame)
+        return False
 
 
 def is_property(frame) -> bool:
@@ -62,14 +96,17 @@ def is_property(frame) -> bool:
 
 
 def record(fn, stop_in: str | None = None):
-    package = Path(importlib.import_module("liverseg").__file__).parent
+    package = checkout_package()
     files: list[str] = []
+    is_continuation = Continuations()
 
     def profiler(frame, event, arg):
         if event != "call":
             return
         filename = frame.f_code.co_filename
         if not filename.startswith(str(package)):
+            return
+        if frame.f_code.co_name == "<module>":  # a module's body run by its import: not a step of the walk
             return
         if is_property(frame) or is_continuation(frame):
             return
@@ -115,7 +152,8 @@ def prediction_walk(work: Path):
     from_dict = first_attr([("liverseg.config", "from_dict")])
     read_volume = first_attr([("liverseg.io", "read_volume")])
     write_volume = first_attr([("liverseg.io", "write_volume")])
-    predict_volume = first_attr([("liverseg.infer", "predict_volume"), ("liverseg.engine.volume", "predict_volume")])
+    predict_volume = first_attr([("liverseg.infer", "predict_volume"), ("liverseg.inference.volume", "predict_volume"),
+                                 ("liverseg.engine.volume", "predict_volume")])
     rng = np.random.default_rng(0)
     array = rng.normal(0, 30, (96, 80, 40)).astype(np.int16)
     array[20:70, 20:60, 10:30] += 120
